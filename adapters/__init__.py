@@ -1,0 +1,1 @@
+"""Region adapters: one module per method, one registry."""

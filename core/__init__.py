@@ -1,0 +1,1 @@
+"""Core of regiontune: data, backbone, training, evaluation, serving, hub, CLI."""

@@ -1,0 +1,143 @@
+"""Configuration dataclasses: loadable from YAML, overridable from the command line.
+
+Every artefact (backbone, adapter, benchmark result) stores the resolved configuration that
+produced it, so a run can always be reproduced from its output directory alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+@dataclass
+class DataConfig:
+    """Where interactions come from and how each region is split."""
+
+    recipe: str = "synthetic"  # synthetic | wsdm22-xmrec | ml-100k | files
+    data_dir: str | None = None  # directory of a recipe's files
+    files: list[str] = field(default_factory=list)  # recipe "files": paths (one per region allowed)
+    columns: dict[str, str] = field(default_factory=dict)  # our name -> column name in the file
+    regions: list[str] | None = None  # keep only these regions (None: all)
+    duplicates: str = "keep"  # keep | drop | error
+    seed: int = 0
+    max_valid_users: int = 2000  # early-stopping users per region (random hold-out)
+    min_history: int = 3  # users with fewer interactions are not held out
+    official_valid: bool = True  # wsdm22-xmrec: report on the official 100-candidate validation
+    synthetic_scale: float = 1.0  # synthetic recipe: multiplies every region's user count
+
+
+@dataclass
+class ModelConfig:
+    """The backbone's architecture; items are its tokens."""
+
+    arch: str = "llama"  # gpt2 | llama | bert
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 2
+    intermediate_size: int = 256
+    max_len: int = 50
+    dropout: float = 0.2
+
+
+@dataclass
+class TrainConfig:
+    """The one training loop's settings (pretraining, adaptation, full fine-tuning)."""
+
+    epochs: int = 30
+    batch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.05
+    grad_accum: int = 1
+    patience: int = 3  # epochs without validation NDCG@10 gain before stopping
+    eval_every: int = 1  # epochs
+    num_negatives: int = 0  # 0: full softmax; >0: sampled softmax with this many negatives
+    mask_prob: float = 0.2  # bert family: Cloze masking probability
+    seed: int = 0
+    max_minutes: float | None = None  # wall-clock budget; stops cleanly at an epoch end
+    cpu: bool = False  # force CPU even where CUDA exists
+    progress: bool = True
+
+
+@dataclass
+class AdaptConfig:
+    """Per-region adaptation: method, its options, the item-side part, data fraction."""
+
+    method: str = "lora"
+    region: str = ""
+    fraction: float = 1.0  # share of the region's training users (seeded)
+    options: dict[str, Any] = field(default_factory=dict)  # method options (r, alpha, targets...)
+    item_rank: int = 4  # rank of the item-embedding delta; 0 disables it
+    item_bias: bool = True
+
+
+def _coerce(value: str, target_type: Any) -> Any:
+    """Parse a CLI override string into the type of the field it sets."""
+    text = str(target_type)
+    if value.lower() in ("none", "null") and "None" in text:
+        return None
+    if "bool" in text:
+        return value.lower() in ("1", "true", "yes", "on")
+    if "int" in text and "float" not in text:
+        return int(value)
+    if "float" in text:
+        return float(value)
+    if "list" in text:
+        return [v for v in value.split(",") if v]
+    if "dict" in text:
+        return json.loads(value)
+    return value
+
+
+def apply_overrides(obj: T, overrides: list[str] | None) -> T:
+    """Apply ``key=value`` strings (e.g. ``lr=1e-3``) to a dataclass, with type coercion."""
+    known = {f.name: f for f in fields(obj)}  # type: ignore[arg-type]
+    for item in overrides or []:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form key=value")
+        key, value = item.split("=", 1)
+        key = key.strip().replace("-", "_")
+        if key not in known:
+            raise ValueError(
+                f"unknown setting {key!r} for {type(obj).__name__}; known: {', '.join(known)}"
+            )
+        setattr(obj, key, _coerce(value.strip(), known[key].type))
+    return obj
+
+
+def from_dict(cls: type[T], data: dict[str, Any] | None) -> T:
+    """Build a dataclass from a dict, refusing unknown keys (typos should not pass silently)."""
+    data = dict(data or {})
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"unknown keys for {cls.__name__}: {unknown}; known: {sorted(names)}")
+    return cls(**data)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file into sections ``data``, ``model``, ``train``, ``adapt``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    loaded = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"config file {path} must hold a mapping of sections")
+    return loaded
+
+
+def to_dict(*configs: Any) -> dict[str, Any]:
+    """Resolved configuration as a plain dict, keyed by section name."""
+    out: dict[str, Any] = {}
+    for cfg in configs:
+        name = type(cfg).__name__.replace("Config", "").lower()
+        out[name] = asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg
+    return out
