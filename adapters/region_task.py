@@ -1,0 +1,52 @@
+"""A region's model: frozen backbone + method-specific adapter + item-side part.
+
+It implements the same task interface as the backbone (see ``regiontune.core.task``), over
+the region's catalogue, so the one training loop and the one evaluation serve both.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from regiontune.core.model import N_SPECIAL, RecModel
+from regiontune.core.objective import item_loss
+
+from .item_side import ItemSide, region_vocab
+
+
+class RegionTask(nn.Module):
+    """``body`` runs the transformer (a PEFT model, or the backbone with our own layers)."""
+
+    def __init__(self, body: nn.Module, backbone: RecModel, item_side: ItemSide,
+                 num_negatives: int = 0) -> None:
+        super().__init__()
+        self.body, self.item_side = body, item_side
+        self._backbone = [backbone]  # a list: not registered twice as a submodule
+        self.vocab = region_vocab(item_side.catalogue)
+        self.max_len = backbone.config.max_len
+        self.causal, self.ordered = backbone.config.causal, backbone.config.ordered
+        self.num_negatives = num_negatives
+
+    @property
+    def backbone(self) -> RecModel:
+        return self._backbone[0]
+
+    def output_table(self) -> tuple[torch.Tensor, torch.Tensor]:
+        base_table, base_bias = self.backbone.item_table()
+        return self.item_side.table(base_table, base_bias)
+
+    def encode(self, tokens: torch.Tensor, mask: torch.Tensor, **route) -> torch.Tensor:
+        table, _ = self.output_table()
+        specials = self.backbone.item_emb.weight[:N_SPECIAL]  # PAD and MASK rows stay shared
+        embeddings = F.embedding(tokens, torch.cat([specials, table]))
+        return self.body(inputs_embeds=embeddings, attention_mask=mask, **route).last_hidden_state
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor,
+                targets: torch.Tensor) -> torch.Tensor:
+        table, bias = self.output_table()
+        return item_loss(self.encode(tokens, mask), targets, table, bias, self.num_negatives)
+
+    def user_vectors(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.encode(tokens, mask)[:, -1]

@@ -1,0 +1,96 @@
+"""Region adaptation: frozen backbone + a new adapter trained on one region's data alone."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from regiontune.adapters import ItemSide, RegionTask, count_trainable, get_method, save_adapter
+
+from .backbone import load_backbone
+from .config import AdaptConfig, DataConfig, TrainConfig, to_dict
+from .evaluate import evaluate_task
+from .model import RecModel
+from .recipes import load_regions
+from .splits import RegionData, subsample_users
+from .train import fit, make_accelerator
+from .vocab import ItemVocab
+
+logger = logging.getLogger(__name__)
+VALID_CASES = 1000
+
+
+def build_region_task(backbone: RecModel, vocab: ItemVocab, catalogue: list[str],
+                      adapt_cfg: AdaptConfig, total_steps: int = 1000,
+                      num_negatives: int = 0) -> RegionTask:
+    """Attach a fresh adapter of ``adapt_cfg.method`` and an item-side part to the backbone."""
+    method = get_method(adapt_cfg.method)
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    body = method.attach(backbone, dict(adapt_cfg.options), adapt_cfg.region or "default",
+                         total_steps)
+    base = method.base_of(body)
+    item_side = ItemSide(catalogue, vocab, backbone.config.hidden_size, adapt_cfg.item_rank,
+                         adapt_cfg.item_bias)
+    return RegionTask(body, base, item_side, num_negatives)
+
+
+def region_sequences(task: RegionTask, data: RegionData) -> list[list[int]]:
+    sequences = [task.vocab.encode(h) for h in data.train.values()]
+    return [s for s in sequences if len(s) >= 2]
+
+
+def train_region(backbone: RecModel, vocab: ItemVocab, data: RegionData, adapt_cfg: AdaptConfig,
+                 train_cfg: TrainConfig, work: str | Path | None = None, resume: bool = False,
+                 accelerator=None) -> tuple[RegionTask, dict[str, Any]]:
+    """Train one region's adapter (on ``adapt_cfg.fraction`` of its users); returns task, stats."""
+    data = subsample_users(data, adapt_cfg.fraction, train_cfg.seed)
+    n_seq = sum(1 for h in data.train.values() if len(h) >= 2)
+    total_steps = train_cfg.epochs * max(1, math.ceil(n_seq / train_cfg.batch_size))
+    task = build_region_task(backbone, vocab, data.catalogue, adapt_cfg, total_steps,
+                             train_cfg.num_negatives)
+    sequences = region_sequences(task, data)
+    method = get_method(adapt_cfg.method)
+    started = time.perf_counter()
+    result = fit(task, sequences,
+                 lambda: evaluate_task(task, data.catalogue, data.valid[:VALID_CASES]),
+                 train_cfg, work, resume, step_hooks=method.step_hooks(task.body),
+                 accelerator=accelerator, desc=f"adapt {data.region} ({adapt_cfg.method})")
+    stats = {"train_seconds": round(time.perf_counter() - started, 2),
+             "trainable_params": count_trainable(task), "best_epoch": result.best_epoch,
+             "epochs_run": result.epochs_run, "stopped": result.stopped,
+             "best_valid_ndcg@10": result.best_metric, "train_users": len(data.train)}
+    return task, stats
+
+
+def adapt(backbone_dir: str | Path, data_cfg: DataConfig, adapt_cfg: AdaptConfig,
+          train_cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict[str, Any]:
+    """Load the backbone, train ``adapt_cfg.region``'s adapter, evaluate it, save it to ``out``."""
+    if not adapt_cfg.region:
+        raise ValueError("name the region to adapt to (--region)")
+    get_method(adapt_cfg.method)  # fail fast on a typo, before loading anything
+    backbone, vocab, bmeta = load_backbone(backbone_dir)
+    data_cfg = copy.deepcopy(data_cfg)
+    data_cfg.regions = [adapt_cfg.region]
+    data = load_regions(data_cfg)[adapt_cfg.region]
+    accelerator = make_accelerator(train_cfg)
+    out = Path(out)
+    task, stats = train_region(backbone, vocab, data, adapt_cfg, train_cfg,
+                               out.parent / f"{out.name}.work", resume, accelerator)
+    meta = {"region": adapt_cfg.region, "backbone_fingerprint": bmeta["fingerprint"],
+            "backbone_path": str(Path(backbone_dir).resolve()),
+            "backbone_repo": bmeta.get("hub", {}).get("repo_id"),
+            "dataset": data_cfg.recipe, "protocol": data.protocol, **stats,
+            "total_params": sum(p.numel() for p in task.parameters()),
+            "options": {**get_method(adapt_cfg.method).default_options(backbone.config.arch),
+                        **adapt_cfg.options},
+            "config": to_dict(data_cfg, adapt_cfg, train_cfg)}
+    if accelerator.is_main_process:
+        meta["metrics"] = evaluate_task(task, data.catalogue, data.test)
+        meta = save_adapter(task, adapt_cfg.method, adapt_cfg.region or "default", meta, out)
+    accelerator.wait_for_everyone()
+    return meta

@@ -1,0 +1,138 @@
+"""The backbone: a ``transformers.PreTrainedModel`` over item histories.
+
+Items are tokens. A standard architecture (GPT-2, Llama or BERT style), built from a config
+and never downloaded, encodes the history; an item's score is the dot product of the user's
+hidden state with the item's embedding (the same table as the input: tied) plus a per-item
+bias. Histories without timestamps are sets, so ``ordered=False`` feeds every position id as 0
+and the model cannot rely on order.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import (
+    BertConfig,
+    BertModel,
+    GPT2Config,
+    GPT2Model,
+    LlamaConfig,
+    LlamaModel,
+    PretrainedConfig,
+    PreTrainedModel,
+)
+from transformers.modeling_outputs import BaseModelOutput
+
+PAD, MASK, N_SPECIAL = 0, 1, 2
+ARCHS = ("gpt2", "llama", "bert")
+CAUSAL = {"gpt2": True, "llama": True, "bert": False}
+
+
+class RecConfig(PretrainedConfig):
+    """Configuration of :class:`RecModel`; ``n_items`` excludes the two special tokens."""
+
+    model_type = "regiontune"
+
+    def __init__(self, arch: str = "llama", n_items: int = 1, hidden_size: int = 128,
+                 num_layers: int = 2, num_heads: int = 2, intermediate_size: int = 256,
+                 max_len: int = 50, dropout: float = 0.2, ordered: bool = True, **kwargs) -> None:
+        if arch not in ARCHS:
+            raise ValueError(f"unknown backbone architecture {arch!r}; choose one of {ARCHS}")
+        if hidden_size % num_heads:
+            raise ValueError(f"hidden_size {hidden_size} must be divisible by num_heads "
+                             f"{num_heads}")
+        self.arch, self.n_items, self.hidden_size = arch, n_items, hidden_size
+        self.num_layers, self.num_heads = num_layers, num_heads
+        self.intermediate_size, self.max_len = intermediate_size, max_len
+        self.dropout, self.ordered = dropout, ordered
+        super().__init__(**kwargs)
+
+    @property
+    def causal(self) -> bool:
+        return CAUSAL[self.arch]
+
+
+def build_encoder(cfg: RecConfig) -> nn.Module:
+    """The transformer stack, from a standard config (vocab_size=1: we feed embeddings)."""
+    common = dict(vocab_size=1, bos_token_id=None, eos_token_id=None, pad_token_id=None,
+                  hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
+                  num_attention_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size)
+    if cfg.arch == "gpt2":
+        return GPT2Model(GPT2Config(vocab_size=1, bos_token_id=None, eos_token_id=None, n_embd=cfg.hidden_size, n_layer=cfg.num_layers,
+                                    n_head=cfg.num_heads, n_inner=cfg.intermediate_size,
+                                    n_positions=cfg.max_len + 1, resid_pdrop=cfg.dropout,
+                                    embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout))
+    if cfg.arch == "llama":
+        return LlamaModel(LlamaConfig(**common, num_key_value_heads=cfg.num_heads,
+                                      max_position_embeddings=cfg.max_len + 1,
+                                      attention_dropout=cfg.dropout))
+    return BertModel(BertConfig(**common, max_position_embeddings=cfg.max_len + 1,
+                                type_vocab_size=1, hidden_dropout_prob=cfg.dropout,
+                                attention_probs_dropout_prob=cfg.dropout),
+                     add_pooling_layer=False)
+
+
+class RecModel(PreTrainedModel):
+    """Sequential recommender backbone; token ``i + 2`` is item ``i`` of the vocabulary."""
+
+    config_class = RecConfig
+    base_model_prefix = "rec"
+    _no_split_modules: list[str] = []
+
+    def __init__(self, config: RecConfig) -> None:
+        super().__init__(config)
+        self.item_emb = nn.Embedding(config.n_items + N_SPECIAL, config.hidden_size,
+                                     padding_idx=PAD)
+        self.item_bias = nn.Parameter(torch.zeros(config.n_items + N_SPECIAL))
+        self.emb_dropout = nn.Dropout(config.dropout)
+        self.encoder = build_encoder(config)
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if module is getattr(self, "item_emb", None):
+            nn.init.normal_(module.weight, std=0.02)
+
+    def position_ids(self, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Positions counted from the first real token (inputs are left-padded); all 0 for sets."""
+        if not self.config.ordered:
+            return torch.zeros_like(attention_mask, dtype=torch.long)
+        return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+    def forward(self, input_ids: torch.Tensor | None = None,
+                inputs_embeds: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, **kwargs) -> BaseModelOutput:
+        """Hidden states ``[batch, length, hidden]`` of a left-padded batch of histories."""
+        if inputs_embeds is None:
+            if input_ids is None:
+                raise ValueError("pass input_ids or inputs_embeds")
+            inputs_embeds = self.item_emb(input_ids)
+        if attention_mask is None:
+            attention_mask = torch.ones(inputs_embeds.shape[:2], dtype=torch.long,
+                                        device=inputs_embeds.device)
+        out = self.encoder(inputs_embeds=self.emb_dropout(inputs_embeds),
+                           attention_mask=attention_mask,
+                           position_ids=self.position_ids(attention_mask), use_cache=False)
+        return BaseModelOutput(last_hidden_state=out.last_hidden_state)
+
+    def item_table(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The output table over items (tied to the input embedding) and the item bias."""
+        return self.item_emb.weight[N_SPECIAL:], self.item_bias[N_SPECIAL:]
+
+
+def build_backbone(n_items: int, arch: str = "llama", ordered: bool = True, **sizes) -> RecModel:
+    """Plain builder: a freshly initialised backbone for ``n_items`` items."""
+    return RecModel(RecConfig(arch=arch, n_items=n_items, ordered=ordered, **sizes))
+
+
+def register_auto_classes() -> None:
+    """Make ``AutoConfig`` / ``AutoModel`` know the backbone (idempotent)."""
+    from transformers import AutoConfig, AutoModel
+
+    try:
+        AutoConfig.register(RecConfig.model_type, RecConfig)
+        AutoModel.register(RecConfig, RecModel)
+    except ValueError:  # already registered
+        pass
+
+
+register_auto_classes()

@@ -1,0 +1,282 @@
+"""Hub publishing: push / pull against an in-memory Hub, via the real huggingface_hub client."""
+
+from __future__ import annotations
+
+import json
+import socket
+import traceback
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import HfApi
+from regiontune.core.artifacts import ArtifactError, BackboneMismatchError, write_json
+from regiontune.core.cards import adapter_card, backbone_card, write_card
+from regiontune.core.hub import HubError, pull, push, validate_repo_id
+from safetensors.torch import save_file
+
+try:
+    from hubserver import HubServer
+except ImportError:  # tests/ turned into a package
+    from tests.hubserver import HubServer
+
+TOKEN = "hf_testsecrettoken0123456789"
+WRONG = "not-the-right-token-4242"
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """The fake Hub, requiring TOKEN; small pages so that tree pagination is exercised."""
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    for name in ("HF_HUB_OFFLINE", "HF_TOKEN", "HF_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    with HubServer(token=TOKEN, page_size=2) as server:
+        yield server
+
+
+@pytest.fixture
+def hub_server(hub):
+    """(endpoint, token) of a running fake Hub."""
+    return hub.endpoint, TOKEN
+
+
+def make_adapter(root: Path, fp: str = "sha256:aaa", value: float = 1.0) -> Path:
+    directory = root / "adapter"
+    directory.mkdir(parents=True, exist_ok=True)
+    write_json(directory / "adapter_config.json", {"peft_type": "LORA", "r": 2,
+                                                   "target_modules": ["q_proj"]})
+    save_file({"base_model.model.q_proj.lora_A.weight": torch.full((2, 8), value),
+               "base_model.model.q_proj.lora_B.weight": torch.arange(16.0).reshape(8, 2)},
+              str(directory / "adapter_model.safetensors"))
+    write_json(directory / "region.json", {
+        "kind": "adapter", "region": "de", "method": "lora", "dataset": "synthetic",
+        "protocol": "leave-one-out, full ranking", "backbone_fingerprint": fp,
+        "metrics": {"ndcg@10": 0.61, "hr@10": 0.8, "mrr": 0.5}, "trainable_params": 32,
+        "adapter_bytes": (directory / "adapter_model.safetensors").stat().st_size,
+        "catalogue": ["i1", "i2", "i3"], "new_items": ["i3"], "train_seconds": 1.25,
+        "config": {"adapter": {"method": "lora", "r": 2}}})
+    return directory
+
+
+def make_backbone(root: Path, fp: str = "sha256:aaa") -> Path:
+    directory = root / "backbone"
+    directory.mkdir(parents=True, exist_ok=True)
+    write_json(directory / "config.json", {"arch": "llama", "hidden_size": 8})
+    save_file({"item_emb.weight": torch.randn(5, 8)}, str(directory / "model.safetensors"))
+    write_json(directory / "regiontune.json", {
+        "kind": "backbone", "fingerprint": fp, "regions": ["us", "uk"],
+        "data": {"recipe": "synthetic"}, "stats": {"users": 10, "items": 5},
+        "metrics": {"us": {"ndcg@10": 0.4}, "uk": {"ndcg@10": 0.3}},
+        "config": {"model": {"arch": "llama", "hidden_size": 8}}})
+    return directory
+
+
+def files_of(directory: Path) -> dict[str, bytes]:
+    return {p.relative_to(directory).as_posix(): p.read_bytes()
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_push_pull_roundtrip(hub_server, tmp_path):
+    endpoint, token = hub_server
+    src = make_adapter(tmp_path / "src")
+    sha = push(src, "acme/de-lora", token=token, endpoint=endpoint)
+    assert len(sha) == 40
+    out = pull("acme/de-lora", tmp_path / "out" / "de", token=token, endpoint=endpoint)
+    pushed, pulled = files_of(src), files_of(out)
+    assert set(pulled) == set(pushed) == {"README.md", "adapter_config.json",
+                                          "adapter_model.safetensors", "region.json"}
+    for name in ("adapter_model.safetensors", "adapter_config.json", "README.md"):
+        assert pulled[name] == pushed[name], name
+    meta = json.loads(pulled["region.json"])
+    assert meta.pop("hub") == {"repo_id": "acme/de-lora", "revision": "main", "commit": sha}
+    assert meta == json.loads(pushed["region.json"])
+    assert [p.name for p in out.parent.iterdir()] == ["de"]  # no temp or cache dirs left
+
+
+def test_push_twice_and_pull_old_commit(hub_server, tmp_path):
+    endpoint, token = hub_server
+    src = make_adapter(tmp_path / "src", value=1.0)
+    first_weights = (src / "adapter_model.safetensors").read_bytes()
+    first = push(src, "acme/de-lora", token=token, endpoint=endpoint)
+    make_adapter(tmp_path / "src", value=2.0)
+    second = push(src, "acme/de-lora", token=token, endpoint=endpoint, commit_message="retrain")
+    assert second != first
+    old = pull("acme/de-lora", tmp_path / "old", revision=first, token=token, endpoint=endpoint)
+    assert (old / "adapter_model.safetensors").read_bytes() == first_weights
+    assert json.loads((old / "region.json").read_text())["hub"]["commit"] == first
+    new = pull("acme/de-lora", tmp_path / "new", token=token, endpoint=endpoint)
+    assert (new / "adapter_model.safetensors").read_bytes() == (
+        src / "adapter_model.safetensors").read_bytes()
+
+
+def test_push_and_pull_branch(hub_server, tmp_path):
+    endpoint, token = hub_server
+    src = make_adapter(tmp_path / "src")
+    sha = push(src, "acme/de-lora", token=token, endpoint=endpoint, revision="dev")
+    with pytest.raises(ArtifactError, match="no .safetensors"):  # main only has .gitattributes
+        pull("acme/de-lora", tmp_path / "main", token=token, endpoint=endpoint)
+    out = pull("acme/de-lora", tmp_path / "dev", revision="dev", token=token, endpoint=endpoint)
+    hub_meta = json.loads((out / "region.json").read_text())["hub"]
+    assert hub_meta == {"repo_id": "acme/de-lora", "revision": "dev", "commit": sha}
+
+
+def test_backbone_roundtrip_and_adapter_check(hub_server, tmp_path):
+    endpoint, token = hub_server
+    backbone = make_backbone(tmp_path / "src")
+    sha = push(backbone, "acme/backbone", token=token, endpoint=endpoint)
+    out = pull("acme/backbone", tmp_path / "bb", token=token, endpoint=endpoint)
+    assert (out / "model.safetensors").read_bytes() == (backbone / "model.safetensors").read_bytes()
+    assert json.loads((out / "regiontune.json").read_text())["hub"]["commit"] == sha
+    push(make_adapter(tmp_path / "src"), "acme/de-lora", token=token, endpoint=endpoint)
+    pulled = pull("acme/de-lora", tmp_path / "ad", token=token, endpoint=endpoint, backbone_dir=out)
+    assert (pulled / "adapter_model.safetensors").is_file()
+
+
+def test_pull_onto_other_backbone_refused(hub_server, tmp_path):
+    endpoint, token = hub_server
+    push(make_adapter(tmp_path / "src", fp="sha256:aaa"), "acme/de-lora", token=token,
+         endpoint=endpoint)
+    other = make_backbone(tmp_path / "other", fp="sha256:bbb")
+    out = tmp_path / "out" / "de"
+    with pytest.raises(BackboneMismatchError) as info:
+        pull("acme/de-lora", out, token=token, endpoint=endpoint, backbone_dir=other)
+    assert "sha256:aaa" in str(info.value) and "sha256:bbb" in str(info.value)
+    assert not out.exists()
+    assert list(out.parent.iterdir()) == []  # no temp dir left behind either
+
+
+def test_missing_repo_and_revision(hub_server, tmp_path):
+    endpoint, token = hub_server
+    with pytest.raises(HubError, match=r"repository acme/nothing not found at http://127\.0\.0\.1"):
+        pull("acme/nothing", tmp_path / "out", token=token, endpoint=endpoint)
+    push(make_adapter(tmp_path / "src"), "acme/de-lora", token=token, endpoint=endpoint)
+    with pytest.raises(HubError, match="revision 'nope' not found in acme/de-lora"):
+        pull("acme/de-lora", tmp_path / "out", revision="nope", token=token, endpoint=endpoint)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("action", ["push", "pull"])
+def test_unauthorised_never_echoes_token(hub_server, tmp_path, action):
+    endpoint, token = hub_server
+    src = make_adapter(tmp_path / "src")
+    push(src, "acme/de-lora", token=token, endpoint=endpoint)
+    with pytest.raises(HubError, match="unauthorised") as info:
+        if action == "push":
+            push(src, "acme/de-lora", token=WRONG, endpoint=endpoint)
+        else:
+            pull("acme/de-lora", tmp_path / "out", token=WRONG, endpoint=endpoint)
+    assert "HF_TOKEN" in str(info.value)
+    assert WRONG not in str(info.value)
+    assert WRONG not in "".join(traceback.format_exception(info.value))  # chained causes too
+    assert not (tmp_path / "out").exists()
+
+
+def test_token_from_environment(hub_server, tmp_path, monkeypatch):
+    endpoint, token = hub_server
+    monkeypatch.setenv("HF_TOKEN", token)
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)  # read at call time, not at import
+    sha = push(make_adapter(tmp_path / "src"), "acme/de-lora")
+    out = pull("acme/de-lora", tmp_path / "out")
+    assert json.loads((out / "region.json").read_text())["hub"]["commit"] == sha
+
+
+def test_pull_refuses_pickles_and_leaves_out_untouched(hub_server, tmp_path):
+    endpoint, token = hub_server
+    push(make_adapter(tmp_path / "src"), "acme/de-lora", token=token, endpoint=endpoint)
+    HfApi(endpoint=endpoint, token=token).upload_file(
+        path_or_fileobj=b"\x80\x04pickle", path_in_repo="pytorch_model.bin",
+        repo_id="acme/de-lora", commit_message="add a pickle")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("previous artefact")
+    with pytest.raises(ArtifactError, match="pickle"):
+        pull("acme/de-lora", out, token=token, endpoint=endpoint)
+    assert files_of(out) == {"keep.txt": b"previous artefact"}
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_pull_refuses_path_traversal(hub, tmp_path):
+    push(make_adapter(tmp_path / "src"), "acme/de-lora", token=TOKEN, endpoint=hub.endpoint)
+    repo = hub.state.repos["acme/de-lora"]  # the client refuses such names: plant one directly
+    files = {**repo.commits[repo.branches["main"]].files, "../escape.json": b"{}"}
+    hub.state.commit(repo, "main", files, "evil")
+    with pytest.raises(ArtifactError, match="unsafe file name"):
+        pull("acme/de-lora", tmp_path / "out" / "de", token=TOKEN, endpoint=hub.endpoint)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "escape.json").exists()
+
+
+@pytest.mark.parametrize("repo_id", ["noslash", "a/b/c", "-org/x", "org/x-", "org/a..b", "org/",
+                                     "/x", "org/x y", "org/../x", "org/x_", ".org/x", "org/ä"])
+def test_invalid_repo_ids(repo_id, tmp_path):
+    with pytest.raises(HubError, match="invalid repository id"):
+        validate_repo_id(repo_id)
+    with pytest.raises(HubError, match="invalid repository id"):
+        push(make_adapter(tmp_path), repo_id, token=TOKEN, endpoint="http://127.0.0.1:9")
+    with pytest.raises(HubError, match="invalid repository id"):
+        pull(repo_id, tmp_path / "out", token=TOKEN, endpoint="http://127.0.0.1:9")
+
+
+def test_valid_repo_ids():
+    for repo_id in ("acme/de-lora", "A_b.c/x.y_z-1", "u/m"):
+        assert validate_repo_id(repo_id) == repo_id
+
+
+def test_push_refuses_pickles(hub, tmp_path):
+    src = make_adapter(tmp_path / "src")
+    (src / "model.pt").write_bytes(b"\x80\x04")
+    with pytest.raises(ArtifactError, match="pickle"):
+        push(src, "acme/de-lora", token=TOKEN, endpoint=hub.endpoint)
+    assert hub.state.repos == {}  # refused before any request
+
+
+def test_push_refuses_non_artefact(hub, tmp_path):
+    (tmp_path / "junk.txt").write_text("x")
+    with pytest.raises(ArtifactError, match="neither a backbone"):
+        push(tmp_path, "acme/junk", token=TOKEN, endpoint=hub.endpoint)
+
+
+def test_cards(tmp_path):
+    meta = json.loads((make_adapter(tmp_path) / "region.json").read_text())
+    card = adapter_card({**meta, "backbone_repo": "acme/backbone"})
+    assert card.data.library_name == "regiontune"
+    assert card.data.base_model == "acme/backbone"
+    assert card.data.tags == ["recommendation", "region-adapter", "lora", "regiontune"]
+    for text in ("region `de`", "0.6100", "leave-one-out", "regiontune recommend",
+                 "from regiontune.adapters import load_adapter", "PeftModel.from_pretrained",
+                 "3 items (1 new", "sha256:aaa"):
+        assert text in card.text, text
+    assert "i1" not in card.text  # the catalogue's size only
+    bare = adapter_card({})  # every key may be missing
+    assert bare.data.library_name == "regiontune" and bare.data.base_model is None
+    assert "PeftModel" not in adapter_card({"method": "prefix"}).text
+    bb = backbone_card(json.loads((make_backbone(tmp_path) / "regiontune.json").read_text()))
+    assert bb.data.tags == ["recommendation", "regiontune", "backbone"]
+    assert "sha256:aaa" in bb.text and "| us | 0.4000 |" in bb.text
+    path = write_card(tmp_path / "adapter", meta, "adapter")
+    assert path.read_text().startswith("---\nlibrary_name: regiontune\n")
+    with pytest.raises(ValueError):
+        write_card(tmp_path, meta, "dataset")
+
+
+def test_pushed_card_and_hand_written_readme(hub_server, tmp_path):
+    endpoint, token = hub_server
+    src = make_adapter(tmp_path / "src")
+    push(src, "acme/de-lora", token=token, endpoint=endpoint)
+    info = HfApi(endpoint=endpoint, token=token).model_info("acme/de-lora")
+    assert info.card_data.library_name == "regiontune"
+    assert "region-adapter" in info.card_data.tags
+    (src / "README.md").write_text("# my own words\n")
+    push(src, "acme/de-lora", token=token, endpoint=endpoint)
+    out = pull("acme/de-lora", tmp_path / "out", token=token, endpoint=endpoint)
+    assert (out / "README.md").read_text() == "# my own words\n"
+
+
+def test_unreachable_hub(tmp_path):
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    with pytest.raises(HubError, match="cannot reach the hub at http://127.0.0.1"):
+        pull("acme/de-lora", tmp_path / "out", token=TOKEN, endpoint=endpoint)
+    with pytest.raises(HubError, match="cannot reach the hub"):
+        push(make_adapter(tmp_path), "acme/de-lora", token=TOKEN, endpoint=endpoint)
