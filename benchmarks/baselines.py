@@ -3,7 +3,7 @@
 They keep the transformer benchmarks honest: a method that cannot beat popularity, ItemKNN or
 EASE on a region is not worth its parameters there. Every baseline follows one shape:
 ``fit(train, catalogue) -> self`` and ``score(histories) -> float32 [n, len(catalogue)]``.
-The shared ``evaluate_scorer`` implements the ranking protocol used for them.
+They are evaluated with the same protocol as the models (``regiontune.core.evaluate``).
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from typing import Protocol
 import numpy as np
 import scipy.sparse as sp
 import torch
+
+from regiontune.core.evaluate import evaluate_scorer
 from regiontune.core.splits import EvalCase, RegionData
 
 log = logging.getLogger(__name__)
-
-ScoreFn = Callable[[list[list[str]]], np.ndarray]
 
 
 class Scorer(Protocol):
@@ -159,58 +159,6 @@ class EASE(_Base):
 def _gram(x: sp.csr_matrix) -> torch.Tensor:
     """Dense float32 X^T X (10k items -> 400 MB)."""
     return torch.from_numpy((x.T @ x).toarray().astype(np.float32))
-
-
-def _ranks(scores: np.ndarray, cases: list[EvalCase], index: dict[str, int],
-           exclude_seen: bool) -> np.ndarray:
-    """Rank of each case's target (0 = best); ties count against the target; miss = inf."""
-    ranks = np.full(len(cases), np.inf)
-    for row, case in enumerate(cases):
-        t = index.get(case.target)
-        if t is None:
-            continue  # a target outside the catalogue cannot be recommended: a miss
-        s = scores[row]
-        if case.candidates is not None:
-            others = [c for c in dict.fromkeys(case.candidates) if c != case.target]
-            s = np.asarray([s[index[c]] if c in index else -np.inf for c in others])
-        elif exclude_seen:
-            seen = [index[i] for i in case.history if i in index and index[i] != t]
-            s = s.copy()
-            s[seen] = -np.inf
-        target = scores[row, t]
-        if np.isnan(target):
-            continue
-        # Count ties against the target (conservative): a constant scorer ranks it last.
-        higher = np.count_nonzero(s > target)
-        ties = np.count_nonzero(s == target) - (1 if case.candidates is None else 0)
-        ranks[row] = higher + ties
-    return ranks
-
-
-def evaluate_scorer(score_fn: ScoreFn, catalogue: list[str], cases: list[EvalCase],
-                    k: int = 10, exclude_seen: bool = True, batch_size: int = 512) -> dict:
-    """NDCG@k, HR@k and MRR of ``score_fn`` on ``cases``.
-
-    Full ranking over ``catalogue`` when a case has no candidates (history items excluded when
-    ``exclude_seen``, the target never), else ranking among the case's candidates only
-    (candidates outside the catalogue score -inf; the target is always compared).
-    """
-    index = {item: j for j, item in enumerate(catalogue)}
-    ranks = []
-    for start in range(0, len(cases), batch_size):
-        batch = cases[start:start + batch_size]
-        scores = np.asarray(score_fn([list(c.history) for c in batch]))
-        if scores.shape != (len(batch), len(catalogue)):
-            raise ValueError(f"scores shape {scores.shape}, expected "
-                             f"{(len(batch), len(catalogue))}")
-        ranks.append(_ranks(scores, batch, index, exclude_seen))
-    r = np.concatenate(ranks) if ranks else np.empty(0)
-    hit = r < k
-    ndcg = np.where(hit, 1.0 / np.log2(np.where(hit, r, 0) + 2), 0.0)
-    mrr = np.where(np.isfinite(r), 1.0 / (np.where(np.isfinite(r), r, 0) + 1), 0.0)
-    n = len(r)
-    ndcg, hr, mrr = (float(a.mean()) if n else 0.0 for a in (ndcg, hit.astype(float), mrr))
-    return {f"ndcg@{k}": ndcg, f"hr@{k}": hr, "mrr": mrr, "users": n}
 
 
 def tune_ease(train: dict[str, list[str]], catalogue: list[str], valid_cases: list[EvalCase],

@@ -149,7 +149,8 @@ def select_regions(frame: pd.DataFrame, regions: list[str] | None) -> pd.DataFra
 def load_files(paths: list[str], columns: dict[str, str] | None = None) -> pd.DataFrame:
     """Load several files (``REGION=PATH`` names the region of a file without that column)."""
     if not paths:
-        raise DataError("no data files given; pass --file PATH (or REGION=PATH), or a --data recipe")
+        raise DataError("no data files given; pass --file PATH (or REGION=PATH), "
+                        "or a --data recipe")
     frames = []
     for spec in paths:
         region, _, path = spec.rpartition("=") if "=" in spec else (None, "", spec)

@@ -58,7 +58,8 @@ def build_encoder(cfg: RecConfig) -> nn.Module:
                   hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
                   num_attention_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size)
     if cfg.arch == "gpt2":
-        return GPT2Model(GPT2Config(vocab_size=1, bos_token_id=None, eos_token_id=None, n_embd=cfg.hidden_size, n_layer=cfg.num_layers,
+        return GPT2Model(GPT2Config(vocab_size=1, bos_token_id=None, eos_token_id=None,
+                                    n_embd=cfg.hidden_size, n_layer=cfg.num_layers,
                                     n_head=cfg.num_heads, n_inner=cfg.intermediate_size,
                                     n_positions=cfg.max_len + 1, resid_pdrop=cfg.dropout,
                                     embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout))

@@ -72,14 +72,26 @@ def _trainable_state(task: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def _epoch_loader(sequences: list[list[int]], cfg: TrainConfig, collator: TrainCollator,
                   epoch: int, accelerator: Accelerator) -> DataLoader:
-    """This process's shard of a seeded permutation; every rank gets the same batch count."""
+    """This process's shard of a seeded permutation; every rank gets the same batch count.
+
+    Histories are bucketed by length (sorted inside windows of 50 batches, then the batches
+    shuffled): most histories are short, and padding every batch to the longest one would
+    spend most of the compute on padding.
+    """
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
     order = torch.randperm(len(sequences), generator=generator).tolist()
     world, rank = accelerator.num_processes, accelerator.process_index
     per_rank = len(order) // world
-    mine = [sequences[i] for i in order[rank * per_rank:(rank + 1) * per_rank]]
+    mine = order[rank * per_rank:(rank + 1) * per_rank]
+    window = cfg.batch_size * 50
+    batches = []
+    for start in range(0, len(mine), window):
+        chunk = sorted(mine[start:start + window], key=lambda i: len(sequences[i]))
+        batches += [chunk[i:i + cfg.batch_size] for i in range(0, len(chunk), cfg.batch_size)]
+    shuffled = torch.randperm(len(batches), generator=generator).tolist()
     collator.rng.seed(cfg.seed * 1000 + epoch * 10 + rank)
-    return DataLoader(mine, batch_size=cfg.batch_size, shuffle=False, collate_fn=collator)
+    return DataLoader([[sequences[i] for i in batches[b]] for b in shuffled], batch_size=None,
+                      shuffle=False, collate_fn=collator)
 
 
 def _save_checkpoint(accelerator: Accelerator, out: Path, state: dict) -> None:

@@ -8,7 +8,8 @@ from typing import Any
 # The output projection of attention and of the FFN, per backbone family: the adapter sits
 # right after them, before the residual sum (Houlsby et al. 2019; Pfeiffer: after FFN only).
 PLACEMENTS = {
-    "llama": {"attention": r"layers\.\d+\.self_attn\.o_proj$", "ffn": r"layers\.\d+\.mlp\.down_proj$"},
+    "llama": {"attention": r"layers\.\d+\.self_attn\.o_proj$",
+              "ffn": r"layers\.\d+\.mlp\.down_proj$"},
     "gpt2": {"attention": r"h\.\d+\.attn\.c_proj$", "ffn": r"h\.\d+\.mlp\.c_proj$"},
     "bert": {"attention": r"layer\.\d+\.attention\.output\.dense$",
              "ffn": r"layer\.\d+\.output\.dense$"},

@@ -1,0 +1,148 @@
+"""One benchmark job: train/fit one method on one region at one data fraction and seed."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from benchmarks.baselines import fit_baseline
+from benchmarks.meta import PeakRSS
+from regiontune.adapters import count_trainable, save_adapter
+from regiontune.core.adapt import train_region
+from regiontune.core.backbone import load_backbone
+from regiontune.core.config import AdaptConfig, DataConfig, ModelConfig, TrainConfig
+from regiontune.core.evaluate import evaluate_scorer, evaluate_task
+from regiontune.core.pretrain import pretrain, train_backbone
+from regiontune.core.recipes import load_regions
+from regiontune.core.splits import RegionData, subsample_users
+from regiontune.core.task import BackboneTask
+
+log = logging.getLogger("benchmarks")
+BASELINE_METHODS = ("popularity", "itemknn", "ease")
+
+
+@dataclass
+class Context:
+    """What jobs share: the suite, the split data, the (cached) pretrained backbone."""
+
+    suite: dict[str, Any]
+    data_cfg: DataConfig
+    model_cfg: ModelConfig
+    trains: dict[str, TrainConfig]
+    work: Path
+
+    def __post_init__(self) -> None:
+        self._regions: dict[str, RegionData] | None = None
+
+    @property
+    def backbone_dir(self) -> Path:
+        return self.work / "backbone"
+
+    def regions(self) -> dict[str, RegionData]:
+        if self._regions is None:
+            cfg = replace(self.data_cfg, regions=list(self.suite["targets"]))
+            self._regions = load_regions(cfg)
+        return self._regions
+
+    def ensure_backbone(self) -> None:
+        """Pretrain on the suite's pretraining regions once; later runs reuse it."""
+        if (self.backbone_dir / "regiontune.json").is_file():
+            return
+        log.info("pretraining the backbone on %s", self.suite["pretrain_regions"])
+        cfg = replace(self.data_cfg, regions=list(self.suite["pretrain_regions"]))
+        pretrain(cfg, self.model_cfg, self.trains["pretrain"], self.backbone_dir)
+
+    def run(self, job: dict[str, Any]) -> dict[str, Any]:
+        self.ensure_backbone()
+        data = self.regions()[job["region"]]
+        with PeakRSS() as rss:
+            record = self._dispatch(job, data)
+        backbone_bytes = (self.backbone_dir / "model.safetensors").stat().st_size
+        device = "cuda:" + torch.cuda.get_device_name(0) if (
+            torch.cuda.is_available() and not self.trains["adapt"].cpu) else "cpu"
+        return {"protocol": data.protocol, "backbone_bytes": backbone_bytes,
+                "peak_rss_mb": rss.mb, "device": device, **record}
+
+    def _dispatch(self, job: dict[str, Any], data: RegionData) -> dict[str, Any]:
+        method = job["method"]
+        if method in BASELINE_METHODS:
+            return baseline_job(method, data)
+        if method == "zero-shot":
+            backbone, vocab, _ = load_backbone(self.backbone_dir)
+            task = BackboneTask(backbone, vocab)
+            return {**_metrics(evaluate_task(task, data.catalogue, data.test)),
+                    "trainable_params": 0, "total_params": _params(task),
+                    "adapter_bytes": 0, "train_seconds": 0.0}
+        train_cfg = replace(self.trains["scratch" if method == "scratch" else "adapt"],
+                            seed=job["seed"])
+        if method == "scratch":
+            return scratch_job(data, job["data_fraction"], self.model_cfg, train_cfg)
+        options = copy.deepcopy(self.suite.get("method_options", {}).get(method, {}))
+        adapt_cfg = AdaptConfig(method=method, region=job["region"],
+                                fraction=job["data_fraction"], options=options,
+                                **self.suite.get("item_side", {}))
+        return adapter_job(self.backbone_dir, data, adapt_cfg, train_cfg)
+
+
+def _metrics(m: dict) -> dict:
+    return {"ndcg@10": m["ndcg@10"], "hr@10": m["hr@10"], "mrr": m["mrr"],
+            "eval_users": m["users"]}
+
+
+def _params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def baseline_job(method: str, data: RegionData) -> dict[str, Any]:
+    started = time.perf_counter()
+    scorer, info = fit_baseline(method, data)
+    seconds = time.perf_counter() - started
+    metrics = evaluate_scorer(scorer.score, data.catalogue, data.test)
+    n = len(data.catalogue)
+    params = {"popularity": n, "ease": n * n,
+              "itemknn": int(scorer.sim.nnz) if method == "itemknn" else None}
+    return {**_metrics(metrics), "trainable_params": params[method],
+            "total_params": params[method], "adapter_bytes": None,
+            "train_seconds": round(seconds, 2), "info": info}
+
+
+def scratch_job(data: RegionData, fraction: float, model_cfg: ModelConfig,
+                train_cfg: TrainConfig) -> dict[str, Any]:
+    """The same architecture trained on the target region's (sub-sampled) data alone."""
+    region = subsample_users(data, fraction, train_cfg.seed)
+    started = time.perf_counter()
+    task, result = train_backbone({data.region: region}, model_cfg, train_cfg, desc="scratch")
+    seconds = time.perf_counter() - started
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.safetensors"
+        save_file({k: v.contiguous() for k, v in task.model.state_dict().items()}, str(path))
+        size = path.stat().st_size
+    return {**_metrics(evaluate_task(task, data.catalogue, data.test)),
+            "trainable_params": count_trainable(task), "total_params": _params(task),
+            "adapter_bytes": size, "train_seconds": round(seconds, 2),
+            "epochs_run": result.epochs_run, "best_epoch": result.best_epoch}
+
+
+def adapter_job(backbone_dir: Path, data: RegionData, adapt_cfg: AdaptConfig,
+                train_cfg: TrainConfig) -> dict[str, Any]:
+    """Train an adapter (or a full fine-tuned copy) on a fresh copy of the backbone."""
+    backbone, vocab, meta = load_backbone(backbone_dir)
+    task, stats = train_region(backbone, vocab, data, adapt_cfg, train_cfg)
+    metrics = evaluate_task(task, data.catalogue, data.test)
+    with tempfile.TemporaryDirectory() as tmp:
+        saved = save_adapter(task, adapt_cfg.method, adapt_cfg.region,
+                             {"region": adapt_cfg.region,
+                              "backbone_fingerprint": meta["fingerprint"]}, Path(tmp) / "a")
+    return {**_metrics(metrics), "trainable_params": stats["trainable_params"],
+            "total_params": _params(task), "adapter_bytes": saved["adapter_bytes"],
+            "train_seconds": stats["train_seconds"], "epochs_run": stats["epochs_run"],
+            "best_epoch": stats["best_epoch"], "train_users": stats["train_users"],
+            "new_items": len(task.item_side.new_items)}

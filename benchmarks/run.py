@@ -1,0 +1,153 @@
+"""Benchmark runner: ``python -m benchmarks.run SUITE [--quick]``.
+
+A suite (``benchmarks/suites/SUITE.yaml``) names a data set, the pretraining regions, the
+target regions, the methods, the data fractions and the seeds. The runner pretrains the
+backbone once (cached), then runs every (region, method, fraction, seed) job, appending one
+record per job to ``benchmarks/results/SUITE.json`` as soon as it finishes. Records already
+in the file are skipped, so a long suite can be completed over several runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from benchmarks import jobs
+from benchmarks.meta import run_meta
+from benchmarks.report import write_report
+from regiontune.core.config import DataConfig, ModelConfig, TrainConfig, from_dict
+
+log = logging.getLogger("benchmarks")
+SUITES = Path(__file__).parent / "suites"
+RESULTS = Path(__file__).parent / "results"
+KEY = ("region", "method", "data_fraction", "seed")
+DETERMINISTIC = {"popularity", "itemknn", "ease", "zero-shot"}
+
+
+def load_suite(name: str, quick: bool = False) -> dict[str, Any]:
+    path = Path(name) if name.endswith(".yaml") else SUITES / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in SUITES.glob("*.yaml"))
+        raise SystemExit(f"unknown suite {name!r}; suites: {known}")
+    suite = yaml.safe_load(path.read_text())
+    if quick:  # the smoke version: same code paths, tiny data and models
+        suite = _deep_update(suite, suite.pop("quick", {}))
+        suite["suite"] = f"{suite['suite']}-quick"
+    suite.pop("quick", None)
+    return suite
+
+
+def _deep_update(base: dict, extra: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        out[key] = _deep_update(out.get(key, {}), value) if isinstance(value, dict) else value
+    return out
+
+
+def plan(suite: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every job of the suite: three seeds at the multi-seed fractions, one elsewhere."""
+    out = []
+    for region in suite["targets"]:
+        for method in suite["methods"]:
+            fractions = suite["fractions"] if method in suite["curve_methods"] else [1.0]
+            for fraction in fractions:
+                many = fraction in suite["multi_seed_fractions"] and method not in DETERMINISTIC
+                for seed in range(suite["seeds"] if many else 1):
+                    out.append({"region": region, "method": method,
+                                "data_fraction": fraction, "seed": seed})
+    return out
+
+
+def _key(record: dict) -> tuple:
+    return tuple(record.get(k) for k in KEY)
+
+
+def _write(results: dict, path: Path) -> None:
+    """Atomic: a kill mid-write never corrupts the results collected so far."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)[1])
+    tmp.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def _configs(suite: dict) -> tuple[DataConfig, ModelConfig, dict[str, TrainConfig]]:
+    data = from_dict(DataConfig, suite["data"])
+    model = from_dict(ModelConfig, suite["model"])
+    trains = {name: from_dict(TrainConfig, {"progress": False, **suite[name]})
+              for name in ("pretrain", "adapt", "scratch")}
+    return data, model, trains
+
+
+def run_suite(name: str, quick: bool = False, out: Path | None = None,
+              methods: list[str] | None = None, regions: list[str] | None = None,
+              cpu: bool = False) -> Path:
+    """Run (or complete) a suite; returns the results file."""
+    suite = load_suite(name, quick)
+    out = Path(out) if out else RESULTS / f"{suite['suite']}.json"
+    work = Path(suite.get("work_dir", "runs/bench")) / suite["suite"]
+    data_cfg, model_cfg, trains = _configs(suite)
+    if cpu:
+        for cfg in trains.values():
+            cfg.cpu = True
+    results = json.loads(out.read_text()) if out.is_file() else {"suite": suite["suite"],
+                                                                  "records": []}
+    results["meta"] = run_meta(suite)
+    done = {_key(r) for r in results["records"]}
+    todo = [j for j in plan(suite) if _key(j) not in done
+            and (not methods or j["method"] in methods)
+            and (not regions or j["region"] in regions)]
+    log.info("%s: %d jobs done, %d to run", suite["suite"], len(done), len(todo))
+    context = jobs.Context(suite, data_cfg, model_cfg, trains, work)
+    for number, job in enumerate(todo, start=1):
+        started = time.perf_counter()
+        record = {"suite": suite["suite"], "dataset": suite["dataset"], **job,
+                  **context.run(job)}
+        results["records"].append(record)
+        _write(results, out)
+        log.info("[%d/%d] %s %s f=%.2f seed=%d: ndcg@10=%.4f (%.0f s)", number, len(todo),
+                 job["region"], job["method"], job["data_fraction"], job["seed"],
+                 record["ndcg@10"], time.perf_counter() - started)
+    write_report(results, out.parent, out.stem)
+    return out
+
+
+def _split(text: str | None) -> list[str] | None:
+    return [x for x in text.split(",") if x] if text else None
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("suite", help="wsdm, ml100k, cost (serving: python -m "
+                        "benchmarks.serving), or a path to a suite YAML")
+    parser.add_argument("--quick", action="store_true", help="small smoke version")
+    parser.add_argument("--out", type=Path, help="results JSON (default benchmarks/results/)")
+    parser.add_argument("--methods", help="comma-separated subset of the suite's methods")
+    parser.add_argument("--regions", help="comma-separated subset of the target regions")
+    parser.add_argument("--cpu", action="store_true", help="force CPU even with a GPU")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
+    for noisy in ("accelerate", "regiontune", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.suite == "cost":
+        from benchmarks.cost import main as cost_main
+
+        cost_main(["--quick"] if args.quick else [])
+        return
+    path = run_suite(args.suite, args.quick, args.out, _split(args.methods),
+                     _split(args.regions), args.cpu)
+    print(f"results: {path}  report: {path.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,249 @@
+"""A recommender serving many regions: one frozen backbone in memory, one adapter per region.
+
+Requests of several regions are grouped so that one transformer forward pass serves all rows
+whose adapters can be routed per row (LoRA, AdaLoRA via its LoRA export, bottleneck); IA3 and
+full fine-tuning get one pass per region. Adapters are loaded, replaced and unloaded while
+requests are served:
+
+* the served state is an immutable snapshot ``{region: entry}``; a load builds the new entry
+  (reads files, adds a uniquely named adapter to a shared body, caches the item table) and then
+  swaps the snapshot under a short lock, so a request sees the old adapter or the new one;
+* a request counts itself on the entries it uses; a replaced or unloaded adapter is deleted
+  from its shared body only once no request uses it any more;
+* a failed load raises :class:`AdapterLoadError` and leaves the serving adapter in place.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+import threading
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .artifacts import ADAPTER_META, ArtifactError, read_json
+from .backbone import load_backbone
+from .model import RecModel
+from .routing import SharedBody, backbone_entry, build_entry, top_k, user_vectors
+from .vocab import ItemVocab
+
+logger = logging.getLogger(__name__)
+REGION_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*(@[A-Za-z0-9_.-]+)?")
+UNKNOWN_REGION_MODES = ("backbone", "error")
+
+
+class ServingError(Exception):
+    """Base class of the errors a recommender raises on a bad call."""
+
+
+class InvalidRequestError(ServingError, ValueError):
+    """A malformed request (bad region name, k, lengths)."""
+
+
+class UnknownRegionError(ServingError, LookupError):
+    """No adapter is loaded for the region and the recommender refuses to guess."""
+
+
+class AdapterLoadError(ServingError, ArtifactError):
+    """An adapter could not be loaded; whatever served the region before still does."""
+
+
+def check_region(region: Any) -> str:
+    """A region name: letters, digits, ``_``, ``-``, ``.``; no ``..`` (names reach paths)."""
+    if not isinstance(region, str) or not REGION_NAME.fullmatch(region) or ".." in region \
+            or region.strip(".") == "":
+        raise InvalidRequestError(f"invalid region name {region!r}: use 1-64 letters, digits, "
+                                  "'_', '-' or '.', without '..'")
+    return region
+
+
+class Recommender:
+    """One backbone plus region adapters; thread safe; see the module docstring."""
+
+    def __init__(self, backbone: RecModel, vocab: ItemVocab, meta: dict[str, Any],
+                 backbone_dir: str | Path | None = None, unknown_region: str = "backbone",
+                 cache_dir: str | Path | None = None) -> None:
+        if unknown_region not in UNKNOWN_REGION_MODES:
+            raise ValueError(f"unknown_region={unknown_region!r}: use one of "
+                             f"{UNKNOWN_REGION_MODES}")
+        for p in backbone.parameters():
+            p.requires_grad_(False)
+        self.backbone, self.vocab, self.meta = backbone.eval(), vocab, meta
+        self.fingerprint = str(meta["fingerprint"])
+        self.backbone_dir = Path(backbone_dir) if backbone_dir is not None else None
+        self.unknown_region = unknown_region
+        self._cache_dir = Path(cache_dir) if cache_dir is not None else None
+        cfg = backbone.config
+        self._shape = (cfg.max_len, cfg.causal, cfg.ordered)
+        self._base = backbone_entry(backbone, vocab, str(backbone_dir or ""))
+        self._shared = {m: SharedBody(m, backbone) for m in ("lora", "bottleneck")}
+        self._snapshot: dict[str, Any] = {}
+        self._state_lock = threading.Lock()  # snapshot swaps and in-flight counts
+        self._load_lock = threading.Lock()  # one load/replace/unload at a time
+        self._in_flight: Counter = Counter()
+        self._retired: list = []
+        self._stats: Counter = Counter()
+
+    @classmethod
+    def from_dirs(cls, backbone_dir: str | Path, adapter_dirs: Iterable[str | Path] = (),
+                  unknown_region: str = "backbone", cache_dir: str | Path | None = None
+                  ) -> Recommender:
+        """Load a backbone directory and every adapter directory (region from region.json)."""
+        backbone, vocab, meta = load_backbone(backbone_dir)
+        rec = cls(backbone, vocab, meta, backbone_dir, unknown_region, cache_dir)
+        for directory in adapter_dirs:
+            region = read_json(Path(directory) / ADAPTER_META, "region metadata").get("region")
+            rec.load(str(region), directory)
+        return rec
+
+    # ------------------------------------------------------------ adapter management
+
+    def load(self, region: str, path_or_hub_id: str | Path) -> dict[str, Any]:
+        """Load (or replace) ``region``'s adapter from a directory or a hub id ``org/name``."""
+        check_region(region)
+        with self._load_lock:
+            try:
+                directory = self._resolve(path_or_hub_id)
+                entry = build_entry(region, directory, self.backbone, self.vocab,
+                                    self.fingerprint, self._shared)
+            except Exception as err:  # any failure: the old adapter keeps serving
+                logger.warning("loading %s for region %s failed: %s", path_or_hub_id, region, err)
+                raise AdapterLoadError(f"cannot load the adapter of region {region!r} from "
+                                       f"{path_or_hub_id}: {err}") from err
+            if entry.meta.get("region") not in (None, region):
+                logger.info("serving %s's adapter (%s) as region %s", entry.meta.get("region"),
+                            directory, region)
+            old = self._swap(region, entry)
+        logger.info("region %s: %s adapter %s (%s)", region, "replaced" if old else "loaded",
+                    entry.name, entry.served_as)
+        return entry.info()
+
+    def replace(self, region: str, path_or_hub_id: str | Path) -> dict[str, Any]:
+        """Replace the adapter of a loaded region (an error if the region is not loaded)."""
+        if region not in self._snapshot:
+            raise UnknownRegionError(f"region {region!r} is not loaded; use load()")
+        return self.load(region, path_or_hub_id)
+
+    def unload(self, region: str) -> None:
+        """Stop serving ``region``'s adapter (requests in flight finish with it)."""
+        with self._load_lock:
+            if region not in self._snapshot:
+                raise UnknownRegionError(f"region {region!r} is not loaded")
+            self._swap(region, None)
+        logger.info("region %s unloaded", region)
+
+    def _swap(self, region: str, entry) -> Any:
+        with self._state_lock:
+            snapshot = dict(self._snapshot)
+            old = snapshot.pop(region, None)
+            if entry is not None:
+                snapshot[region] = entry
+            self._snapshot = snapshot  # requests that started before keep the old dict
+            if old is not None:
+                self._retired.append(old)
+        self._sweep()
+        return old
+
+    def _sweep(self) -> None:
+        """Delete retired adapters that no request uses any more."""
+        with self._state_lock:
+            dead = list(self._retired)
+            self._retired = []
+        for entry in dead:
+            entry.release()
+
+    def _resolve(self, source: str | Path) -> Path:
+        path = Path(source)
+        if path.exists() or isinstance(source, Path) or not HUB_ID.fullmatch(str(source)):
+            return path
+        from .hub import pull  # imported lazily: serving from disk never needs the hub client
+
+        repo_id, _, revision = str(source).partition("@")
+        if self._cache_dir is None:
+            self._cache_dir = Path(tempfile.mkdtemp(prefix="regiontune-serving-"))
+        out = self._cache_dir / repo_id.replace("/", "--") / (revision or "main")
+        return pull(repo_id, out, revision=revision or None, backbone_dir=self.backbone_dir)
+
+    def regions(self) -> list[dict[str, Any]]:
+        """One dict per loaded region: region, method, path, fingerprint_ok, n_items, ..."""
+        snapshot = self._snapshot
+        return [snapshot[r].info() for r in sorted(snapshot)]
+
+    def stats(self) -> dict[str, int]:
+        """Counters: requests (rows), batches, forward passes, retired adapters pending."""
+        with self._state_lock:
+            return {"requests": 0, "batches": 0, "forward_passes": 0, **self._stats,
+                    "adapters_loaded": len(self._snapshot),
+                    "retired_pending": len(self._retired)}
+
+    # ------------------------------------------------------------ recommendation
+
+    def recommend(self, histories: Sequence[Sequence[str]], regions: Sequence[str], k: int = 10,
+                  exclude_seen: bool = True) -> list[dict[str, Any]]:
+        """Top-``k`` items per row, each from its region's catalogue, in as few passes as
+        possible. Rows: {region, items, scores, adapted, unknown_items}."""
+        if len(histories) != len(regions):
+            raise InvalidRequestError(f"{len(histories)} histories but {len(regions)} regions")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise InvalidRequestError(f"k must be a positive integer, not {k!r}")
+        histories = [list(h) for h in histories]
+        if any(not isinstance(i, str) for h in histories for i in h):
+            raise InvalidRequestError("history items must be strings")
+        entries = self._acquire(regions)
+        try:
+            return self._recommend(histories, regions, entries, k, exclude_seen)
+        finally:
+            self._release(entries)
+
+    def _acquire(self, regions: Sequence[str]) -> list:
+        with self._state_lock:
+            snapshot = self._snapshot
+            entries = [snapshot.get(r) for r in regions]
+            missing = sorted({r for r, e in zip(regions, entries, strict=True) if e is None})
+            if missing and self.unknown_region == "error":
+                raise UnknownRegionError(f"no adapter loaded for region(s) {missing}")
+            entries = [e or self._base for e in entries]
+            for entry in set(entries):
+                self._in_flight[entry] += 1
+        return entries
+
+    def _release(self, entries: list) -> None:
+        with self._state_lock:
+            for entry in set(entries):
+                self._in_flight[entry] -= 1
+                if not self._in_flight[entry]:
+                    del self._in_flight[entry]
+            pending = bool(self._retired)
+        if pending:
+            self._sweep()
+
+    @torch.inference_mode()
+    def _recommend(self, histories: list[list[str]], regions: Sequence[str], entries: list,
+                   k: int, exclude_seen: bool) -> list[dict[str, Any]]:
+        tokens = [e.vocab.encode(h) for e, h in zip(entries, histories, strict=True)]
+        users, passes = user_vectors(entries, tokens, *self._shape)
+        with self._state_lock:
+            self._stats.update(requests=len(entries), batches=1, forward_passes=passes)
+        results: list[dict[str, Any]] = [{} for _ in entries]
+        by_entry: dict[Any, list[int]] = {}
+        for row, entry in enumerate(entries):
+            by_entry.setdefault(entry, []).append(row)
+        for entry, rows in by_entry.items():
+            ranked = top_k(entry, users[rows], [histories[r] for r in rows], k, exclude_seen)
+            for r, (items, scores) in zip(rows, ranked, strict=True):
+                results[r] = {"region": regions[r], "items": items, "scores": scores,
+                              "adapted": entry.adapted,
+                              "unknown_items": entry.vocab.unknown(histories[r])}
+        return results
+
+    def trainable_parameters(self) -> int:
+        """Trainable parameters anywhere in the served modules (always 0: a safety check)."""
+        modules = [self.backbone] + [b.module for b in self._shared.values() if b.module]
+        modules += [e.body for e in self._snapshot.values() if e.body is not None]
+        return sum(p.numel() for m in modules for p in m.parameters() if p.requires_grad)

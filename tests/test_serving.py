@@ -1,0 +1,300 @@
+"""Hot-swap serving: mixed-region batches, consistency under concurrent replaces, failures."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from regiontune.adapters import save_adapter
+from regiontune.adapters.io import WEIGHTS
+from regiontune.core.adapt import train_region
+from regiontune.core.backbone import load_backbone
+from regiontune.core.config import AdaptConfig, TrainConfig
+from regiontune.core.evaluate import task_scores
+from regiontune.core.serving import (
+    AdapterLoadError,
+    InvalidRequestError,
+    Recommender,
+    UnknownRegionError,
+)
+
+# method -> training region (small regions: fast); served under the method's name
+METHOD_REGIONS = {"lora": "west", "bottleneck": "delta", "ia3": "alpine", "adalora": "island",
+                  "full": "delta"}
+QUICK = TrainConfig(epochs=1, batch_size=32, progress=False)
+
+
+def make_adapter(backbone_dir: Path, data, method: str, out: Path, seed: int):
+    """Train briefly, perturb every trainable weight (so adapters differ), save; the task."""
+    backbone, vocab, bmeta = load_backbone(backbone_dir)
+    task, _ = train_region(backbone, vocab, data, AdaptConfig(method=method, region=data.region),
+                           QUICK)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in task.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.2)
+    meta = {"region": data.region, "backbone_fingerprint": bmeta["fingerprint"]}
+    save_adapter(task, method, data.region, meta, out)
+    return task.eval()
+
+
+def perturbed_copy(src: Path, dst: Path, seed: int) -> Path:
+    """A second version of an adapter: same files, every tensor nudged."""
+    shutil.copytree(src, dst)
+    tensors = load_file(str(dst / WEIGHTS))
+    gen = torch.Generator().manual_seed(seed)
+    tensors = {k: v + 0.2 * torch.randn(v.shape, generator=gen) for k, v in tensors.items()}
+    save_file(tensors, str(dst / WEIGHTS), metadata={"format": "pt"})
+    return dst
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_backbone_dir, tiny_regions, tmp_path_factory):
+    """{method: (adapter dir, in-memory task, region data)} plus version B of the lora one."""
+    root = tmp_path_factory.mktemp("adapters")
+    out = {}
+    for seed, (method, region) in enumerate(METHOD_REGIONS.items()):
+        data = tiny_regions[region]
+        task = make_adapter(tiny_backbone_dir, data, method, root / method, seed)
+        out[method] = (root / method, task, data)
+    out["lora_b"] = (perturbed_copy(root / "lora", root / "lora_b", 99), None,
+                     tiny_regions["west"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def rec(tiny_backbone_dir, adapters):
+    rec = Recommender.from_dirs(tiny_backbone_dir)
+    for method in METHOD_REGIONS:
+        rec.load(method, adapters[method][0])
+    return rec
+
+
+def histories(data, n: int = 4) -> list[list[str]]:
+    """Histories of different lengths (so rows are padded), from the region's own users."""
+    users = [h for h in data.train.values() if len(h) >= 2]
+    return [users[i % len(users)][: 2 + i] for i in range(n)]
+
+
+def as_dict(result: dict) -> dict[str, float]:
+    return dict(zip(result["items"], result["scores"], strict=True))
+
+
+def assert_matches(result: dict, task, history: list[str]) -> None:
+    """``result`` (all items, seen kept) equals the task's own full ranking scores."""
+    got = as_dict(result)
+    catalogue = task.item_side.catalogue
+    assert sorted(got) == sorted(catalogue)
+    want = task_scores(task, [history], catalogue)[0]
+    torch.testing.assert_close(torch.tensor([got[i] for i in catalogue]), want,
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_mixed_batch_equals_each_adapter_alone(rec, adapters):
+    rows, regions, tasks = [], [], []
+    for method in METHOD_REGIONS:
+        _, task, data = adapters[method]
+        for h in histories(data, 3):
+            rows.append(h)
+            regions.append(method)
+            tasks.append(task)
+    order = list(range(len(rows)))[::2] + list(range(len(rows)))[1::2]  # interleave regions
+    rows, regions, tasks = ([x[i] for i in order] for x in (rows, regions, tasks))
+    before = rec.stats()["forward_passes"]
+    results = rec.recommend(rows, regions, k=10_000, exclude_seen=False)
+    # lora + adalora (as LoRA) share one pass, bottleneck one, ia3 and full one each
+    assert rec.stats()["forward_passes"] - before == 4
+    for result, task, history, region in zip(results, tasks, rows, regions, strict=True):
+        assert result["region"] == region and result["adapted"]
+        assert_matches(result, task, history)
+
+
+def test_routable_regions_share_one_pass_per_body(rec, adapters):
+    h = histories(adapters["lora"][2], 2)
+    before = rec.stats()["forward_passes"]
+    rec.recommend(h * 3, ["lora", "adalora", "nowhere"] * 2, k=5)
+    assert rec.stats()["forward_passes"] - before == 1  # backbone rows ride as __base__
+    mixed = h + histories(adapters["bottleneck"][2], 2)
+    rec.recommend(mixed, ["lora", "lora", "bottleneck", "bottleneck"], k=5)
+    assert rec.stats()["forward_passes"] - before == 3
+    # a causal row with no known item has nothing to encode: ranked by popularity, no pass
+    [pop] = rec.recommend([["ghost"]], ["bottleneck"], k=5)
+    assert rec.stats()["forward_passes"] - before == 3 and len(pop["items"]) == 5
+
+
+def test_adalora_served_as_lora_and_nothing_trainable(rec):
+    info = {r["region"]: r for r in rec.regions()}
+    assert info["adalora"]["served_as"] == "lora" and info["adalora"]["method"] == "adalora"
+    assert info["ia3"]["served_as"] == "ia3"
+    assert all(r["fingerprint_ok"] and r["n_items"] > 0 and r["loaded_at"] for r in info.values())
+    assert rec.trainable_parameters() == 0
+
+
+def test_unknown_region_served_by_backbone(rec, tiny_backbone_dir, adapters):
+    history = histories(adapters["lora"][2], 1)[0] + ["no-such-item"]
+    [result] = rec.recommend([history], ["atlantis"], k=10_000, exclude_seen=False)
+    assert result["adapted"] is False and result["region"] == "atlantis"
+    assert result["unknown_items"] == ["no-such-item"]
+    backbone, vocab, _ = load_backbone(tiny_backbone_dir)
+    assert sorted(result["items"]) == sorted(vocab.items)  # the whole backbone vocabulary
+    users = backbone.eval()(input_ids=torch.tensor([vocab.encode(history)]))
+    table, bias = backbone.item_table()
+    want = (users.last_hidden_state[0, -1] @ table.T + bias).detach()
+    got = as_dict(result)
+    torch.testing.assert_close(torch.tensor([got[i] for i in vocab.items]), want,
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_unknown_region_error_mode(tiny_backbone_dir):
+    rec = Recommender.from_dirs(tiny_backbone_dir, unknown_region="error")
+    with pytest.raises(UnknownRegionError, match="atlantis"):
+        rec.recommend([["x"]], ["atlantis"])
+    with pytest.raises(ValueError, match="unknown_region"):
+        Recommender.from_dirs(tiny_backbone_dir, unknown_region="guess")
+
+
+def test_exclude_seen_and_unknown_items(rec, adapters):
+    _, task, data = adapters["bottleneck"]
+    history = histories(data, 1)[0] + ["ghost-1", "ghost-2"]
+    n = len(task.item_side.catalogue)
+    [seen_out] = rec.recommend([history], ["bottleneck"], k=n, exclude_seen=True)
+    [seen_in] = rec.recommend([history], ["bottleneck"], k=n, exclude_seen=False)
+    known = {i for i in history if i in task.vocab}
+    assert not known & set(seen_out["items"]) and len(seen_out["items"]) == n - len(known)
+    assert len(seen_in["items"]) == n and known <= set(seen_in["items"])
+    assert seen_out["unknown_items"] == ["ghost-1", "ghost-2"]
+    assert seen_out["scores"] == sorted(seen_out["scores"], reverse=True)
+    [top] = rec.recommend([history], ["bottleneck"], k=3)
+    assert top["items"] == seen_out["items"][:3]
+
+
+def test_bad_calls(rec):
+    with pytest.raises(InvalidRequestError):
+        rec.recommend([["a"]], ["lora", "ia3"])
+    for k in (0, -1, 1.5, True):
+        with pytest.raises(InvalidRequestError):
+            rec.recommend([["a"]], ["lora"], k=k)
+    for name in ("../x", "a/b", "a..b", "", "..", "x" * 65):
+        with pytest.raises(InvalidRequestError):
+            rec.load(name, "/nowhere")
+
+
+def _shared_names(rec) -> dict[str, set[str]]:
+    return {m: set(b.names) for m, b in rec._shared.items()}
+
+
+def test_failed_loads_keep_the_old_adapter(rec, adapters, tmp_path):
+    lora_dir = adapters["lora"][0]
+    h = histories(adapters["lora"][2], 3)
+    want = rec.recommend(h, ["lora"] * 3, k=20)
+    names = _shared_names(rec)
+    corrupt = shutil.copytree(lora_dir, tmp_path / "corrupt")
+    (corrupt / WEIGHTS).write_bytes((corrupt / WEIGHTS).read_bytes()[:200])
+    foreign = shutil.copytree(lora_dir, tmp_path / "foreign")
+    meta = json.loads((foreign / "region.json").read_text())
+    (foreign / "region.json").write_text(json.dumps({**meta, "backbone_fingerprint": "sha:x"}))
+    pickled = shutil.copytree(lora_dir, tmp_path / "pickled")
+    torch.save({"x": torch.zeros(1)}, pickled / "evil.bin")
+    missing = shutil.copytree(lora_dir, tmp_path / "missing")  # fails inside the shared body
+    tensors = load_file(str(missing / WEIGHTS))
+    drop = next(k for k in tensors if "lora_B" in k)
+    save_file({k: v for k, v in tensors.items() if k != drop}, str(missing / WEIGHTS))
+    cases = {corrupt: "corrupt", foreign: "sha:x", pickled: "pickle", missing: "lack",
+             tmp_path / "nowhere": "no such"}
+    for path, reason in cases.items():
+        with pytest.raises(AdapterLoadError, match=reason):
+            rec.load("lora", path)
+        assert rec.recommend(h, ["lora"] * 3, k=20) == want
+    assert _shared_names(rec) == names  # nothing half-added left behind
+    assert rec.trainable_parameters() == 0
+
+
+def test_hub_id_is_pulled_then_loaded(rec, adapters, monkeypatch, tmp_path):
+    calls = []
+
+    def fake_pull(repo_id, out, revision=None, backbone_dir=None, **kw):
+        calls.append((repo_id, revision, backbone_dir))
+        shutil.copytree(adapters["ia3"][0], out)
+        return Path(out)
+
+    monkeypatch.setattr("regiontune.core.hub.pull", fake_pull)
+    info = rec.load("hubbed", "acme/ia3-adapter@v1")
+    assert calls == [("acme/ia3-adapter", "v1", rec.backbone_dir)]
+    assert info["method"] == "ia3" and "acme--ia3-adapter" in info["path"]
+    rec.unload("hubbed")
+
+
+def test_hot_replace_under_concurrent_requests(tiny_backbone_dir, adapters):
+    rec = Recommender.from_dirs(tiny_backbone_dir)
+    dir_a, dir_b = adapters["lora"][0], adapters["lora_b"][0]
+    rec.load("bottleneck", adapters["bottleneck"][0])
+    h = histories(adapters["lora"][2], 4)
+    regions = ["swap", "other", "swap", "bottleneck"]
+    rec.load("other", dir_a)  # a neighbour in the same shared LoRA body must not be disturbed
+    rec.load("swap", dir_b)
+    answer_b = rec.recommend(h, regions, k=15)
+    rec.load("swap", dir_a)
+    answer_a = rec.recommend(h, regions, k=15)
+    assert answer_a != answer_b
+
+    def same(got, want) -> bool:
+        return all(g["items"] == w["items"] and torch.allclose(
+            torch.tensor(g["scores"]), torch.tensor(w["scores"]), atol=1e-5)
+            for g, w in zip(got, want, strict=True))
+
+    errors, mismatches, served = [], [], [0]
+    stop = threading.Event()
+
+    def hammer() -> None:
+        while not stop.is_set():
+            try:
+                got = rec.recommend(h, regions, k=15)
+                if not (same(got, answer_a) or same(got, answer_b)):
+                    mismatches.append(got)
+                served[0] += 1
+            except Exception as err:  # noqa: BLE001 - every error is a failure here
+                errors.append(err)
+
+    threads = [threading.Thread(target=hammer) for _ in range(3)]
+    for t in threads:
+        t.start()
+    swaps = 0
+    deadline = time.monotonic() + 2.5
+    while time.monotonic() < deadline:
+        rec.replace("swap", dir_b if swaps % 2 == 0 else dir_a)
+        swaps += 1
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors and not mismatches
+    assert served[0] > 10 and swaps > 5
+    stats = rec.stats()
+    assert stats["retired_pending"] == 0  # every replaced adapter was deleted
+    assert len(rec._shared["lora"].names) == 2  # other + the current swap version
+    assert rec.trainable_parameters() == 0
+
+
+def test_unload(tiny_backbone_dir, adapters):
+    rec = Recommender.from_dirs(tiny_backbone_dir,
+                                [adapters["lora"][0], adapters["bottleneck"][0]])
+    assert [r["region"] for r in rec.regions()] == ["delta", "west"]  # from region.json
+    h = histories(adapters["lora"][2], 2)
+    assert all(r["adapted"] for r in rec.recommend(h, ["west", "west"]))
+    rec.unload("west")
+    assert not any(r["adapted"] for r in rec.recommend(h, ["west", "west"]))
+    assert rec._shared["lora"].module is None and rec._shared["lora"].names == set()
+    assert [r["region"] for r in rec.regions()] == ["delta"]
+    with pytest.raises(UnknownRegionError):
+        rec.unload("west")
+    with pytest.raises(UnknownRegionError):
+        rec.replace("west", adapters["lora"][0])
+    rec.load("west", adapters["lora"][0])  # the shared body comes back after being dropped
+    assert all(r["adapted"] for r in rec.recommend(h, ["west", "delta"]))

@@ -1,0 +1,237 @@
+"""The one training loop: learning, early stopping, resume, logs, sampled softmax, accumulation,
+and a two-process data-parallel run (gloo on CPU)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from regiontune.core.config import TrainConfig
+from regiontune.core.evaluate import evaluate_task
+from regiontune.core.model import build_backbone
+from regiontune.core.objective import item_loss
+from regiontune.core.task import BackboneTask
+from regiontune.core.train import CHECKPOINT, LOG_FILE, fit
+from regiontune.core.vocab import ItemVocab
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+CFG = TrainConfig(epochs=4, batch_size=16, lr=5e-3, patience=10, progress=False, seed=3)
+SIZES = dict(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, max_len=12,
+             dropout=0.1)
+
+
+class Crash(RuntimeError):
+    """Stands in for a kill in the middle of an epoch."""
+
+
+@pytest.fixture(scope="module")
+def region(tiny_regions):
+    return tiny_regions["north"]
+
+
+def _task(region, arch: str = "llama", seed: int = 0, num_negatives: int = 0) -> BackboneTask:
+    torch.manual_seed(seed)
+    vocab = ItemVocab(region.catalogue)
+    model = build_backbone(len(vocab), arch=arch, **SIZES)
+    return BackboneTask(model, vocab, num_negatives)
+
+
+def _sequences(task: BackboneTask, region) -> list[list[int]]:
+    return [s for s in (task.vocab.encode(h) for h in region.train.values()) if len(s) >= 2]
+
+
+def _weights(task) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in task.named_parameters() if p.requires_grad}
+
+
+def _by_epoch(out: Path):
+    """A validation metric that improves every epoch (counts logged epochs, so it survives a
+    resume): the final weights are then the last epoch's, which makes resume checks strict."""
+    def evaluate() -> dict:
+        log = out / LOG_FILE
+        done = len(log.read_text().splitlines()) if log.exists() else 0
+        return {"ndcg@10": (done + 1) / 100}
+    return evaluate
+
+
+def _records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / LOG_FILE).read_text().splitlines()]
+
+
+@pytest.mark.parametrize("arch", ["llama", "bert"])
+def test_backbone_task_learns(region, tmp_path, arch):
+    task = _task(region, arch)
+    cfg = replace(CFG, epochs=5, lr=1e-2)
+    result = fit(task, _sequences(task, region),
+                 lambda: evaluate_task(task, region.catalogue, region.valid), cfg, tmp_path)
+    losses = [r["loss"] for r in result.history]
+    assert len(losses) == 5 and all(math.isfinite(v) for v in losses)
+    assert losses[-1] < losses[0] - 0.05, losses
+    assert result.epochs_run == 5 and result.stopped == "epochs"
+    assert 1 <= result.best_epoch <= 5 and 0 <= result.best_metric <= 1
+
+
+def test_early_stopping_restores_best_epoch(region, tmp_path):
+    task = _task(region)
+    metrics = iter([0.10, 0.30, 0.20, 0.25, 0.15, 0.40, 0.50, 0.60])
+    snapshots = []
+
+    def evaluate() -> dict:  # runs after each epoch's training: record that epoch's weights
+        snapshots.append(_weights(task))
+        return {"ndcg@10": next(metrics)}
+
+    cfg = replace(CFG, epochs=8, patience=3)
+    result = fit(task, _sequences(task, region), evaluate, cfg, tmp_path)
+    # best at epoch 2; epochs 3, 4, 5 bring no gain -> stop after epoch 5
+    assert result.stopped == "early stopping"
+    assert result.epochs_run == 5 and len(snapshots) == 5 and len(result.history) == 5
+    assert result.best_epoch == 2 and result.best_metric == pytest.approx(0.30)
+    final = _weights(task)
+    assert all(torch.equal(final[k], snapshots[1][k]) for k in final)
+    assert not all(torch.equal(final[k], snapshots[-1][k]) for k in final)
+    # the best weights are on disk too
+    best = load_file(str(tmp_path / "best.safetensors"))
+    assert best.keys() == final.keys() and all(torch.equal(best[k], final[k]) for k in best)
+
+
+def test_json_lines_log(region, tmp_path):
+    task = _task(region)
+    fit(task, _sequences(task, region),
+        lambda: evaluate_task(task, region.catalogue, region.valid), replace(CFG, epochs=3),
+        tmp_path)
+    records = _records(tmp_path)
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    for r in records:
+        assert math.isfinite(r["loss"]) and r["loss"] > 0
+        assert {"valid_ndcg@10", "valid_hr@10", "step", "seconds"} <= r.keys()
+        assert 0 <= r["valid_ndcg@10"] <= 1
+    assert records[-1]["step"] > records[0]["step"] > 0
+    # a fresh (non-resumed) run in the same directory starts a new log
+    fit(task, _sequences(task, region), _by_epoch(tmp_path), replace(CFG, epochs=1), tmp_path)
+    assert [r["epoch"] for r in _records(tmp_path)] == [1]
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(region, tmp_path):
+    cfg = replace(CFG, epochs=4)
+    a_dir, b_dir = tmp_path / "a", tmp_path / "b"
+
+    task_a = _task(region, seed=11)
+    seqs = _sequences(task_a, region)
+    result_a = fit(task_a, seqs, _by_epoch(a_dir), cfg, a_dir)
+    assert result_a.best_epoch == 4
+
+    steps_per_epoch = _records(a_dir)[0]["step"]
+
+    def crash_in_epoch_3(model, step):
+        if step == 2 * steps_per_epoch + 1:
+            raise Crash("killed")
+
+    task_b = _task(region, seed=11)
+    with pytest.raises(Crash):
+        fit(task_b, seqs, _by_epoch(b_dir), cfg, b_dir, step_hooks=(crash_in_epoch_3,))
+    assert json.loads((b_dir / CHECKPOINT / "trainer_state.json").read_text())["epoch"] == 2
+    assert len(_records(b_dir)) == 2
+
+    task_b = _task(region, seed=11)  # a new process: the same fresh model, then resume
+    result_b = fit(task_b, seqs, _by_epoch(b_dir), cfg, b_dir, resume=True)
+    assert result_b.epochs_run == 4 and result_b.best_epoch == 4
+    assert [r["epoch"] for r in result_b.history] == [3, 4]
+
+    wa, wb = _weights(task_a), _weights(task_b)
+    assert wa.keys() == wb.keys()
+    different = [k for k in wa if not torch.equal(wa[k], wb[k])]
+    assert not different, f"resumed run differs in {different}"
+    la, lb = _records(a_dir), _records(b_dir)
+    assert [r["epoch"] for r in lb] == [1, 2, 3, 4]
+    assert [r["step"] for r in la] == [r["step"] for r in lb]
+    assert [r["loss"] for r in la] == pytest.approx([r["loss"] for r in lb], abs=1e-6)
+
+
+def test_resume_of_a_finished_run_trains_no_more(region, tmp_path):
+    task = _task(region, seed=5)
+    seqs = _sequences(task, region)
+    fit(task, seqs, _by_epoch(tmp_path), replace(CFG, epochs=2), tmp_path)
+    done = _weights(task)
+    again = _task(region, seed=5)
+    result = fit(again, seqs, _by_epoch(tmp_path), replace(CFG, epochs=2), tmp_path,
+                 resume=True)
+    assert result.epochs_run == 2 and result.history == []
+    assert all(torch.equal(done[k], v) for k, v in _weights(again).items())
+
+
+def test_sampled_softmax(region, tmp_path):
+    task = _task(region, num_negatives=8)
+    result = fit(task, _sequences(task, region), _by_epoch(tmp_path), replace(CFG, epochs=2),
+                 tmp_path)
+    assert all(math.isfinite(r["loss"]) for r in result.history)
+    # the sampled loss is a softmax over 1 + 8 logits: far below a full softmax over the items
+    assert result.history[0]["loss"] < math.log(len(region.catalogue))
+
+
+def test_sampled_softmax_loss_masks_accidental_hits():
+    torch.manual_seed(0)
+    hidden, table, bias = torch.randn(2, 3, 4), torch.randn(5, 4), torch.zeros(5)
+    targets = torch.tensor([[0, 2, 3], [4, 5, 6]])
+    full = item_loss(hidden, targets, table, bias, 0)
+    assert torch.isfinite(full)
+    assert torch.equal(item_loss(hidden, targets, table, bias, 5), full)  # >= items: full
+    sampled = item_loss(hidden, targets, table, bias, 3)
+    assert torch.isfinite(sampled) and sampled >= 0
+
+
+def test_gradient_accumulation(region, tmp_path):
+    task = _task(region)
+    before = _weights(task)
+    seqs = _sequences(task, region)
+    cfg = replace(CFG, epochs=2, grad_accum=2)
+    result = fit(task, seqs, _by_epoch(tmp_path), cfg, tmp_path)
+    batches = math.ceil(len(seqs) / cfg.batch_size)
+    assert all(math.isfinite(r["loss"]) for r in result.history)
+    # one optimizer step per two batches
+    assert result.history[-1]["step"] == (2 * batches) // 2
+    after = _weights(task)
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_no_trainable_parameters_is_an_error(region):
+    task = _task(region)
+    for p in task.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable"):
+        fit(task, _sequences(task, region), lambda: {}, CFG)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_process_data_parallel(tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(ROOT)}
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+           str(ROOT / "tests" / "scripts" / "ddp_train.py"), str(out)]
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ranks = [load_file(str(out / f"rank{n}.safetensors")) for n in (0, 1)]
+    initial = load_file(str(out / "initial.safetensors"))
+    info = json.loads((out / "info.json").read_text())
+    assert info["num_processes"] == 2
+    assert ranks[0].keys() == ranks[1].keys() == initial.keys() and ranks[0]
+    unequal = [k for k in ranks[0] if not torch.equal(ranks[0][k], ranks[1][k])]
+    assert not unequal, f"ranks disagree on {unequal}"
+    assert any(not torch.equal(ranks[0][k], initial[k]) for k in initial)
