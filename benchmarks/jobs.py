@@ -82,7 +82,8 @@ class Context:
                     "trainable_params": 0, "total_params": _params(task),
                     "adapter_bytes": 0, "train_seconds": 0.0}
         train_cfg = replace(self.trains["scratch" if method == "scratch" else "adapt"],
-                            seed=job["seed"])
+                            seed=job["seed"],
+                            **self.suite.get("method_train", {}).get(method, {}))
         if method == "scratch":
             return scratch_job(data, job["data_fraction"], self.model_cfg, train_cfg)
         options = copy.deepcopy(self.suite.get("method_options", {}).get(method, {}))

@@ -54,8 +54,19 @@ def _deep_update(base: dict, extra: dict) -> dict:
     return out
 
 
+def _priority(job: dict[str, Any]) -> tuple:
+    """Headline points first (all data, first seed), then more seeds, then the curves."""
+    full = job["data_fraction"] == 1.0
+    return (0 if full and job["seed"] == 0 else 1 if full else 2 if job["seed"] == 0 else 3,
+            job["data_fraction"] != 0.1)
+
+
 def plan(suite: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every job of the suite: three seeds at the multi-seed fractions, one elsewhere."""
+    """Every job of the suite: three seeds at the multi-seed fractions, one elsewhere.
+
+    Ordered so that an interrupted run has the most important points: every method with all
+    the data first, then the other seeds, then the learning curves.
+    """
     out = []
     for region in suite["targets"]:
         for method in suite["methods"]:
@@ -65,7 +76,7 @@ def plan(suite: dict[str, Any]) -> list[dict[str, Any]]:
                 for seed in range(suite["seeds"] if many else 1):
                     out.append({"region": region, "method": method,
                                 "data_fraction": fraction, "seed": seed})
-    return out
+    return sorted(out, key=_priority)
 
 
 def _key(record: dict) -> tuple:
@@ -90,9 +101,14 @@ def _configs(suite: dict) -> tuple[DataConfig, ModelConfig, dict[str, TrainConfi
 
 def run_suite(name: str, quick: bool = False, out: Path | None = None,
               methods: list[str] | None = None, regions: list[str] | None = None,
-              cpu: bool = False) -> Path:
+              cpu: bool = False, data_dir: str | None = None,
+              work_dir: str | None = None, budget_minutes: float | None = None) -> Path:
     """Run (or complete) a suite; returns the results file."""
     suite = load_suite(name, quick)
+    if data_dir:
+        suite["data"]["data_dir"] = data_dir
+    if work_dir:
+        suite["work_dir"] = work_dir
     out = Path(out) if out else RESULTS / f"{suite['suite']}.json"
     work = Path(suite.get("work_dir", "runs/bench")) / suite["suite"]
     data_cfg, model_cfg, trains = _configs(suite)
@@ -108,8 +124,13 @@ def run_suite(name: str, quick: bool = False, out: Path | None = None,
             and (not regions or j["region"] in regions)]
     log.info("%s: %d jobs done, %d to run", suite["suite"], len(done), len(todo))
     context = jobs.Context(suite, data_cfg, model_cfg, trains, work)
+    suite_started = time.perf_counter()
     for number, job in enumerate(todo, start=1):
         started = time.perf_counter()
+        if budget_minutes and started - suite_started > budget_minutes * 60:
+            log.info("time budget of %.0f min spent; %d jobs left for the next run",
+                     budget_minutes, len(todo) - number + 1)
+            break
         record = {"suite": suite["suite"], "dataset": suite["dataset"], **job,
                   **context.run(job)}
         results["records"].append(record)
@@ -135,6 +156,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", help="comma-separated subset of the suite's methods")
     parser.add_argument("--regions", help="comma-separated subset of the target regions")
     parser.add_argument("--cpu", action="store_true", help="force CPU even with a GPU")
+    parser.add_argument("--data-dir", help="override the suite's data directory")
+    parser.add_argument("--work-dir", help="where backbones are cached (default runs/bench)")
+    parser.add_argument("--budget-minutes", type=float, help="start no job after this long")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     for noisy in ("accelerate", "regiontune", "httpx"):
@@ -145,7 +169,8 @@ def main(argv: list[str] | None = None) -> None:
         cost_main(["--quick"] if args.quick else [])
         return
     path = run_suite(args.suite, args.quick, args.out, _split(args.methods),
-                     _split(args.regions), args.cpu)
+                     _split(args.regions), args.cpu, args.data_dir, args.work_dir,
+                     args.budget_minutes)
     print(f"results: {path}  report: {path.with_suffix('.md')}")
 
 

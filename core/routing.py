@@ -128,14 +128,18 @@ class RegionEntry:
     path: str
     name: str  # internal adapter name, BASE for the un-adapted backbone
     vocab: ItemVocab  # the region's token space (its catalogue)
-    embed: torch.Tensor  # [N_SPECIAL + n, hidden] input embeddings (PAD, MASK, items)
-    table: torch.Tensor  # [n, hidden] output table (frozen, so computed once per load)
+    embed: torch.Tensor  # [N_SPECIAL + n, hidden]: PAD, MASK, then the output table
     bias: torch.Tensor  # [n]
     shared: SharedBody | None = None
     body: nn.Module | None = None  # own body when not shared
     meta: dict[str, Any] = field(default_factory=dict)
     loaded_at: float = field(default_factory=time.time)
     fingerprint_ok: bool = True
+
+    @property
+    def table(self) -> torch.Tensor:
+        """The output table ``[n, hidden]`` (tied: a view of the input embeddings, no copy)."""
+        return self.embed[N_SPECIAL:]
 
     @property
     def adapted(self) -> bool:
@@ -149,26 +153,25 @@ class RegionEntry:
     def info(self) -> dict[str, Any]:
         return {"region": self.region, "method": self.method, "served_as": self.served_as,
                 "path": self.path, "fingerprint_ok": self.fingerprint_ok,
-                "n_items": len(self.vocab), "new_items": len(self.meta.get("new_items", [])),
+                "n_items": len(self.vocab), "new_items": self.meta.get("n_new_items", 0),
                 "internal_name": self.name,
                 "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(self.loaded_at))}
 
 
 @torch.inference_mode()
-def _tables(base: RecModel, item_side: ItemSide | None
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _tables(base: RecModel, item_side: ItemSide | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input embeddings (specials + region table) and item bias, computed once per load."""
     table, bias = base.item_table()
-    if item_side is not None:
-        table, bias = item_side.table(table, bias)
-    embed = torch.cat([base.item_emb.weight[:N_SPECIAL], table])
-    return embed.clone(), table.clone(), bias.clone()
+    if item_side is None:  # the backbone's own table: share it rather than copy it
+        return base.item_emb.weight.detach(), bias.detach()
+    table, bias = item_side.table(table, bias)
+    return torch.cat([base.item_emb.weight[:N_SPECIAL], table]), bias
 
 
 def backbone_entry(backbone: RecModel, vocab: ItemVocab, path: str = "") -> RegionEntry:
     """Entry serving the un-adapted backbone over its whole vocabulary."""
-    embed, table, bias = _tables(backbone, None)
-    return RegionEntry("", "backbone", "backbone", path, BASE, vocab, embed, table, bias,
-                       body=backbone)
+    embed, bias = _tables(backbone, None)
+    return RegionEntry("", "backbone", "backbone", path, BASE, vocab, embed, bias, body=backbone)
 
 
 def read_region_files(directory: Path, backbone_fp: str
@@ -207,7 +210,7 @@ def build_entry(region: str, directory: Path, backbone: RecModel, vocab: ItemVoc
         body.add(name, config, tensors)
         try:
             base = body.base()
-            embed, table, bias = _tables(base, item_side)
+            embed, bias = _tables(base, item_side)
         except BaseException:
             body.remove(name)
             raise
@@ -216,10 +219,13 @@ def build_entry(region: str, directory: Path, backbone: RecModel, vocab: ItemVoc
         with torch.no_grad():
             start = backbone if served == "full" else shared_clone(backbone)
             own = freeze(method.load(start, config, tensors, name, None))
-        embed, table, bias = _tables(method.base_of(own), item_side)
+        embed, bias = _tables(method.base_of(own), item_side)
+    # the catalogue lives in the vocabulary: do not keep a second copy in the metadata
+    small_meta = {k: v for k, v in meta.items() if k not in ("catalogue", "new_items")}
+    small_meta["n_new_items"] = len(meta.get("new_items") or [])
     return RegionEntry(region, meta["method"], served, str(directory), name,
-                       ItemVocab(item_side.catalogue), embed, table, bias,
-                       shared=body if own is None else None, body=own, meta=meta,
+                       ItemVocab(item_side.catalogue), embed, bias,
+                       shared=body if own is None else None, body=own, meta=small_meta,
                        fingerprint_ok=meta.get("backbone_fingerprint") == backbone_fp)
 
 

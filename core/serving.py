@@ -153,8 +153,8 @@ class Recommender:
     def _sweep(self) -> None:
         """Delete retired adapters that no request uses any more."""
         with self._state_lock:
-            dead = list(self._retired)
-            self._retired = []
+            dead = [e for e in self._retired if not self._in_flight[e]]
+            self._retired = [e for e in self._retired if self._in_flight[e]]
         for entry in dead:
             entry.release()
 

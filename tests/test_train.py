@@ -216,9 +216,39 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_two_process_data_parallel(tmp_path):
-    out = tmp_path / "ddp"
+UNUSED_PARAMS_BUG = (
+    "core/model.py build_encoder: the wrapped GPT2Model/LlamaModel/BertModel keeps its own "
+    "word-embedding table (wte / embed_tokens / embeddings.word_embeddings, vocab_size=1) which "
+    "RecModel never uses (it feeds inputs_embeds) but which stays trainable; DDP (accelerate "
+    "with 2 processes, find_unused_parameters=False) then fails at the 2nd step: 'Expected to "
+    "have finished reduction in the prior iteration ... Parameter indices which did not receive "
+    "grad for rank 0: 2'. Multi-process pretraining and 'full' fine-tuning are broken.")
+
+
+@pytest.mark.xfail(strict=True, reason=UNUSED_PARAMS_BUG)
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "bert"])
+def test_every_trainable_parameter_gets_a_gradient(region, arch):
+    """DDP requires it: a trainable parameter without gradient breaks data-parallel runs."""
+    task = _task(region, arch)
+    seqs = _sequences(task, region)[:8]
+    from regiontune.core.batching import TrainCollator
+
+    batch = TrainCollator(task.max_len, task.causal, task.ordered)(seqs)
+    task(batch.tokens, batch.mask, batch.targets).backward()
+    no_grad = [n for n, p in task.named_parameters() if p.requires_grad and p.grad is None]
+    assert not no_grad
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory) -> Path:
+    """One two-process run of tests/scripts/ddp_train.py (plain, then the frozen variant)."""
+    out = tmp_path_factory.mktemp("ddp") / "out"
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": str(ROOT)}
     env.pop("CUDA_VISIBLE_DEVICES", None)
@@ -227,11 +257,31 @@ def test_two_process_data_parallel(tmp_path):
            str(ROOT / "tests" / "scripts" / "ddp_train.py"), str(out)]
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out
+
+
+def _check_ddp(out: Path) -> None:
+    errors = sorted(out.glob("error*.txt"))
+    assert not errors, errors[0].read_text()[-1500:]
     ranks = [load_file(str(out / f"rank{n}.safetensors")) for n in (0, 1)]
     initial = load_file(str(out / "initial.safetensors"))
     info = json.loads((out / "info.json").read_text())
-    assert info["num_processes"] == 2
+    assert info["num_processes"] == 2 and info["epochs_run"] == 2
+    # each rank trains on its half: ceil(half / batch) steps per epoch, two epochs
+    assert info["steps"] == 2 * math.ceil(info["sequences"] // 2 / 8)
     assert ranks[0].keys() == ranks[1].keys() == initial.keys() and ranks[0]
     unequal = [k for k in ranks[0] if not torch.equal(ranks[0][k], ranks[1][k])]
     assert not unequal, f"ranks disagree on {unequal}"
     assert any(not torch.equal(ranks[0][k], initial[k]) for k in initial)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=UNUSED_PARAMS_BUG)
+def test_two_process_data_parallel(ddp_run):
+    _check_ddp(ddp_run)
+
+
+@pytest.mark.slow
+def test_two_process_data_parallel_with_unused_embedding_frozen(ddp_run):
+    """The rest of the data-parallel path (sharding, gradient all-reduce, checkpoints)."""
+    _check_ddp(ddp_run / "frozen")

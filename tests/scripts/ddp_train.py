@@ -2,15 +2,22 @@
 
 Run as ``ACCELERATE_USE_CPU=1 python -m torch.distributed.run --nproc_per_node 2
 tests/scripts/ddp_train.py OUT``. Every rank builds the same tiny synthetic data and backbone
-(fixed seed), trains with :func:`regiontune.core.train.fit` and writes its final trainable
-weights to ``OUT/rank{N}.safetensors``; rank 0 also writes ``OUT/initial.safetensors`` and
-``OUT/info.json``.
+(fixed seed), trains it with :func:`regiontune.core.train.fit` under ``Accelerator(cpu=True)``
+and writes its final trainable weights to ``OUT/rank{N}.safetensors``; rank 0 also writes
+``OUT/initial.safetensors`` and ``OUT/info.json``.
+
+The same is then done in ``OUT/frozen/`` with the transformer's own word-embedding table
+frozen: the backbone never uses that table (it feeds ``inputs_embeds``) and DDP refuses
+trainable parameters without gradient, so this variant shows that the rest of the
+data-parallel path works while that bug stands. A variant that raises writes ``error.txt``
+instead of weights (both ranks raise at the same step, so the process group stays usable).
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import traceback
 from pathlib import Path
 
 import torch
@@ -30,17 +37,15 @@ def trainable(task: torch.nn.Module) -> dict[str, torch.Tensor]:
             if p.requires_grad}
 
 
-def main(out: Path) -> None:
-    torch.set_num_threads(1)
-    accelerator = Accelerator(cpu=True)
-    region = load_regions(DataConfig(synthetic_scale=0.06, seed=1, regions=["east"]))["east"]
-    vocab = ItemVocab(region.catalogue)
+def run(out: Path, accelerator: Accelerator, sequences: list[list[int]], vocab: ItemVocab,
+        freeze_unused: bool) -> None:
     torch.manual_seed(0)
     model = build_backbone(len(vocab), arch="llama", hidden_size=16, num_layers=1, num_heads=2,
                            intermediate_size=32, max_len=12, dropout=0.1)
+    if freeze_unused:
+        model.encoder.get_input_embeddings().weight.requires_grad_(False)
     task = BackboneTask(model, vocab)
     initial = trainable(task)
-    sequences = [s for s in (vocab.encode(h) for h in region.train.values()) if len(s) >= 2]
     calls = []
 
     def evaluate() -> dict:  # improves every epoch: the final weights are the last epoch's
@@ -49,9 +54,15 @@ def main(out: Path) -> None:
 
     cfg = TrainConfig(epochs=2, batch_size=8, lr=5e-3, patience=5, progress=False, cpu=True,
                       seed=2)
-    result = fit(task, sequences, evaluate, cfg, out / "work", accelerator=accelerator)
     rank = accelerator.process_index
-    out.mkdir(parents=True, exist_ok=True)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    try:
+        result = fit(task, sequences, evaluate, cfg, out / "work", accelerator=accelerator)
+    except RuntimeError:
+        (out / f"error{rank}.txt").write_text(traceback.format_exc())
+        return
     save_file(trainable(task), str(out / f"rank{rank}.safetensors"))
     if accelerator.is_main_process:
         save_file(initial, str(out / "initial.safetensors"))
@@ -59,6 +70,16 @@ def main(out: Path) -> None:
             "num_processes": accelerator.num_processes, "epochs_run": result.epochs_run,
             "steps": result.history[-1]["step"], "sequences": len(sequences)}))
     accelerator.wait_for_everyone()
+
+
+def main(out: Path) -> None:
+    torch.set_num_threads(1)
+    accelerator = Accelerator(cpu=True)
+    region = load_regions(DataConfig(synthetic_scale=0.06, seed=1, regions=["east"]))["east"]
+    vocab = ItemVocab(region.catalogue)
+    sequences = [s for s in (vocab.encode(h) for h in region.train.values()) if len(s) >= 2]
+    run(out, accelerator, sequences, vocab, freeze_unused=False)
+    run(out / "frozen", accelerator, sequences, vocab, freeze_unused=True)
 
 
 if __name__ == "__main__":
