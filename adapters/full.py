@@ -31,6 +31,7 @@ class FullMethod:
         body = copy.deepcopy(backbone)  # the shared backbone itself is never touched
         for p in body.parameters():
             p.requires_grad_(True)
+        body.encoder.get_input_embeddings().weight.requires_grad_(False)  # unused (see model.py)
         return body
 
     def base_of(self, body: nn.Module) -> RecModel:

@@ -68,7 +68,9 @@ class PeftMethod:
         else:
             body.add_adapter(name, peft_config)
         result = set_peft_model_state_dict(body, tensors, adapter_name=name)
-        missing = [k for k in result.missing_keys if f".{name}." in k or k.endswith(name)]
+        # AdaLoRA's ranknum is deterministic and deliberately not saved by PEFT
+        missing = [k for k in result.missing_keys
+                   if (f".{name}." in k or k.endswith(name)) and ".ranknum." not in k]
         if missing:
             raise ValueError(f"adapter weights lack {len(missing)} tensors, e.g. {missing[:2]}")
         for p in body.parameters():  # loaded for inference: nothing trains by accident

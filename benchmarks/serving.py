@@ -166,6 +166,7 @@ def rss_probe(backbone: str, adapters: list[str]) -> dict[str, float]:
         if i in SIZES:
             gc.collect()
             out[str(i)] = proc.memory_info().rss / 2**20
+    out["tensor_mb"] = rec.regions()[0]["tensor_bytes"] / 2**20  # weights + cached table
     return out
 
 
@@ -180,7 +181,8 @@ def memory(backbone: Path, dirs: list[Path]) -> list[dict[str, Any]]:
         per = (rss[str(n)] - rss["0"]) / n
         records.append(record("memory", regions_loaded=n, rss_mb=round(rss[str(n)], 1),
                               per_adapter_mb=round(per, 3), adapter_file_mb=round(file_mb, 3),
-                              per_adapter_over_file=round(per / file_mb, 2)))
+                              per_adapter_over_file=round(per / file_mb, 2),
+                              tensor_mb_per_adapter=round(rss["tensor_mb"], 3)))
     return records
 
 
@@ -320,6 +322,8 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(rss_probe(args.rss_probe[0], args.rss_probe[1:])))
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    for noisy in ("httpx", "regiontune", "accelerate"):  # one line per request / per load otherwise
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     results = run(args.out, args.quick)
     for name, t in results["meta"]["targets"].items():
         log.info("%s = %s (target %s): %s", name, t["value"], t["target"],

@@ -34,8 +34,9 @@ def build_region_task(backbone: RecModel, vocab: ItemVocab, catalogue: list[str]
     body = method.attach(backbone, dict(adapt_cfg.options), adapt_cfg.region or "default",
                          total_steps)
     base = method.base_of(body)
+    scale = float(backbone.item_table()[0].detach().std())
     item_side = ItemSide(catalogue, vocab, backbone.config.hidden_size, adapt_cfg.item_rank,
-                         adapt_cfg.item_bias)
+                         adapt_cfg.item_bias, scale=scale)
     return RegionTask(body, base, item_side, num_negatives)
 
 
@@ -81,10 +82,11 @@ def adapt(backbone_dir: str | Path, data_cfg: DataConfig, adapt_cfg: AdaptConfig
     out = Path(out)
     task, stats = train_region(backbone, vocab, data, adapt_cfg, train_cfg,
                                out.parent / f"{out.name}.work", resume, accelerator)
-    meta = {"region": adapt_cfg.region, "backbone_fingerprint": bmeta["fingerprint"],
+    meta = {"region": adapt_cfg.region, "protocol": data.protocol,
+            "backbone_fingerprint": bmeta["fingerprint"],
             "backbone_path": str(Path(backbone_dir).resolve()),
             "backbone_repo": bmeta.get("hub", {}).get("repo_id"),
-            "dataset": data_cfg.recipe, "protocol": data.protocol, **stats,
+            "dataset": data_cfg.recipe, **stats,
             "total_params": sum(p.numel() for p in task.parameters()),
             "options": {**get_method(adapt_cfg.method).default_options(backbone.config.arch),
                         **adapt_cfg.options},

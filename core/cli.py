@@ -95,7 +95,7 @@ def adapt(backbone: Path = typer.Option(..., "--backbone", help="Backbone direct
         meta = run(backbone, data_cfg, adapt_cfg, cfg["train"], out, resume=resume)
     except KNOWN_ERRORS as err:
         fail(err)
-    print_metrics({region: meta.get("metrics", {})})
+    print_metrics({region: {**meta.get("metrics", {}), "protocol": meta.get("protocol", "")}})
     typer.echo(f"adapter ({method}, {meta['trainable_params']:,} trainable parameters, "
                f"{meta['adapter_bytes'] / 1024:.0f} KiB, {meta['train_seconds']:.0f} s) "
                f"written to {out}")

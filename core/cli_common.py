@@ -113,11 +113,12 @@ def backbone_data(backbone: Path, cfg: DataConfig) -> DataConfig:
     return merged
 
 
-def print_metrics(metrics: dict) -> None:
+def print_metrics(metrics: dict, k: int = 10) -> None:
+    """A table of per-region metrics (the keys ``ndcg@k``, ``hr@k``, ``mrr``)."""
     if not metrics:
         return
-    typer.echo(f"{'region':<12} {'protocol':<14} {'NDCG@10':>8} {'HR@10':>7} {'MRR':>7} "
+    typer.echo(f"{'region':<12} {'protocol':<14} {f'NDCG@{k}':>8} {f'HR@{k}':>7} {'MRR':>7} "
                f"{'users':>6}")
     for region, m in sorted(metrics.items()):
-        typer.echo(f"{region:<12} {m.get('protocol', ''):<14} {m.get('ndcg@10', 0):>8.4f} "
-                   f"{m.get('hr@10', 0):>7.4f} {m.get('mrr', 0):>7.4f} {m.get('users', 0):>6}")
+        typer.echo(f"{region:<12} {m.get('protocol', ''):<14} {m.get(f'ndcg@{k}', 0):>8.4f} "
+                   f"{m.get(f'hr@{k}', 0):>7.4f} {m.get('mrr', 0):>7.4f} {m.get('users', 0):>6}")

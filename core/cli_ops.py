@@ -55,6 +55,10 @@ def evaluate(model: Path = ModelOpt, adapter: list[Path] = AdapterOpt,
     from .recipes import load_regions
     from .task import BackboneTask
 
+    if split not in ("test", "valid"):
+        fail(ValueError(f"--split {split!r}: use test or valid"))
+    if k <= 0:
+        fail(ValueError("-k must be positive"))
     try:
         backbone, vocab, meta, tasks = _load(model, adapter)
         names = region.split(",") if region else (sorted(tasks) or meta.get("regions", []))
@@ -71,7 +75,7 @@ def evaluate(model: Path = ModelOpt, adapter: list[Path] = AdapterOpt,
                              "adapter": str(adapter_dir(adapter, name)) if name in tasks else None}
     except KNOWN_ERRORS as err:
         fail(err)
-    print_metrics(results)
+    print_metrics(results, k)
     target = json_out or model / f"eval-{'-'.join(names)}.json"
     target.write_text(json.dumps(results, indent=2) + "\n")
     typer.echo(f"metrics written to {target}")

@@ -85,7 +85,11 @@ def _coerce(value: str, target_type: Any) -> Any:
     if value.lower() in ("none", "null") and "None" in text:
         return None
     if "bool" in text:
-        return value.lower() in ("1", "true", "yes", "on")
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{value!r} is not a boolean; use true or false")
     if "int" in text and "float" not in text:
         return int(value)
     if "float" in text:
@@ -109,7 +113,10 @@ def apply_overrides(obj: T, overrides: list[str] | None) -> T:
             raise ValueError(
                 f"unknown setting {key!r} for {type(obj).__name__}; known: {', '.join(known)}"
             )
-        setattr(obj, key, _coerce(value.strip(), known[key].type))
+        try:
+            setattr(obj, key, _coerce(value.strip(), known[key].type))
+        except ValueError as err:
+            raise ValueError(f"setting {key!r}: {err}") from err
     return obj
 
 
@@ -120,6 +127,14 @@ def from_dict(cls: type[T], data: dict[str, Any] | None) -> T:
     unknown = sorted(set(data) - names)
     if unknown:
         raise ValueError(f"unknown keys for {cls.__name__}: {unknown}; known: {sorted(names)}")
+    # YAML reads "1e-3" (no dot) as a string: coerce scalars to the field's declared type
+    types = {f.name: str(f.type) for f in fields(cls)}  # type: ignore[arg-type]
+    for key, value in data.items():
+        if isinstance(value, str) and any(t in types[key] for t in ("int", "float", "bool")):
+            try:
+                data[key] = _coerce(value, types[key])
+            except ValueError as err:
+                raise ValueError(f"{cls.__name__}.{key}: {err}") from err
     return cls(**data)
 
 

@@ -7,6 +7,7 @@ row (1-based, header excluded) and the column, so the user knows exactly what to
 
 from __future__ import annotations
 
+import csv
 import logging
 from pathlib import Path
 
@@ -35,12 +36,15 @@ def _format_of(path: Path) -> str:
     return fmt
 
 
-def _read_header(path: Path, delimiter: str) -> list[str]:
-    with path.open(encoding="utf-8") as fh:
-        first = fh.readline().rstrip("\r\n")
-    if not first:
+def _read_header(path: Path, delimiter: str) -> tuple[list[str], bool]:
+    """Column names (quotes and a UTF-8 byte-order mark removed) and whether rows follow."""
+    with path.open(encoding="utf-8-sig", newline="") as fh:
+        reader = csv.reader(fh, delimiter=delimiter)
+        header = next(reader, None)
+        has_rows = any(any(cell.strip() for cell in row) for row in reader)
+    if not header:
         raise DataError(f"{path}: the file is empty (no header, no rows)")
-    return first.split(delimiter)
+    return header, has_rows
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
@@ -54,13 +58,23 @@ def read_table(path: str | Path) -> pd.DataFrame:
     datasets.disable_progress_bars()
     if fmt == "csv":
         delimiter = "," if path.suffix.lower() == ".csv" else "\t"
-        header = _read_header(path, delimiter)
+        header, has_rows = _read_header(path, delimiter)
+        if not has_rows:
+            raise DataError(f"{path}: the file has a header but no rows")
         features = datasets.Features({name: datasets.Value("string") for name in header})
-        table = datasets.load_dataset("csv", data_files=str(path), delimiter=delimiter,
-                                      features=features, split="train")
+        # ids such as "NA" or "null" are ids, not missing values: no NA parsing at all
+        kwargs = dict(delimiter=delimiter, features=features, column_names=header, skiprows=1,
+                      keep_default_na=False, na_filter=False, encoding="utf-8-sig")
     else:
-        table = datasets.load_dataset(fmt, data_files=str(path), split="train")
-    frame = table.to_pandas()
+        kwargs = {}
+    try:
+        table = datasets.load_dataset(fmt, data_files=str(path), split="train", **kwargs)
+    except (ValueError, datasets.exceptions.DatasetGenerationError) as err:
+        if "corresponds to no data" in str(err):
+            raise DataError(f"{path}: the file has a header but no rows") from err
+        raise DataError(f"{path}: cannot be read as {fmt} ({err}); check the format and "
+                        "that the file has rows") from err
+    frame = table.to_pandas() if table.num_rows else pd.DataFrame()
     if len(frame) == 0:
         raise DataError(f"{path}: the file has a header but no rows")
     # RecBole atomic files name columns "name:type"; keep the name only.
@@ -127,8 +141,8 @@ def handle_duplicates(frame: pd.DataFrame, policy: str) -> pd.DataFrame:
         return frame
     if policy == "error":
         first = frame[dup].iloc[0]
-        raise DataError(f"{count} duplicate (user, item) rows, first: user {first.user!r}, "
-                        f"item {first.item!r}, region {first.region!r}; "
+        raise DataError(f"{count} duplicate (user, item) rows, first: user {first['user']!r}, "
+                        f"item {first['item']!r}, region {first['region']!r}; "
                         "pass duplicates=drop or duplicates=keep")
     logger.info("%d duplicate (user, item) rows: %s", count,
                 "dropped" if policy == "drop" else "kept")
@@ -153,6 +167,8 @@ def load_files(paths: list[str], columns: dict[str, str] | None = None) -> pd.Da
                         "or a --data recipe")
     frames = []
     for spec in paths:
-        region, _, path = spec.rpartition("=") if "=" in spec else (None, "", spec)
+        region, sep, path = spec.partition("=")
+        if not sep or "/" in region or "\\" in region or Path(spec).exists():
+            region, path = "", spec  # a plain path (which may itself contain "=")
         frames.append(load_file(path, columns, region=region or None))
     return pd.concat(frames, ignore_index=True)

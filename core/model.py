@@ -3,8 +3,10 @@
 Items are tokens. A standard architecture (GPT-2, Llama or BERT style), built from a config
 and never downloaded, encodes the history; an item's score is the dot product of the user's
 hidden state with the item's embedding (the same table as the input: tied) plus a per-item
-bias. Histories without timestamps are sets, so ``ordered=False`` feeds every position id as 0
-and the model cannot rely on order.
+bias. Histories without timestamps are sets: ``ordered=False`` feeds every position id as 0
+and training shuffles each history every epoch, so the model learns not to rely on order.
+The BERT family is then exactly permutation invariant; the causal families keep their causal
+mask, so beyond one layer they are invariant only approximately (by training, not by design).
 """
 
 from __future__ import annotations
@@ -87,6 +89,9 @@ class RecModel(PreTrainedModel):
         self.item_bias = nn.Parameter(torch.zeros(config.n_items + N_SPECIAL))
         self.emb_dropout = nn.Dropout(config.dropout)
         self.encoder = build_encoder(config)
+        # The wrapped model's own 1-row word embedding is never used (we feed inputs_embeds);
+        # frozen, so no optimizer or DDP ever waits for a gradient it cannot get.
+        self.encoder.get_input_embeddings().weight.requires_grad_(False)
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:

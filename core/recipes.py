@@ -106,7 +106,7 @@ WSDM_COLUMNS = {"user": "userId", "item": "itemId", "rating": "rating"}
 
 
 def _wsdm_candidates(root: Path, region: str, qrel: pd.DataFrame, data: RegionData,
-                     seed: int) -> dict[str, list[str]]:
+                     full: dict[str, list[str]], seed: int) -> dict[str, list[str]]:
     """Official candidates where the run file exists; else positive + 99 seeded negatives."""
     run_file = root / region / "valid_run.tsv"
     if run_file.is_file():
@@ -121,7 +121,7 @@ def _wsdm_candidates(root: Path, region: str, qrel: pd.DataFrame, data: RegionDa
     pool = data.catalogue
     runs = {}
     for user, positive in zip(qrel["user"], qrel["item"], strict=True):
-        seen = set(data.train.get(user, ())) | {positive}
+        seen = set(full.get(user, ())) | {positive}  # every training item, held-out ones too
         negatives: list[str] = []
         while len(negatives) < 99:
             item = pool[rng.randrange(len(pool))]
@@ -144,7 +144,7 @@ def _wsdm_region(root: Path, region: str, cfg: DataConfig) -> RegionData:
                           with_test=False)
     full = {u: list(g) for u, g in frame.groupby("user")["item"]}
     qrel = load_file(qrel_path, WSDM_COLUMNS, region=region)
-    runs = _wsdm_candidates(root, region, qrel, data, cfg.seed)
+    runs = _wsdm_candidates(root, region, qrel, data, full, cfg.seed)
     data.test = [EvalCase(u, full.get(u, []), t, runs.get(u))
                  for u, t in zip(qrel["user"], qrel["item"], strict=True) if u in runs]
     data.catalogue = sorted(set(data.catalogue) | {i for c in data.test for i in c.candidates})

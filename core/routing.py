@@ -1,30 +1,44 @@
-"""Serving internals: loaded region entries, shared adapter bodies, the mixed-region forward.
+"""Serving internals: shared adapter bodies, loaded region entries, the mixed-region forward.
 
 A *shared body* is one copy of the backbone's module tree (sharing every weight tensor with
-the backbone) that holds the adapters of many regions: PEFT LoRA (AdaLoRA adapters join it
-through their ``lora_export/`` LoRA copy) or our bottleneck model. Rows of different regions
-go through it in one forward pass, routed with ``adapter_names=[...]``. IA3 and full
-fine-tuning cannot route rows, so each such region gets its own body and its own sub-batch.
+the backbone) that holds the adapters of many regions, LoRA (AdaLoRA adapters join through
+their ``lora_export/`` LoRA copy) or bottleneck; each row of a batch is routed to its own
+adapter, so one forward pass serves many regions. IA3 and full fine-tuning cannot route rows:
+each such region gets its own body and its own sub-batch.
+
+LoRA is served by :class:`RoutedLora`, not by PEFT's own mixed-batch path: PEFT walks every
+module of the model on each forward (to install its routing hooks) and on each
+``add_adapter``/``delete_adapter``, so both grow with the number of adapters loaded (at 100
+adapters: ~25 ms per forward, ~150 ms per load on a small CPU model). The files are PEFT's and
+the arithmetic is PEFT's LoRA (``base(x) + B(A(x)) * scaling``), routed per row.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
 import itertools
+import math
 import re
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from peft.utils.other import get_pattern_key
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from regiontune.adapters import ItemSide, get_method
+from regiontune.adapters.bottleneck import BOTTLENECK, BottleneckModel
 from regiontune.adapters.io import CONFIG, LORA_EXPORT, WEIGHTS
+from regiontune.adapters.item_side import PREFIX as ITEM_SIDE_PREFIX
 from regiontune.core.artifacts import (
     ADAPTER_META,
     ArtifactError,
@@ -33,18 +47,23 @@ from regiontune.core.artifacts import (
     read_json,
     refuse_pickles,
 )
-from regiontune.core.batching import inference_batch
 from regiontune.core.model import N_SPECIAL, RecModel
 from regiontune.core.vocab import ItemVocab
 
-BASE = "__base__"  # PEFT's name for rows that take no adapter (our bottleneck skips it too)
+BASE = "__base__"  # rows that take no adapter (PEFT's name for it; the bottleneck skips it too)
 SHARED_METHODS = ("lora", "bottleneck")  # methods whose rows mix in one forward pass
+LORA_KEY = re.compile(r"base_model\.model\.(.+)\.lora_([AB])\.weight")
+UNSUPPORTED_LORA = ("use_dora", "lora_bias", "modules_to_save", "trainable_token_indices",
+                    "layer_replication", "alora_invocation_tokens", "use_qalora",
+                    "target_parameters")
 _VERSIONS = itertools.count(1)
+# (adapter name, row indices or None for all rows) of the batch running in this thread
+_LORA_ROUTE: contextvars.ContextVar[list | None] = contextvars.ContextVar("lora", default=None)
 
 
 def shared_clone(backbone: RecModel) -> RecModel:
-    """A new module tree over the *same* weight tensors: PEFT can wrap its layers in place
-    without touching the backbone, and no weight is copied."""
+    """A new module tree over the *same* weight tensors: layers can be wrapped in place without
+    touching the backbone, and no weight is copied."""
     memo: dict[int, Any] = {id(t): t for t in itertools.chain(backbone.parameters(),
                                                               backbone.buffers())}
     return copy.deepcopy(backbone, memo)
@@ -62,60 +81,207 @@ def freeze(module: nn.Module) -> nn.Module:
     return module.eval()
 
 
-class SharedBody:
-    """One body holding many adapters of one routable method.
+@contextlib.contextmanager
+def lora_route(names: list[str]) -> Iterator[None]:
+    """Within the block (this thread only), row ``i`` goes through LoRA ``names[i]``."""
+    unique = list(dict.fromkeys(names))
+    index = torch.tensor([unique.index(n) for n in names]) if len(unique) > 1 else None
+    token = _LORA_ROUTE.set((unique, index))
+    try:
+        yield
+    finally:
+        _LORA_ROUTE.reset(token)
 
-    PEFT registers per-call hooks on the shared layers and ``add_adapter``/``delete_adapter``
-    mutate them, so forward passes and mutations of one body are serialised by ``lock``.
+
+class RoutedLora(nn.Module):
+    """A linear layer plus per-row LoRA deltas, from a bank of frozen tensors.
+
+    The bank stacks every adapter of the layer, ranks zero-padded to the largest (zeros add
+    exactly nothing): ``A [slots, r, in]``, ``B [slots, out, r]``, scalings; slot 0 stays zero
+    for rows without an adapter here. A mixed batch then costs one gather and two batched
+    products per layer, whatever the number of regions. Adding writes a free slot in place
+    (no reader can route to it yet) or publishes a grown copy; the bank tuple is swapped
+    whole, so a forward pass reads one consistent bank.
+    """
+
+    def __init__(self, base_layer: nn.Module) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        n_in, n_out = _features(base_layer)
+        dtype = base_layer.weight.dtype
+        self._bank: tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, int]] = (
+            torch.zeros(1, 0, n_in, dtype=dtype), torch.zeros(1, n_out, 0, dtype=dtype),
+            torch.zeros(1, dtype=dtype), {})
+        self._free: list[int] = []
+
+    def names(self) -> set[str]:
+        return set(self._bank[3])
+
+    def add(self, name: str, a: torch.Tensor, b: torch.Tensor, scale: float) -> None:
+        a_all, b_all, scales, slots = self._bank
+        rank, size = max(a_all.shape[1], a.shape[0]), a_all.shape[0]
+        if not self._free or rank > a_all.shape[1]:  # publish a grown copy
+            # doubling keeps loads O(1) amortised; (measured) gentler growth saves little RSS,
+            # the many freed copies fragment the heap
+            grow = size if not self._free else 0
+            a_all = F.pad(a_all, (0, 0, 0, rank - a_all.shape[1], 0, grow))
+            b_all = F.pad(b_all, (0, rank - b_all.shape[2], 0, 0, 0, grow))
+            scales = F.pad(scales, (0, grow))
+            self._free += range(size, size + grow)
+        slot, r = self._free.pop(0), a.shape[0]
+        a_all[slot].zero_()
+        b_all[slot].zero_()
+        a_all[slot, :r], b_all[slot, :, :r], scales[slot] = a, b, scale
+        self._bank = (a_all, b_all, scales, {**slots, name: slot})
+
+    def remove(self, name: str) -> None:
+        a_all, b_all, scales, slots = self._bank
+        if name in slots:
+            self._free.append(slots[name])
+            self._bank = (a_all, b_all, scales, {k: v for k, v in slots.items() if k != name})
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        out = self.base_layer(x, *args, **kwargs)
+        route = _LORA_ROUTE.get()
+        if route is None:
+            return out
+        a_all, b_all, scales, slots = self._bank
+        unique, index = route
+        ids = [slots.get(n, 0) for n in unique]  # 0: BASE, or an adapter not targeting this
+        if not any(ids):
+            return out
+        if index is None:
+            a, b = a_all[ids[0]], b_all[ids[0]]
+            return out + (x @ a.T) @ b.T * scales[ids[0]]
+        rows = torch.tensor(ids)[index]
+        flat = x.reshape(x.shape[0], -1, x.shape[-1])
+        delta = torch.bmm(torch.bmm(flat, a_all[rows].transpose(1, 2)),
+                          b_all[rows].transpose(1, 2))
+        return out + (delta * scales[rows][:, None, None]).reshape(out.shape)
+
+
+def _features(layer: nn.Module) -> tuple[int, int]:
+    if isinstance(layer, nn.Linear):
+        return layer.in_features, layer.out_features
+    if isinstance(layer, Conv1D):  # GPT-2: weight is [in, out]
+        return tuple(layer.weight.shape)
+    raise ValueError(f"LoRA on {type(layer).__name__} layers is not supported for serving")
+
+
+def parse_lora(model: RecModel, config: dict[str, Any], tensors: dict[str, torch.Tensor]
+               ) -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
+    """Validate a PEFT LoRA adapter against ``model``: {module path: (A, B, scaling)}."""
+    if str(config.get("peft_type", "")).upper() != "LORA":
+        raise ValueError(f"not a LoRA adapter (peft_type {config.get('peft_type')!r})")
+    unsupported = [k for k in UNSUPPORTED_LORA if config.get(k)]
+    if unsupported:
+        raise ValueError(f"LoRA options {unsupported} are not supported for serving")
+    pairs: dict[str, dict[str, torch.Tensor]] = defaultdict(dict)
+    for key, tensor in tensors.items():
+        if key.startswith(ITEM_SIDE_PREFIX):
+            continue
+        match = LORA_KEY.fullmatch(key)
+        if not match:
+            raise ValueError(f"unexpected tensor {key!r} in a LoRA adapter")
+        pairs[match[1]][match[2]] = tensor
+    if not pairs:
+        raise ValueError("the adapter holds no LoRA tensors")
+    ranks, alphas = config.get("rank_pattern") or {}, config.get("alpha_pattern") or {}
+    out = {}
+    for path, ab in pairs.items():
+        if set(ab) != {"A", "B"}:
+            raise ValueError(f"{path}: the adapter lacks lora_A or lora_B")
+        try:
+            layer = model.get_submodule(path)
+        except AttributeError as err:
+            raise ValueError(f"{path}: no such module in the backbone") from err
+        base = layer.base_layer if isinstance(layer, RoutedLora) else layer
+        (n_in, n_out), r = _features(base), ab["A"].shape[0]
+        if ab["A"].shape != (r, n_in) or ab["B"].shape != (n_out, r):
+            raise ValueError(f"{path}: LoRA shapes {tuple(ab['A'].shape)}, "
+                             f"{tuple(ab['B'].shape)} do not fit a {n_in}->{n_out} layer")
+        if ranks.get(get_pattern_key(ranks.keys(), path), config.get("r")) != r:
+            raise ValueError(f"{path}: rank {r} differs from the adapter config")
+        alpha = float(alphas.get(get_pattern_key(alphas.keys(), path), config["lora_alpha"]))
+        scale = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
+        dtype = base.weight.dtype
+        out[path] = (ab["A"].to(dtype).contiguous(), ab["B"].to(dtype).contiguous(), scale)
+    return out
+
+
+class SharedBody:
+    """One module tree over the backbone's weights holding many adapters of one method.
+
+    Rows are routed through context variables (per thread), so forward passes take no lock and
+    may run concurrently; adds and removals are serialised by ``lock`` and only ever touch
+    adapters no request can route to (not yet published, or retired and unused).
     """
 
     def __init__(self, method: str, backbone: RecModel) -> None:
-        self.method, self.backbone = method, backbone
-        self.lock = threading.Lock()
-        self.module: nn.Module | None = None
+        if method not in SHARED_METHODS:
+            raise ValueError(f"{method} adapters cannot share a body")
+        self.method, self.lock = method, threading.Lock()
+        self.model = shared_clone(backbone).eval()
+        self.bottleneck = BottleneckModel(self.model) if method == "bottleneck" else None
         self.names: set[str] = set()
 
     def add(self, name: str, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
         """Add adapter ``name``; on failure the body is left as it was."""
-        method = get_method(self.method)
         with self.lock, torch.no_grad():
-            base = self.backbone if self.module is not None else shared_clone(self.backbone)
-            try:
-                module = method.load(base, config, tensors, name, self.module)
-            except BaseException:
-                if self.module is not None:
+            if self.bottleneck is None:
+                self._add_lora(name, parse_lora(self.model, config, tensors))
+            else:
+                try:
+                    BOTTLENECK.load(self.model, config, tensors, name, self.bottleneck)
+                except BaseException:
                     self._delete(name)
-                raise
-            self.module = freeze(module)
+                    raise
+                for _, layer in self.bottleneck.layers():
+                    if name in layer.bottleneck:
+                        layer.bottleneck[name].eval()
+                    layer.active = None  # only routed rows take an adapter
             self.names.add(name)
+
+    def _add_lora(self, name: str, parsed: dict[str, tuple]) -> None:
+        for path, adapter in parsed.items():  # validated already: nothing below can fail
+            layer = self.model.get_submodule(path)
+            if not isinstance(layer, RoutedLora):
+                parent, _, child = path.rpartition(".")
+                layer = RoutedLora(layer)
+                setattr(self.model.get_submodule(parent), child, layer)
+            layer.add(name, *adapter)
 
     def remove(self, name: str) -> None:
         """Delete adapter ``name`` (only once no request can still route to it)."""
         with self.lock:
-            if name not in self.names:
-                return
             self.names.discard(name)
-            if not self.names:  # the last one: drop the whole tree (PEFT wants >= 1 adapter)
-                self.module = None
-            else:
-                self._delete(name)
+            self._delete(name)
 
     def _delete(self, name: str) -> None:
-        if self.method == "bottleneck":
-            for _, layer in self.module.layers():
-                if name in layer.bottleneck:
-                    del layer.bottleneck[name]
-            self.module.configs.pop(name, None)
-        elif name in self.module.peft_config:
-            self.module.delete_adapter(name)
+        if self.bottleneck is None:
+            for layer in self.model.modules():
+                if isinstance(layer, RoutedLora):
+                    layer.remove(name)
+            return
+        for _, layer in self.bottleneck.layers():
+            if name in layer.bottleneck:
+                del layer.bottleneck[name]
+        self.bottleneck.configs.pop(name, None)
 
-    def base(self) -> RecModel:
-        return get_method(self.method).base_of(self.module)
+    def held(self) -> set[str]:
+        """Adapter names present in the layers (a consistency check: equals ``names``)."""
+        if self.bottleneck is None:
+            return {n for m in self.model.modules() if isinstance(m, RoutedLora)
+                    for n in m.names()}
+        return {n for _, layer in self.bottleneck.layers() for n in layer.bottleneck}
 
     def encode(self, embeds: torch.Tensor, mask: torch.Tensor, names: list[str]) -> torch.Tensor:
-        with self.lock:
-            return self.module(inputs_embeds=embeds, attention_mask=mask,
-                               adapter_names=names).last_hidden_state[:, -1]
+        if self.bottleneck is not None:
+            out = self.bottleneck(adapter_names=names, inputs_embeds=embeds, attention_mask=mask)
+        else:
+            with lora_route(names):
+                out = self.model(inputs_embeds=embeds, attention_mask=mask)
+        return out.last_hidden_state[:, -1]
 
 
 @dataclass(eq=False)  # identity semantics: entries are keys of the in-flight counts
@@ -154,7 +320,7 @@ class RegionEntry:
         return {"region": self.region, "method": self.method, "served_as": self.served_as,
                 "path": self.path, "fingerprint_ok": self.fingerprint_ok,
                 "n_items": len(self.vocab), "new_items": self.meta.get("n_new_items", 0),
-                "internal_name": self.name,
+                "internal_name": self.name, "tensor_bytes": self.meta.get("tensor_bytes"),
                 "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(self.loaded_at))}
 
 
@@ -206,14 +372,9 @@ def build_entry(region: str, directory: Path, backbone: RecModel, vocab: ItemVoc
     name = internal_name(region)
     method = get_method(served)
     if served in shared:
+        embed, bias = _tables(backbone, item_side)  # shared bodies hold the backbone's weights
         body = shared[served]
         body.add(name, config, tensors)
-        try:
-            base = body.base()
-            embed, bias = _tables(base, item_side)
-        except BaseException:
-            body.remove(name)
-            raise
         own = None
     else:
         with torch.no_grad():
@@ -223,79 +384,13 @@ def build_entry(region: str, directory: Path, backbone: RecModel, vocab: ItemVoc
     # the catalogue lives in the vocabulary: do not keep a second copy in the metadata
     small_meta = {k: v for k, v in meta.items() if k not in ("catalogue", "new_items")}
     small_meta["n_new_items"] = len(meta.get("new_items") or [])
+    # what this region holds in memory: adapter weights (unpadded) + the cached item table
+    small_meta["tensor_bytes"] = embed.nbytes + bias.nbytes + sum(
+        t.nbytes for k, t in tensors.items() if not k.startswith(ITEM_SIDE_PREFIX))
+    # item strings shared with the backbone vocabulary: only new items cost their own string
+    catalogue = [vocab.items[vocab.index[i]] if i in vocab.index else i
+                 for i in item_side.catalogue]
     return RegionEntry(region, meta["method"], served, str(directory), name,
-                       ItemVocab(item_side.catalogue), embed, bias,
+                       ItemVocab(catalogue), embed, bias,
                        shared=body if own is None else None, body=own, meta=small_meta,
                        fingerprint_ok=meta.get("backbone_fingerprint") == backbone_fp)
-
-
-# ---------------------------------------------------------------- the mixed-region forward
-
-def plan_groups(entries: list[RegionEntry]) -> list[tuple[SharedBody | RegionEntry, list[int]]]:
-    """Rows per forward pass: one per shared body, one per own-body region.
-
-    Un-adapted rows ride along in a shared body as ``__base__`` when there is one.
-    """
-    groups: dict[Any, list[int]] = defaultdict(list)
-    base_rows = []
-    for row, entry in enumerate(entries):
-        if entry.shared is not None:
-            groups[entry.shared].append(row)
-        elif entry.served_as == "backbone":
-            base_rows.append(row)
-        else:
-            groups[entry].append(row)
-    if base_rows:
-        host = next((g for g in groups if isinstance(g, SharedBody)), None)
-        if host is None:
-            groups[entries[base_rows[0]]] = base_rows
-        else:
-            groups[host] = sorted(groups[host] + base_rows)
-    return list(groups.items())
-
-
-def user_vectors(entries: list[RegionEntry], tokens: list[list[int]], max_len: int,
-                 causal: bool, ordered: bool) -> tuple[torch.Tensor, int]:
-    """User vectors ``[rows, hidden]`` and the number of transformer forward passes run.
-
-    Each row is embedded with its own region's table, then routed to its own adapter.
-    Causal rows without any known item have nothing to encode: their vector is zero, so
-    they are ranked by the region's item bias (popularity).
-    """
-    hidden = entries[0].table.shape[1] if entries else 0
-    users = torch.zeros(len(entries), hidden)
-    passes = 0
-    live = [i for i, t in enumerate(tokens) if t or not causal]
-    for group, rows in plan_groups([entries[i] for i in live]):
-        rows = [live[r] for r in rows]
-        ids, mask = inference_batch([tokens[r] for r in rows], max_len, causal, ordered)
-        embeds = torch.empty(*ids.shape, hidden)
-        by_entry: dict[RegionEntry, list[int]] = defaultdict(list)
-        for pos, r in enumerate(rows):
-            by_entry[entries[r]].append(pos)
-        for entry, pos in by_entry.items():
-            embeds[pos] = F.embedding(ids[pos], entry.embed)
-        if isinstance(group, SharedBody):
-            out = group.encode(embeds, mask, [entries[r].name for r in rows])
-        else:
-            out = group.body(inputs_embeds=embeds, attention_mask=mask).last_hidden_state[:, -1]
-        users[rows] = out.float()
-        passes += 1
-    return users, passes
-
-
-def top_k(entry: RegionEntry, users: torch.Tensor, histories: list[list[str]], k: int,
-          exclude_seen: bool) -> list[tuple[list[str], list[float]]]:
-    """Best ``k`` catalogue items per row (seen items excluded when asked)."""
-    scores = users @ entry.table.T + entry.bias
-    if exclude_seen:
-        for row, history in enumerate(histories):
-            cols = entry.vocab.columns(history)
-            scores[row, cols[cols >= 0]] = float("-inf")
-    values, index = scores.topk(min(k, scores.shape[1]), dim=1)
-    out = []
-    for vals, idx in zip(values.tolist(), index.tolist(), strict=True):
-        keep = [(entry.vocab.items[i], v) for i, v in zip(idx, vals, strict=True)
-                if v != float("-inf")]
-        out.append(([i for i, _ in keep], [v for _, v in keep]))
-    return out

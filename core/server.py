@@ -81,6 +81,7 @@ class RegionInfo(BaseModel):
     n_items: int
     new_items: int
     internal_name: str
+    tensor_bytes: int | None = Field(None, description="adapter weights + cached item table")
     loaded_at: str
 
 

@@ -15,21 +15,24 @@ requests are served:
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import tempfile
 import threading
-from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from .artifacts import ADAPTER_META, ArtifactError, read_json
 from .backbone import load_backbone
+from .batching import inference_batch
 from .model import RecModel
-from .routing import SharedBody, backbone_entry, build_entry, top_k, user_vectors
+from .routing import RegionEntry, SharedBody, backbone_entry, build_entry
 from .vocab import ItemVocab
 
 logger = logging.getLogger(__name__)
@@ -117,7 +120,7 @@ class Recommender:
                 raise AdapterLoadError(f"cannot load the adapter of region {region!r} from "
                                        f"{path_or_hub_id}: {err}") from err
             if entry.meta.get("region") not in (None, region):
-                logger.info("serving %s's adapter (%s) as region %s", entry.meta.get("region"),
+                logger.debug("serving %s's adapter (%s) as region %s", entry.meta.get("region"),
                             directory, region)
             old = self._swap(region, entry)
         logger.info("region %s: %s adapter %s (%s)", region, "replaced" if old else "loaded",
@@ -226,24 +229,112 @@ class Recommender:
     @torch.inference_mode()
     def _recommend(self, histories: list[list[str]], regions: Sequence[str], entries: list,
                    k: int, exclude_seen: bool) -> list[dict[str, Any]]:
-        tokens = [e.vocab.encode(h) for e, h in zip(entries, histories, strict=True)]
-        users, passes = user_vectors(entries, tokens, *self._shape)
+        # rows of one region made contiguous: per-region work then runs on slices
+        first: dict[Any, int] = {}
+        order = sorted(range(len(entries)), key=lambda r: first.setdefault(entries[r], r))
+        ents, hist = [entries[r] for r in order], [histories[r] for r in order]
+        tokens = [e.vocab.encode(h) for e, h in zip(ents, hist, strict=True)]
+        users, passes = user_vectors(ents, tokens, *self._shape)
         with self._state_lock:
             self._stats.update(requests=len(entries), batches=1, forward_passes=passes)
-        results: list[dict[str, Any]] = [{} for _ in entries]
-        by_entry: dict[Any, list[int]] = {}
-        for row, entry in enumerate(entries):
-            by_entry.setdefault(entry, []).append(row)
-        for entry, rows in by_entry.items():
-            ranked = top_k(entry, users[rows], [histories[r] for r in rows], k, exclude_seen)
-            for r, (items, scores) in zip(rows, ranked, strict=True):
-                results[r] = {"region": regions[r], "items": items, "scores": scores,
-                              "adapted": entry.adapted,
-                              "unknown_items": entry.vocab.unknown(histories[r])}
-        return results
+        ranked: list[Any] = [None] * len(entries)
+        for pos, result in zip(order, top_k(ents, users, hist, k, exclude_seen), strict=True):
+            ranked[pos] = result
+        return [{"region": region, "items": items, "scores": scores, "adapted": entry.adapted,
+                 "unknown_items": entry.vocab.unknown(history)}
+                for region, entry, history, (items, scores)
+                in zip(regions, entries, histories, ranked, strict=True)]
 
     def trainable_parameters(self) -> int:
         """Trainable parameters anywhere in the served modules (always 0: a safety check)."""
-        modules = [self.backbone] + [b.module for b in self._shared.values() if b.module]
+        modules = [self.backbone] + [b.model for b in self._shared.values()]
         modules += [e.body for e in self._snapshot.values() if e.body is not None]
         return sum(p.numel() for m in modules for p in m.parameters() if p.requires_grad)
+
+
+# ---------------------------------------------------------------- the mixed-region forward
+
+def runs(entries: list[RegionEntry]) -> Iterator[tuple[RegionEntry, int, int]]:
+    """(entry, start, stop) for each run of consecutive rows of one entry."""
+    start = 0
+    for entry, group in itertools.groupby(entries):
+        stop = start + len(list(group))
+        yield entry, start, stop
+        start = stop
+
+
+def plan_groups(entries: list[RegionEntry]) -> list[tuple[SharedBody | RegionEntry, list[int]]]:
+    """Rows per forward pass: one per shared body, one per own-body region.
+
+    Un-adapted rows ride along in a shared body as ``__base__`` when there is one.
+    """
+    groups: dict[Any, list[int]] = defaultdict(list)
+    base_rows = []
+    for row, entry in enumerate(entries):
+        if entry.shared is not None:
+            groups[entry.shared].append(row)
+        elif entry.served_as == "backbone":
+            base_rows.append(row)
+        else:
+            groups[entry].append(row)
+    if base_rows:
+        host = next((g for g in groups if isinstance(g, SharedBody)), None)
+        if host is None:
+            groups[entries[base_rows[0]]] = base_rows
+        else:
+            groups[host] = sorted(groups[host] + base_rows)
+    return list(groups.items())
+
+
+def user_vectors(entries: list[RegionEntry], tokens: list[list[int]], max_len: int,
+                 causal: bool, ordered: bool) -> tuple[torch.Tensor, int]:
+    """User vectors ``[rows, hidden]`` and the number of transformer forward passes run.
+
+    Each row is embedded with its own region's table, then routed to its own adapter.
+    Causal rows without any known item have nothing to encode: their vector is zero, so
+    they are ranked by the region's item bias (popularity).
+    """
+    hidden = entries[0].table.shape[1] if entries else 0
+    users = torch.zeros(len(entries), hidden)
+    passes = 0
+    live = [i for i, t in enumerate(tokens) if t or not causal]
+    for group, rows in plan_groups([entries[i] for i in live]):
+        rows = [live[r] for r in rows]
+        ids, mask = inference_batch([tokens[r] for r in rows], max_len, causal, ordered)
+        embeds = torch.empty(*ids.shape, hidden)
+        for entry, start, stop in runs([entries[r] for r in rows]):
+            embeds[start:stop] = F.embedding(ids[start:stop], entry.embed)
+        if isinstance(group, SharedBody):
+            out = group.encode(embeds, mask, [entries[r].name for r in rows])
+        else:
+            out = group.body(inputs_embeds=embeds, attention_mask=mask).last_hidden_state[:, -1]
+        users[rows] = out.float()
+        passes += 1
+    return users, passes
+
+
+def top_k(entries: list[RegionEntry], users: torch.Tensor, histories: list[list[str]], k: int,
+          exclude_seen: bool) -> list[tuple[list[str], list[float]]]:
+    """Best ``k`` items of each row's own catalogue (seen items excluded when asked).
+
+    Scores of all rows go into one ``-inf``-padded matrix, so masking and ``topk`` run once
+    per batch rather than once per region.
+    """
+    width = max(len(e.vocab) for e in entries)
+    scores = torch.full((len(entries), width), float("-inf"))
+    for entry, start, stop in runs(entries):
+        scores[start:stop, :len(entry.vocab)] = users[start:stop] @ entry.table.T + entry.bias
+    if exclude_seen:
+        seen = [(row, entry.vocab.index[i]) for row, (entry, history)
+                in enumerate(zip(entries, histories, strict=True))
+                for i in history if i in entry.vocab.index]
+        if seen:
+            rows, cols = zip(*seen, strict=True)
+            scores[list(rows), list(cols)] = float("-inf")
+    values, index = scores.topk(min(k, width), dim=1)
+    out = []
+    for entry, vals, idx in zip(entries, values.tolist(), index.tolist(), strict=True):
+        keep = [(entry.vocab.items[i], v) for i, v in zip(idx, vals, strict=True)
+                if v != float("-inf")]
+        out.append(([i for i, _ in keep], [v for _, v in keep]))
+    return out

@@ -1,7 +1,7 @@
 """The one training loop: pretraining, region adaptation and full fine-tuning.
 
 Shaped like accelerate's ``nlp_example.py``: ``Accelerator`` prepares model, optimizer and
-scheduler; ``accumulate`` / ``backward`` / ``gather`` do the rest, so the same code runs on
+scheduler; ``no_sync`` / ``backward`` / ``gather`` do the rest, so the same code runs on
 CPU, one GPU, or several processes under ``accelerate launch`` / ``torchrun`` (DDP, gloo on
 CPU). Every epoch ends with a validation NDCG@10 (early stopping keeps the best weights) and a
 checkpoint (``save_state``) that ``resume=True`` continues from after a kill.
@@ -12,6 +12,7 @@ the same path as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -52,7 +53,9 @@ class FitResult:
 
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
     """One accelerator per run; CPU when asked or when no CUDA device exists."""
-    return Accelerator(cpu=cfg.cpu, gradient_accumulation_steps=cfg.grad_accum)
+    # Gradient accumulation is done by the loop itself (see _run_epoch), so that a window
+    # never spans an epoch boundary and every checkpoint holds no half-accumulated gradient.
+    return Accelerator(cpu=cfg.cpu)
 
 
 def _optimizer(task: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -139,7 +142,7 @@ def fit(task: torch.nn.Module, sequences: list[list[int]], evaluate: Callable[[]
     if steps_per_epoch == 0:
         raise ValueError(f"{len(sequences)} training histories are too few for {world} processes")
     optimizer = _optimizer(task, cfg)
-    total = max(1, cfg.epochs * steps_per_epoch * world // cfg.grad_accum)
+    total = max(1, cfg.epochs * math.ceil(steps_per_epoch / cfg.grad_accum) * world)
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(total * cfg.warmup_ratio), total)
     model, optimizer, scheduler = accelerator.prepare(task, optimizer, scheduler)
     state = {"epoch": 0, "step": 0, "best": -1.0, "best_epoch": 0, "bad_epochs": 0,
@@ -192,19 +195,25 @@ def _run_epoch(model, optimizer, scheduler, loader, accelerator, cfg, state, ste
     model.train()
     total, count, seen = 0.0, 0, 0
     tick = time.perf_counter()
+    n_batches = len(loader)
     bar = tqdm(loader, desc=desc, leave=False,
                disable=not (cfg.progress and accelerator.is_local_main_process))
-    for batch in bar:
-        with accelerator.accumulate(model):
-            loss = model(batch.tokens.to(accelerator.device), batch.mask.to(accelerator.device),
+    for index, batch in enumerate(bar):
+        # accumulate over cfg.grad_accum batches; the last window of an epoch may be shorter
+        window_start = index - index % cfg.grad_accum
+        window = min(cfg.grad_accum, n_batches - window_start)
+        sync = index == window_start + window - 1
+        with contextlib.nullcontext() if sync else accelerator.no_sync(model):
+            loss = model(batch.tokens.to(accelerator.device),
+                         batch.mask.to(accelerator.device),
                          batch.targets.to(accelerator.device))
-            accelerator.backward(loss)
+            accelerator.backward(loss / window)
+        if sync:
             optimizer.step()
             scheduler.step()
-            if accelerator.sync_gradients:
-                state["step"] += 1
-                for hook in step_hooks:
-                    hook(accelerator.unwrap_model(model), state["step"])
+            state["step"] += 1
+            for hook in step_hooks:
+                hook(accelerator.unwrap_model(model), state["step"])
             optimizer.zero_grad()
         mean_loss = accelerator.gather(loss.detach()[None]).mean().item()
         total, count = total + mean_loss, count + 1

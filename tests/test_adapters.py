@@ -13,6 +13,8 @@ import pytest
 import torch
 from peft import PeftModel
 from peft.utils import get_peft_model_state_dict
+from safetensors.torch import load_file, save_file
+
 from regiontune.adapters import (
     METHODS,
     ItemSide,
@@ -32,8 +34,6 @@ from regiontune.core.config import AdaptConfig
 from regiontune.core.data import DataError
 from regiontune.core.evaluate import task_scores
 from regiontune.core.train import fit
-from safetensors.torch import load_file, save_file
-
 from tests.conftest import TINY_DATA, TINY_TRAIN
 
 ALL = sorted(METHODS)
@@ -125,7 +125,9 @@ def test_only_adapter_and_item_side_are_trainable(tiny_backbone, island, method)
     assert others, "the adapter has no trainable parameters"
     assert not any(p.requires_grad for p in original_params)
     if method == "full":  # a trainable copy; the shared backbone object stays frozen
-        assert all(p.requires_grad for p in task.body.parameters())
+        unused = task.body.encoder.get_input_embeddings().weight  # never used: stays frozen
+        assert all(p.requires_grad for p in task.body.parameters() if p is not unused)
+        assert not unused.requires_grad
         assert not {id(p) for p in task.body.parameters()} & originals
         assert task.body is not backbone
     else:
@@ -201,7 +203,7 @@ def test_unknown_region_is_a_data_error_listing_regions(tiny_backbone_dir, tiny_
 # -- saving and loading -----------------------------------------------------------------------
 
 
-def test_save_load_gives_identical_scores(saved, tiny_backbone_dir, island):
+def test_save_load_gives_identical_scores(saved, tiny_backbone_dir, island, request):
     directory = saved["dir"]
     assert {CONFIG, WEIGHTS, "region.json", "README.md"} <= {p.name for p in directory.iterdir()}
     meta = json.loads((directory / "region.json").read_text())
@@ -279,8 +281,8 @@ def test_corrupt_adapter_files_are_artifact_errors(saved, tiny_backbone_dir, tmp
 
 
 @pytest.mark.parametrize("method", ["lora", "adalora"])
-def test_failed_save_keeps_existing_adapter(tiny_backbone, tiny_backbone_dir, island, tmp_path,
-                                            monkeypatch, method):
+def test_failed_save_keeps_existing_adapter(tiny_backbone, island, tmp_path, monkeypatch,
+                                            method):
     backbone, vocab, bmeta = tiny_backbone
     task = build_region_task(backbone, vocab, island.catalogue,
                              AdaptConfig(method=method, region=REGION), total_steps=50)
@@ -299,8 +301,8 @@ def test_failed_save_keeps_existing_adapter(tiny_backbone, tiny_backbone_dir, is
         save_adapter(task, method, REGION, meta, directory)
     assert _snapshot(directory) == before
     assert [p.name for p in directory.parent.iterdir()] == [REGION]  # no temp dir left
-    fresh, fresh_vocab, _ = _fresh(tiny_backbone_dir)
-    load_adapter(directory, fresh, fresh_vocab, bmeta["fingerprint"])
+    _, _, tensors = read_adapter(directory, bmeta["fingerprint"])  # still a valid adapter
+    assert tensors.keys() == load_file(str(directory / WEIGHTS)).keys()
 
 
 def test_adapter_file_size(saved, tiny_backbone_dir):
@@ -395,10 +397,8 @@ def test_adalora_lora_export_scores_like_adalora(adalora_trained, tiny_backbone_
     assert sorted(config["rank_pattern"].values()) == sorted(max(1, r) for r in ranks.values())
     assert any(k.startswith(ITEM_PREFIX) for k in tensors)
 
-    backbone, vocab, bmeta = _fresh(tiny_backbone_dir)
-    adalora = load_adapter(directory, backbone, vocab, bmeta["fingerprint"])
+    meta = json.loads((directory / "region.json").read_text())
     backbone2, vocab2, _ = _fresh(tiny_backbone_dir)
-    meta = adalora.meta
     body = get_method("lora").load(backbone2, config, tensors, "export")
     item_side = ItemSide(meta["catalogue"], vocab2, backbone2.config.hidden_size,
                          meta["item_rank"], meta["item_bias"])
@@ -407,14 +407,41 @@ def test_adalora_lora_export_scores_like_adalora(adalora_trained, tiny_backbone_
 
     histories = _histories(island)
     want = task_scores(adalora_trained["task"], histories, island.catalogue)
-    torch.testing.assert_close(task_scores(adalora, histories, island.catalogue), want,
-                               atol=1e-5, rtol=0)
     torch.testing.assert_close(task_scores(lora, histories, island.catalogue), want,
                                atol=1e-5, rtol=0)
     # plain PEFT reads the export too (as a LoRA with a per-module rank pattern)
     peft_model = PeftModel.from_pretrained(_fresh(tiny_backbone_dir)[0], str(export)).eval()
     state = get_peft_model_state_dict(peft_model)
     assert all(torch.equal(state[k], tensors[k]) for k in state)
+
+
+def test_adalora_adapter_reloads_through_plain_peft(adalora_trained, tiny_backbone_dir, island):
+    """The saved AdaLoRA files (pruned ranks) score like the trained task (PEFT + item side)."""
+    directory = adalora_trained["dir"]
+    backbone, vocab, _ = _fresh(tiny_backbone_dir)
+    body = PeftModel.from_pretrained(backbone, str(directory), adapter_name=REGION).eval()
+    tensors = load_file(str(directory / WEIGHTS))
+    ranks = adalora_trained["meta"]["rank_pattern"]
+    a_rows = {k: v.shape[0] for k, v in tensors.items() if ".lora_A." in k or k.endswith("lora_A")}
+    assert sorted(a_rows.values()) == sorted(ranks.values())  # saved at the allocated ranks
+    meta = json.loads((directory / "region.json").read_text())
+    item_side = ItemSide(meta["catalogue"], vocab, backbone.config.hidden_size,
+                         meta["item_rank"], meta["item_bias"])
+    item_side.load(tensors)
+    task = RegionTask(body, body.get_base_model(), item_side).eval()
+    histories = _histories(island)
+    torch.testing.assert_close(task_scores(task, histories, island.catalogue),
+                               task_scores(adalora_trained["task"], histories, island.catalogue),
+                               atol=1e-5, rtol=0)
+
+
+def test_adalora_adapter_loads_with_load_adapter(adalora_trained, tiny_backbone_dir, island):
+    backbone, vocab, bmeta = _fresh(tiny_backbone_dir)
+    loaded = load_adapter(adalora_trained["dir"], backbone, vocab, bmeta["fingerprint"])
+    histories = _histories(island)
+    torch.testing.assert_close(task_scores(loaded, histories, island.catalogue),
+                               task_scores(adalora_trained["task"], histories, island.catalogue),
+                               atol=1e-5, rtol=0)
 
 
 # -- mixed-region batches ---------------------------------------------------------------------
@@ -425,11 +452,11 @@ def test_mixed_batch_routing_matches_each_adapter_alone(tiny_backbone, method):
     assert method in ("lora", "bottleneck")
     backbone, _, _ = tiny_backbone
     impl = get_method(method)
-    body = impl.attach(backbone, {}, "a", 10)
+    body = impl.attach(backbone, {}, "north", 10)
     _perturb(body, seed=4, scale=0.3)
     tensors_b = {k: v + 0.3 * torch.randn(v.shape, generator=torch.Generator().manual_seed(5))
-                 for k, v in impl.weights(body, "a").items()}
-    body = impl.load(backbone, impl.adapter_config(body, "a"), tensors_b, "b", body)
+                 for k, v in impl.weights(body, "north").items()}
+    body = impl.load(backbone, impl.adapter_config(body, "north"), tensors_b, "south", body)
     body.eval()
     torch.manual_seed(0)
     embeds = torch.randn(5, 6, backbone.config.hidden_size)
@@ -445,11 +472,11 @@ def test_mixed_batch_routing_matches_each_adapter_alone(tiny_backbone, method):
         return body(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
 
     with torch.no_grad():
-        alone = {"a": run("a"), "b": run("b"), "__base__": run(None)}
-        names = ["a", "b", "__base__", "b", "a"]
+        alone = {"north": run("north"), "south": run("south"), "__base__": run(None)}
+        names = ["north", "south", "__base__", "south", "north"]
         mixed = body(inputs_embeds=embeds, attention_mask=mask,
                      adapter_names=names).last_hidden_state
-    assert not torch.allclose(alone["a"], alone["b"], atol=1e-4)
-    assert not torch.allclose(alone["a"], alone["__base__"], atol=1e-4)
+    assert not torch.allclose(alone["north"], alone["south"], atol=1e-4)
+    assert not torch.allclose(alone["north"], alone["__base__"], atol=1e-4)
     for row, name in enumerate(names):
         torch.testing.assert_close(mixed[row], alone[name][row], atol=1e-5, rtol=1e-5)

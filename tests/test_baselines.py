@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import pytest
-from regiontune.core.splits import EvalCase, RegionData
 
 from benchmarks.baselines import (
     BASELINES,
@@ -17,6 +16,7 @@ from benchmarks.baselines import (
     fit_baseline,
     tune_ease,
 )
+from regiontune.core.splits import EvalCase, RegionData
 
 # a/b co-occur twice, a/c once, d is alone.
 TRAIN = {"u1": ["a", "b"], "u2": ["a", "b"], "u3": ["a", "c"], "u4": ["d"]}

@@ -132,9 +132,6 @@ def test_evaluate_backbone_only_valid_split(workdir, backbone):
     assert row["split"] == "valid" and row["adapter"] is None and "ndcg@5" in row
 
 
-@pytest.mark.xfail(strict=True, reason="cli_common.print_metrics always reads 'ndcg@10'/'hr@10'"
-                   ", so 'evaluate -k 5' prints a NDCG@10/HR@10 table of zeros (the JSON holds "
-                   "ndcg@5/hr@5)")
 def test_evaluate_table_follows_k(workdir, backbone):
     target = workdir / "eval-k5.json"
     text = _ok(invoke("evaluate", "--model", backbone[0], "--region", "south", "-k", "5",
@@ -145,9 +142,6 @@ def test_evaluate_table_follows_k(workdir, backbone):
     assert f"{row['ndcg@5']:.4f}" in line and f"{row['hr@5']:.4f}" in line
 
 
-@pytest.mark.xfail(strict=True, reason="cli_ops.evaluate does getattr(regions[name], split) "
-                   "without checking split: '--split bogus' ends in an AttributeError "
-                   "traceback (exit 1), '--split train' in a TypeError")
 def test_error_bad_split(workdir, backbone):
     _fails(invoke("evaluate", "--model", backbone[0], "--region", "south", "--split", "bogus",
                   "--json", workdir / "x.json"), "bogus")

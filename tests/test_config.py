@@ -95,10 +95,6 @@ def test_unknown_section_errors(tmp_path):
         load_configs(path, [])
 
 
-@pytest.mark.xfail(strict=True, reason="from_dict does no type coercion/checking: PyYAML reads "
-                   "'lr: 1e-3' (no dot, YAML 1.1) as the STRING '1e-3', which is stored in "
-                   "TrainConfig.lr as is; 'pretrain -c' then dies in the optimiser with a "
-                   "TypeError traceback")
 def test_yaml_exponent_float(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  lr: 1e-3\n")
@@ -126,9 +122,6 @@ def test_override_bool(text, value):
     assert apply_overrides(TrainConfig(), [f"progress={text}"]).progress is value
 
 
-@pytest.mark.xfail(strict=True, reason="config._coerce maps every string that is not "
-                   "1/true/yes/on to False, so a typo such as 'progress=ture' silently "
-                   "sets False instead of failing")
 def test_override_bool_typo_fails():
     with pytest.raises(ValueError):
         apply_overrides(TrainConfig(), ["progress=ture"])

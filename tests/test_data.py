@@ -82,26 +82,17 @@ def test_quoted_cells(tmp_path):
     assert load_file(path)["item"].tolist() == ["i,1"]
 
 
-@pytest.mark.xfail(strict=True, reason="read_table builds the `datasets` features from the raw "
-                   "first line split on the delimiter, so quoted header cells (R's write.csv, "
-                   "QUOTE_ALL) keep their quotes and datasets raises DatasetGenerationError")
 def test_quoted_header(tmp_path):
     path = _csv(tmp_path / "x.csv", '"user","item"\n"u1","i1"\n')
     assert load_file(path)["user"].tolist() == ["u1"]
 
 
-@pytest.mark.xfail(strict=True, reason="read_table: a UTF-8 byte-order mark (Excel's 'CSV UTF-8')"
-                   " stays in the first header name read by _read_header (encoding='utf-8', not "
-                   "'utf-8-sig'); datasets raises DatasetGenerationError")
 def test_csv_with_byte_order_mark(tmp_path):
     path = tmp_path / "x.csv"
     path.write_bytes(b"\xef\xbb\xbfuser,item\nu1,i1\n")
     assert load_file(path)["user"].tolist() == ["u1"]
 
 
-@pytest.mark.xfail(strict=True, reason="read_table: pandas' default NA strings ('NA', 'null', "
-                   "'None', 'nan', ...) become missing values, so such ids are reported as "
-                   "'empty value' although every cell is meant to be read as a string")
 def test_na_like_ids_stay_ids(tmp_path):
     path = _csv(tmp_path / "x.csv", "user,item\nu1,NA\nu2,null\n")
     assert load_file(path)["item"].tolist() == ["NA", "null"]
@@ -125,9 +116,6 @@ def test_load_files_one_file_per_region(tmp_path):
     assert set(frame["region"]) == {"a"}
 
 
-@pytest.mark.xfail(strict=True, reason="load_files splits REGION=PATH at the LAST '=' "
-                   "(str.rpartition), so a path containing '=' (e.g. a Hive-style "
-                   "'date=2024/' directory) is cut in the wrong place")
 def test_load_files_region_with_equals_in_path(tmp_path):
     folder = tmp_path / "date=2024"
     folder.mkdir()
@@ -182,9 +170,6 @@ def test_empty_jsonl_file(tmp_path):
         load_file(path)
 
 
-@pytest.mark.xfail(strict=True, reason="read_table: datasets raises ValueError('Instruction "
-                   "\"train\" corresponds to no data!') for a header-only CSV before the "
-                   "'header but no rows' check is reached; the message names no file")
 def test_header_only_csv(tmp_path):
     path = _csv(tmp_path / "x.csv", "user,item\n")
     with pytest.raises(DataError, match="no rows") as err:
@@ -315,9 +300,6 @@ def test_duplicates_error_counts():
     assert "duplicates=drop" in msg
 
 
-@pytest.mark.xfail(strict=True, reason="handle_duplicates formats `first.item`, which on a "
-                   "pandas Series is the Series.item METHOD, not the 'item' cell: the message "
-                   "shows '<bound method IndexOpsMixin.item ...>' instead of the item id")
 def test_duplicates_error_names_item():
     frame = pd.concat([_dups(), _dups().iloc[[0]]], ignore_index=True)
     with pytest.raises(DataError) as err:
@@ -481,9 +463,6 @@ def test_wsdm_t2_built_candidates(wsdm):
 
 
 @needs_wsdm
-@pytest.mark.xfail(strict=True, reason="recipes._wsdm_candidates excludes only data.train "
-                   "(training items minus the random validation hold-out), so a user's "
-                   "held-out training item can be drawn as a negative (5 of 5482 t2 cases)")
 def test_wsdm_t2_candidates_exclude_training_items(wsdm):
     train = _wsdm_train("t2")
     bad = [c.user for c in wsdm["t2"].test

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 from huggingface_hub import HfApi
+from safetensors.torch import save_file
+
 from regiontune.core.artifacts import ArtifactError, BackboneMismatchError, write_json
 from regiontune.core.cards import adapter_card, backbone_card, write_card
 from regiontune.core.hub import HubError, pull, push, validate_repo_id
-from safetensors.torch import save_file
 
 try:
     from hubserver import HubServer
