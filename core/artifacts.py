@@ -55,6 +55,7 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         yield tmp
+        _share(tmp)
         old = None
         if target.exists():
             old = target.parent / f".{target.name}.old-{os.getpid()}"
@@ -65,6 +66,15 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _share(directory: Path) -> None:
+    """mkdtemp and some writers create private (0700/0600) entries: use the umask instead."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(directory, 0o777 & ~umask)
+    for path in directory.rglob("*"):
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def write_json(path: Path, data: Any) -> None:

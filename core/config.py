@@ -75,8 +75,12 @@ class AdaptConfig:
     region: str = ""
     fraction: float = 1.0  # share of the region's training users (seeded)
     options: dict[str, Any] = field(default_factory=dict)  # method options (r, alpha, targets...)
-    item_rank: int = 4  # rank of the item-embedding delta; 0 disables it
+    item_rank: int = -1  # rank of the item-embedding delta; 0 disables it; -1: auto (below)
     item_bias: bool = True
+    # auto rank: the largest (at most max_item_rank) keeping the adapter's weights within
+    # this share of the backbone's; the item table dominates a recommender's weights
+    item_budget: float = 0.05
+    max_item_rank: int = 16
 
 
 def _coerce(value: str, target_type: Any) -> Any:

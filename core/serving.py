@@ -162,6 +162,7 @@ class Recommender:
             entry.release()
 
     def _resolve(self, source: str | Path) -> Path:
+        """A local adapter directory, or a hub id ``org/name[@revision]`` pulled to the cache."""
         path = Path(source)
         if path.exists() or isinstance(source, Path) or not HUB_ID.fullmatch(str(source)):
             return path
@@ -171,7 +172,11 @@ class Recommender:
         if self._cache_dir is None:
             self._cache_dir = Path(tempfile.mkdtemp(prefix="regiontune-serving-"))
         out = self._cache_dir / repo_id.replace("/", "--") / (revision or "main")
-        return pull(repo_id, out, revision=revision or None, backbone_dir=self.backbone_dir)
+        try:
+            return pull(repo_id, out, revision=revision or None, backbone_dir=self.backbone_dir)
+        except Exception as err:
+            raise ArtifactError(f"{source} is no local directory, and pulling it as a hub id "
+                                f"failed: {err}") from err
 
     def regions(self) -> list[dict[str, Any]]:
         """One dict per loaded region: region, method, path, fingerprint_ok, n_items, ..."""
@@ -301,9 +306,8 @@ def user_vectors(entries: list[RegionEntry], tokens: list[list[int]], max_len: i
     for group, rows in plan_groups([entries[i] for i in live]):
         rows = [live[r] for r in rows]
         ids, mask = inference_batch([tokens[r] for r in rows], max_len, causal, ordered)
-        embeds = torch.empty(*ids.shape, hidden)
-        for entry, start, stop in runs([entries[r] for r in rows]):
-            embeds[start:stop] = F.embedding(ids[start:stop], entry.embed)
+        embeds = torch.cat([F.embedding(ids[start:stop], entry.embed)
+                            for entry, start, stop in runs([entries[r] for r in rows])])
         if isinstance(group, SharedBody):
             out = group.encode(embeds, mask, [entries[r].name for r in rows])
         else:
@@ -323,7 +327,8 @@ def top_k(entries: list[RegionEntry], users: torch.Tensor, histories: list[list[
     width = max(len(e.vocab) for e in entries)
     scores = torch.full((len(entries), width), float("-inf"))
     for entry, start, stop in runs(entries):
-        scores[start:stop, :len(entry.vocab)] = users[start:stop] @ entry.table.T + entry.bias
+        scores[start:stop, :len(entry.vocab)] = torch.addmm(entry.bias, users[start:stop],
+                                                            entry.table.T)
     if exclude_seen:
         seen = [(row, entry.vocab.index[i]) for row, (entry, history)
                 in enumerate(zip(entries, histories, strict=True))

@@ -120,7 +120,9 @@ def test_only_adapter_and_item_side_are_trainable(tiny_backbone, island, method)
     trainable = {n: p for n, p in task.named_parameters() if p.requires_grad}
     item_side = {n for n in trainable if n.startswith("item_side.")}
     assert item_side == {"item_side.lowrank_a", "item_side.lowrank_b", "item_side.bias"}
-    assert task.item_side.lowrank_a.shape == (len(island.catalogue), 4)
+    rank = task.item_side.rank  # auto: the largest rank within the 5% size budget, >= 1
+    assert 1 <= rank <= 16
+    assert task.item_side.lowrank_a.shape == (len(island.catalogue), rank)
     others = {n: p for n, p in trainable.items() if n not in item_side}
     assert others, "the adapter has no trainable parameters"
     assert not any(p.requires_grad for p in original_params)
@@ -480,3 +482,27 @@ def test_mixed_batch_routing_matches_each_adapter_alone(tiny_backbone, method):
     assert not torch.allclose(alone["north"], alone["__base__"], atol=1e-4)
     for row, name in enumerate(names):
         torch.testing.assert_close(mixed[row], alone[name][row], atol=1e-5, rtol=1e-5)
+
+
+def load_backbone_copy(tiny_backbone):
+    import copy
+
+    return copy.deepcopy(tiny_backbone[0])
+
+
+def test_auto_item_rank_keeps_the_adapter_within_budget(tiny_backbone, island):
+    """Bigger catalogues get a smaller item rank; an explicit rank is used as given."""
+    from regiontune.core.adapt import auto_item_rank
+
+    backbone, vocab, _ = tiny_backbone
+    cfg = AdaptConfig(method="lora", region=REGION, item_budget=0.5)
+    small = build_region_task(backbone, vocab, island.catalogue, cfg, total_steps=10)
+    total = sum(p.numel() for p in backbone.parameters())
+    adapter = sum(p.numel() for p in small.parameters() if p.requires_grad)
+    if small.item_side.rank < cfg.max_item_rank:  # the budget, not the cap, set the rank
+        assert adapter <= 0.5 * total
+    big = auto_item_rank(backbone, small.body, 10 * len(island.catalogue), cfg)
+    assert big < small.item_side.rank or big == 1
+    fixed = AdaptConfig(method="ia3", region=REGION, item_rank=3)
+    task = build_region_task(load_backbone_copy(tiny_backbone), vocab, island.catalogue, fixed)
+    assert task.item_side.rank == 3

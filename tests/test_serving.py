@@ -233,6 +233,13 @@ def test_hub_id_is_pulled_then_loaded(rec, adapters, monkeypatch, tmp_path):
     assert info["method"] == "ia3" and "acme--ia3-adapter" in info["path"]
     rec.unload("hubbed")
 
+    def failing_pull(*args, **kw):
+        raise RuntimeError("hub unreachable")
+
+    monkeypatch.setattr("regiontune.core.hub.pull", failing_pull)
+    with pytest.raises(AdapterLoadError, match="no local directory.*hub unreachable"):
+        rec.load("hubbed", "acme/missing")
+
 
 def test_hot_replace_under_concurrent_requests(tiny_backbone_dir, adapters):
     rec = Recommender.from_dirs(tiny_backbone_dir)
