@@ -286,7 +286,13 @@ class SharedBody:
 
 @dataclass(eq=False)  # identity semantics: entries are keys of the in-flight counts
 class RegionEntry:
-    """One loaded region (immutable once published): its body route and cached item table."""
+    """One loaded region (immutable once published): its body route and its item side.
+
+    The item side stays low-rank, as in the file: no dense ``[n_items, hidden]`` table is
+    cached. Item ``i`` of the catalogue is ``base row columns[i] + A[i] @ B`` (new items,
+    ``columns[i] == -1``, have no base row) with bias ``base bias + bias[i]``; scores and
+    input embeddings are computed from these factors per batch (see :class:`ItemBatch`).
+    """
 
     region: str
     method: str  # as trained
@@ -294,8 +300,12 @@ class RegionEntry:
     path: str
     name: str  # internal adapter name, BASE for the un-adapted backbone
     vocab: ItemVocab  # the region's token space (its catalogue)
-    embed: torch.Tensor  # [N_SPECIAL + n, hidden]: PAD, MASK, then the output table
-    bias: torch.Tensor  # [n]
+    base_embed: torch.Tensor  # [N_SPECIAL + V, hidden]: the base model's table (shared, no copy)
+    base_bias: torch.Tensor  # [V]: the base model's item bias (shared, no copy)
+    columns: torch.Tensor  # int32 [n]: base column of each catalogue item, -1 for new items
+    item_a: torch.Tensor | None = None  # [n, r] low-rank item delta (None: rank 0)
+    item_b: torch.Tensor | None = None  # [r, hidden]
+    item_bias: torch.Tensor | None = None  # [n] bias delta (None: none)
     shared: SharedBody | None = None
     body: nn.Module | None = None  # own body when not shared
     meta: dict[str, Any] = field(default_factory=dict)
@@ -303,13 +313,21 @@ class RegionEntry:
     fingerprint_ok: bool = True
 
     @property
-    def table(self) -> torch.Tensor:
-        """The output table ``[n, hidden]`` (tied: a view of the input embeddings, no copy)."""
-        return self.embed[N_SPECIAL:]
+    def hidden(self) -> int:
+        return self.base_embed.shape[1]
+
+    @property
+    def rank(self) -> int:
+        return 0 if self.item_a is None else self.item_a.shape[1]
 
     @property
     def adapted(self) -> bool:
         return self.served_as != "backbone"
+
+    def item_bytes(self) -> int:
+        """Bytes of this region's own item-side tensors (the base tables are shared)."""
+        return sum(t.nbytes for t in (self.columns, self.item_a, self.item_b, self.item_bias)
+                   if t is not None)
 
     def release(self) -> None:
         """Free the adapter in its shared body (own bodies go with the last reference)."""
@@ -324,20 +342,26 @@ class RegionEntry:
                 "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(self.loaded_at))}
 
 
-@torch.inference_mode()
-def _tables(base: RecModel, item_side: ItemSide | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Input embeddings (specials + region table) and item bias, computed once per load."""
-    table, bias = base.item_table()
-    if item_side is None:  # the backbone's own table: share it rather than copy it
-        return base.item_emb.weight.detach(), bias.detach()
-    table, bias = item_side.table(table, bias)
-    return torch.cat([base.item_emb.weight[:N_SPECIAL], table]), bias
+def _base_tables(base: RecModel) -> tuple[torch.Tensor, torch.Tensor]:
+    """The base model's input/output table (PAD and MASK rows first) and its item bias."""
+    return base.item_emb.weight.detach(), base.item_bias.detach()[N_SPECIAL:]
+
+
+def _item_factors(item_side: ItemSide) -> dict[str, torch.Tensor | None]:
+    """The item side as stored: base columns (-1: new item), ``A``, ``B``, bias delta."""
+    columns = torch.where(item_side.known.bool(), item_side.columns, -1).to(torch.int32)
+    def own(t: nn.Parameter | None) -> torch.Tensor | None:
+        return None if t is None else t.detach().contiguous()
+    return {"columns": columns, "item_a": own(item_side.lowrank_a),
+            "item_b": own(item_side.lowrank_b), "item_bias": own(item_side.bias)}
 
 
 def backbone_entry(backbone: RecModel, vocab: ItemVocab, path: str = "") -> RegionEntry:
     """Entry serving the un-adapted backbone over its whole vocabulary."""
-    embed, bias = _tables(backbone, None)
-    return RegionEntry("", "backbone", "backbone", path, BASE, vocab, embed, bias, body=backbone)
+    embed, bias = _base_tables(backbone)
+    columns = torch.arange(len(vocab), dtype=torch.int32)
+    return RegionEntry("", "backbone", "backbone", path, BASE, vocab, embed, bias, columns,
+                       body=backbone)
 
 
 def read_region_files(directory: Path, backbone_fp: str
@@ -372,7 +396,7 @@ def build_entry(region: str, directory: Path, backbone: RecModel, vocab: ItemVoc
     name = internal_name(region)
     method = get_method(served)
     if served in shared:
-        embed, bias = _tables(backbone, item_side)  # shared bodies hold the backbone's weights
+        base = backbone  # shared bodies hold the backbone's weights
         body = shared[served]
         body.add(name, config, tensors)
         own = None
@@ -380,17 +404,120 @@ def build_entry(region: str, directory: Path, backbone: RecModel, vocab: ItemVoc
         with torch.no_grad():
             start = backbone if served == "full" else shared_clone(backbone)
             own = freeze(method.load(start, config, tensors, name, None))
-        embed, bias = _tables(method.base_of(own), item_side)
+        base = method.base_of(own)
+    embed, bias = _base_tables(base)
+    factors = _item_factors(item_side)
     # the catalogue lives in the vocabulary: do not keep a second copy in the metadata
     small_meta = {k: v for k, v in meta.items() if k not in ("catalogue", "new_items")}
     small_meta["n_new_items"] = len(meta.get("new_items") or [])
-    # what this region holds in memory: adapter weights (unpadded) + the cached item table
-    small_meta["tensor_bytes"] = embed.nbytes + bias.nbytes + sum(
-        t.nbytes for k, t in tensors.items() if not k.startswith(ITEM_SIDE_PREFIX))
-    # item strings shared with the backbone vocabulary: only new items cost their own string
+    # catalogue strings shared with the backbone vocabulary: only new items cost their own
     catalogue = [vocab.items[vocab.index[i]] if i in vocab.index else i
                  for i in item_side.catalogue]
-    return RegionEntry(region, meta["method"], served, str(directory), name,
-                       ItemVocab(catalogue), embed, bias,
-                       shared=body if own is None else None, body=own, meta=small_meta,
-                       fingerprint_ok=meta.get("backbone_fingerprint") == backbone_fp)
+    entry = RegionEntry(region, meta["method"], served, str(directory), name,
+                        ItemVocab(catalogue), embed, bias, **factors,
+                        shared=body if own is None else None, body=own, meta=small_meta,
+                        fingerprint_ok=meta.get("backbone_fingerprint") == backbone_fp)
+    # what this region holds in memory: adapter weights (unpadded) + its low-rank item side
+    small_meta["tensor_bytes"] = entry.item_bytes() + sum(
+        t.nbytes for k, t in tensors.items() if not k.startswith(ITEM_SIDE_PREFIX))
+    return entry
+
+
+class ItemBatch:
+    """The item sides of one batch's regions, concatenated once per batch.
+
+    Scoring and embedding then run as a few batched operations whatever the number of
+    regions, and no region's dense item table is ever built:
+
+    * scores: ``(h @ base_table.T + base_bias)`` over the base vocabulary, once per batch for
+      all rows that share a base table, gathered at each row's region columns (new items:
+      base part 0), plus ``(h @ B.T) @ A.T + bias``; ``-inf`` past a row's catalogue;
+    * input embeddings, only for the tokens in the batch: ``base_table[columns[tok]]``
+      (0 for new items) ``+ A[tok] @ B``; PAD and MASK take the base model's rows.
+
+    Regions of smaller item rank (or none) are zero-padded to the largest: zeros add exactly
+    nothing. Item ``j`` of region ``u`` is row ``offsets[u] + j`` of the concatenations.
+    """
+
+    def __init__(self, entries: list[RegionEntry]) -> None:
+        index: dict[RegionEntry, int] = {}
+        self.run = torch.tensor([index.setdefault(e, len(index)) for e in entries],
+                                dtype=torch.long)  # row -> its region among ``unique``
+        self.unique = unique = list(index)
+        sizes = [len(e.columns) for e in unique]
+        self.width = max(sizes, default=0)
+        self.sizes = torch.tensor(sizes, dtype=torch.long)
+        self.offsets = torch.tensor([0, *itertools.accumulate(sizes)][:-1], dtype=torch.long)
+        self.columns = _cat([e.columns for e in unique])  # int32, -1: new item
+        self.bias = _cat([e.item_bias if e.item_bias is not None else torch.zeros(n)
+                          for e, n in zip(unique, sizes, strict=True)])
+        rank = max((e.rank for e in unique), default=0)
+        self.a = self.b = None  # [sum n, rank], [m, rank, hidden]
+        if rank:
+            self.a = _cat([_zero_padded(e.item_a, (n, rank))
+                           for e, n in zip(unique, sizes, strict=True)])
+            self.b = torch.stack([_zero_padded(e.item_b, (rank, e.hidden)) for e in unique])
+        # regions per distinct base table (one, unless own bodies bring their own tables)
+        bases: dict[int, list[int]] = {}
+        for i, entry in enumerate(unique):
+            bases.setdefault(entry.base_embed.data_ptr(), []).append(i)
+        self.bases = [(unique[ids[0]], ids) for ids in bases.values()]
+
+    def embed(self, rows: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Input embeddings ``[len(rows), length, hidden]`` of region tokens ``ids``; all
+        ``rows`` (batch rows, for their regions) must share one base table (one body)."""
+        run = self.run[rows]
+        item = ids - N_SPECIAL
+        is_item = item >= 0
+        flat = self.offsets[run][:, None] + item.clamp(min=0)
+        column = self.columns[flat]  # [rows, length], -1: new item
+        tokens = torch.where(is_item, column + N_SPECIAL, ids).clamp(min=0)
+        out = F.embedding(tokens, self.unique[int(run[0])].base_embed)
+        out = torch.where((~is_item | (column >= 0))[..., None], out, 0.0)
+        if self.a is not None:
+            a = self.a[flat].masked_fill_(~is_item[..., None], 0.0)  # [rows, length, rank]
+            out = out + torch.bmm(a, self.b[run])
+        return out
+
+    def scores(self, users: torch.Tensor) -> torch.Tensor:
+        """Scores ``[rows, width]`` of each row's catalogue, ``-inf`` past its end."""
+        if len(self.bases) == 1:
+            entry = self.bases[0][0]
+            base = torch.addmm(entry.base_bias, users, entry.base_embed[N_SPECIAL:].T)
+        else:
+            base = users.new_zeros(len(users), max(len(e.base_bias) for e, _ in self.bases))
+            for entry, ids in self.bases:
+                mine = torch.isin(self.run, torch.tensor(ids)).nonzero()[:, 0]
+                base[mine, :len(entry.base_bias)] = torch.addmm(
+                    entry.base_bias, users[mine], entry.base_embed[N_SPECIAL:].T)
+        if len(self.unique) == 1:  # one catalogue: its factors as they are
+            column, bias, a = self.columns, self.bias, self.a
+            scores = base.index_select(1, column.clamp(min=0))
+            scores = torch.where(column >= 0, scores, 0.0)
+            if a is not None:
+                scores = scores.addmm_(users @ self.b[0].T, a.T)
+            return scores + bias
+        position = torch.arange(self.width)
+        inside = position < self.sizes[self.run][:, None]  # [rows, width]
+        flat = (self.offsets[self.run][:, None] + position).clamp(max=len(self.columns) - 1)
+        column = torch.where(inside, self.columns[flat], -1)
+        scores = base.gather(1, column.clamp(min=0).long())
+        scores = torch.where(column >= 0, scores, 0.0)
+        if self.a is not None:
+            user_b = torch.bmm(self.b[self.run], users[:, :, None])  # [rows, rank, 1]
+            scores = scores + torch.bmm(self.a[flat], user_b)[:, :, 0]
+        return scores + torch.where(inside, self.bias[flat], float("-inf"))
+
+
+def _cat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
+
+
+def _zero_padded(t: torch.Tensor | None, shape: tuple[int, int]) -> torch.Tensor:
+    """``t`` (absent: nothing) zero-padded to ``shape``: ``A`` or ``B`` to a larger rank."""
+    if t is not None and t.shape == shape:
+        return t
+    out = torch.zeros(shape)
+    if t is not None:
+        out[:t.shape[0], :t.shape[1]] = t
+    return out

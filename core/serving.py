@@ -2,12 +2,14 @@
 
 Requests of several regions are grouped so that one transformer forward pass serves all rows
 whose adapters can be routed per row (LoRA, AdaLoRA via its LoRA export, bottleneck); IA3 and
-full fine-tuning get one pass per region. Adapters are loaded, replaced and unloaded while
-requests are served:
+full fine-tuning get one pass per region. Item tables stay low-rank: no region's dense item
+table is cached; scores and input embeddings are computed from the backbone's table and each
+region's factors per batch (:class:`~regiontune.core.routing.ItemBatch`). Adapters are
+loaded, replaced and unloaded while requests are served:
 
 * the served state is an immutable snapshot ``{region: entry}``; a load builds the new entry
-  (reads files, adds a uniquely named adapter to a shared body, caches the item table) and then
-  swaps the snapshot under a short lock, so a request sees the old adapter or the new one;
+  (reads files, adds a uniquely named adapter to a shared body) and then swaps the snapshot
+  under a short lock, so a request sees the old adapter or the new one;
 * a request counts itself on the entries it uses; a replaced or unloaded adapter is deleted
   from its shared body only once no request uses it any more;
 * a failed load raises :class:`AdapterLoadError` and leaves the serving adapter in place.
@@ -26,13 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from .artifacts import ADAPTER_META, ArtifactError, read_json
 from .backbone import load_backbone
 from .batching import inference_batch
 from .model import RecModel
-from .routing import RegionEntry, SharedBody, backbone_entry, build_entry
+from .routing import ItemBatch, RegionEntry, SharedBody, backbone_entry, build_entry
 from .vocab import ItemVocab
 
 logger = logging.getLogger(__name__)
@@ -234,16 +235,20 @@ class Recommender:
     @torch.inference_mode()
     def _recommend(self, histories: list[list[str]], regions: Sequence[str], entries: list,
                    k: int, exclude_seen: bool) -> list[dict[str, Any]]:
-        # rows of one region made contiguous: per-region work then runs on slices
+        if not entries:
+            return []
+        # rows of one region made contiguous (runs): rows of a pass stay grouped by adapter
         first: dict[Any, int] = {}
         order = sorted(range(len(entries)), key=lambda r: first.setdefault(entries[r], r))
         ents, hist = [entries[r] for r in order], [histories[r] for r in order]
         tokens = [e.vocab.encode(h) for e, h in zip(ents, hist, strict=True)]
-        users, passes = user_vectors(ents, tokens, *self._shape)
+        items = ItemBatch(ents)  # the batch's item sides, stacked once for both steps
+        users, passes = user_vectors(ents, tokens, *self._shape, items=items)
         with self._state_lock:
             self._stats.update(requests=len(entries), batches=1, forward_passes=passes)
         ranked: list[Any] = [None] * len(entries)
-        for pos, result in zip(order, top_k(ents, users, hist, k, exclude_seen), strict=True):
+        for pos, result in zip(order, top_k(ents, users, hist, k, exclude_seen, items),
+                               strict=True):
             ranked[pos] = result
         return [{"region": region, "items": items, "scores": scores, "adapted": entry.adapted,
                  "unknown_items": entry.vocab.unknown(history)}
@@ -292,22 +297,25 @@ def plan_groups(entries: list[RegionEntry]) -> list[tuple[SharedBody | RegionEnt
 
 
 def user_vectors(entries: list[RegionEntry], tokens: list[list[int]], max_len: int,
-                 causal: bool, ordered: bool) -> tuple[torch.Tensor, int]:
+                 causal: bool, ordered: bool, items: ItemBatch | None = None
+                 ) -> tuple[torch.Tensor, int]:
     """User vectors ``[rows, hidden]`` and the number of transformer forward passes run.
 
-    Each row is embedded with its own region's table, then routed to its own adapter.
-    Causal rows without any known item have nothing to encode: their vector is zero, so
-    they are ranked by the region's item bias (popularity).
+    Each row is embedded with its own region's item side (only the tokens it holds), then
+    routed to its own adapter. Causal rows without any known item have nothing to encode:
+    their vector is zero, so they are ranked by the region's item bias (popularity).
+    ``items``: the :class:`ItemBatch` of ``entries`` when the caller has built it already.
     """
-    hidden = entries[0].table.shape[1] if entries else 0
+    hidden = entries[0].hidden if entries else 0
     users = torch.zeros(len(entries), hidden)
     passes = 0
     live = [i for i, t in enumerate(tokens) if t or not causal]
+    if live and items is None:
+        items = ItemBatch(entries)
     for group, rows in plan_groups([entries[i] for i in live]):
         rows = [live[r] for r in rows]
         ids, mask = inference_batch([tokens[r] for r in rows], max_len, causal, ordered)
-        embeds = torch.cat([F.embedding(ids[start:stop], entry.embed)
-                            for entry, start, stop in runs([entries[r] for r in rows])])
+        embeds = items.embed(torch.tensor(rows), ids)
         if isinstance(group, SharedBody):
             out = group.encode(embeds, mask, [entries[r].name for r in rows])
         else:
@@ -318,17 +326,16 @@ def user_vectors(entries: list[RegionEntry], tokens: list[list[int]], max_len: i
 
 
 def top_k(entries: list[RegionEntry], users: torch.Tensor, histories: list[list[str]], k: int,
-          exclude_seen: bool) -> list[tuple[list[str], list[float]]]:
+          exclude_seen: bool, items: ItemBatch | None = None
+          ) -> list[tuple[list[str], list[float]]]:
     """Best ``k`` items of each row's own catalogue (seen items excluded when asked).
 
-    Scores of all rows go into one ``-inf``-padded matrix, so masking and ``topk`` run once
-    per batch rather than once per region.
+    Scores of all rows go into one ``-inf``-padded matrix (:meth:`ItemBatch.scores`), so
+    scoring, masking and ``topk`` run once per batch rather than once per region.
     """
-    width = max(len(e.vocab) for e in entries)
-    scores = torch.full((len(entries), width), float("-inf"))
-    for entry, start, stop in runs(entries):
-        scores[start:stop, :len(entry.vocab)] = torch.addmm(entry.bias, users[start:stop],
-                                                            entry.table.T)
+    items = items if items is not None else ItemBatch(entries)
+    width = items.width
+    scores = items.scores(users)
     if exclude_seen:
         seen = [(row, entry.vocab.index[i]) for row, (entry, history)
                 in enumerate(zip(entries, histories, strict=True))
