@@ -130,6 +130,9 @@ def recommend(model: Path = ModelOpt, adapter: list[Path] = AdapterOpt,
 def serve(backbone: Path = typer.Option(..., "--backbone", help="Backbone directory."),
           adapters: Path = typer.Option(None, "--adapters", help="Directory whose "
                                         "sub-directories are adapters; all are served."),
+          adapter: list[str] = typer.Option([], "--adapter", help="REGION=SOURCE: one more "
+                                            "adapter, SOURCE a directory or a hub id "
+                                            "org/name[@revision]. Repeatable."),
           host: str = typer.Option("127.0.0.1", "--host"),
           port: int = typer.Option(8000, "--port"),
           unknown_region: str = typer.Option("backbone", "--unknown-region", help="backbone: "
@@ -145,8 +148,11 @@ def serve(backbone: Path = typer.Option(..., "--backbone", help="Backbone direct
     from .server import serve as run
 
     try:
+        pairs = [tuple(a.split("=", 1)) for a in adapter]
+        if any(len(p) != 2 for p in pairs):
+            raise ValueError("--adapter takes REGION=SOURCE")
         run(backbone, adapters, host, port, os.environ.get("REGIONTUNE_ADMIN_TOKEN"),
-            unknown_region)
+            unknown_region, pairs)
     except KNOWN_ERRORS as err:
         fail(err)
 

@@ -287,8 +287,10 @@ def adapter_dirs(adapters_dir: str | Path | None) -> list[Path]:
 
 def serve(backbone_dir: str | Path, adapters_dir: str | Path | None = None,
           host: str = "127.0.0.1", port: int = 8000, admin_token: str | None = None,
-          unknown_region: str = "backbone") -> None:
-    """Load the backbone and every adapter under ``adapters_dir``, then run uvicorn.
+          unknown_region: str = "backbone",
+          adapters: list[tuple[str, str]] | None = None) -> None:
+    """Load the backbone, every adapter under ``adapters_dir`` and each ``(region, source)``
+    of ``adapters`` (a directory or a hub id ``org/name[@revision]``), then run uvicorn.
 
     Without ``admin_token``, ``$REGIONTUNE_ADMIN_TOKEN`` is used (keeps it off command lines).
     """
@@ -297,6 +299,8 @@ def serve(backbone_dir: str | Path, adapters_dir: str | Path | None = None,
     admin_token = admin_token or os.environ.get(TOKEN_ENV) or None
     recommender = Recommender.from_dirs(backbone_dir, adapter_dirs(adapters_dir),
                                         unknown_region=unknown_region)
+    for region, source in adapters or []:
+        recommender.load(region, source)
     if admin_token is None and host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("admin routes are open to anyone who can reach %s:%s; set %s",
                        host, port, TOKEN_ENV)

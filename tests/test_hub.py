@@ -281,3 +281,38 @@ def test_unreachable_hub(tmp_path):
         pull("acme/de-lora", tmp_path / "out", token=TOKEN, endpoint=endpoint)
     with pytest.raises(HubError, match="cannot reach the hub"):
         push(make_adapter(tmp_path), "acme/de-lora", token=TOKEN, endpoint=endpoint)
+
+
+def test_real_adapter_round_trip_gives_identical_scores(hub_server, tmp_path, tiny_backbone_dir,
+                                                         tiny_regions):
+    """A trained adapter pushed and pulled back scores exactly like the original."""
+    from regiontune.adapters import load_adapter, save_adapter
+    from regiontune.core.adapt import train_region
+    from regiontune.core.backbone import load_backbone
+    from regiontune.core.config import AdaptConfig, TrainConfig
+    from regiontune.core.evaluate import task_scores
+
+    endpoint, token = hub_server
+    backbone, vocab, meta = load_backbone(tiny_backbone_dir)
+    island = tiny_regions["island"]
+    task, _ = train_region(backbone, vocab, island, AdaptConfig(region="island"),
+                           TrainConfig(epochs=1, batch_size=16, progress=False))
+    torch.manual_seed(0)
+    with torch.no_grad():  # make every adapter tensor non-trivial
+        for p in task.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
+    src = tmp_path / "island"
+    save_adapter(task, "lora", "island", {"region": "island",
+                                          "backbone_fingerprint": meta["fingerprint"]}, src)
+    push(src, "acme/island-lora", token=token, endpoint=endpoint)
+    out = pull("acme/island-lora", tmp_path / "pulled", token=token, endpoint=endpoint,
+               backbone_dir=tiny_backbone_dir)
+    histories = [c.history for c in island.test]
+    scores = []
+    for directory in (src, out):
+        model, vocab, meta = load_backbone(tiny_backbone_dir)
+        loaded = load_adapter(directory, model, vocab, meta["fingerprint"])
+        scores.append(task_scores(loaded, histories, island.catalogue))
+    assert torch.equal(scores[0], scores[1])
+    assert torch.allclose(scores[0], task_scores(task, histories, island.catalogue), atol=1e-5)
