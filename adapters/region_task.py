@@ -11,12 +11,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from regiontune.core.model import N_SPECIAL, RecModel
-from regiontune.core.objective import item_loss
+from regiontune.core.task import ScoringTask
 
 from .item_side import ItemSide, region_vocab
 
 
-class RegionTask(nn.Module):
+class RegionTask(ScoringTask):
     """``body`` runs the transformer (a PEFT model, or the backbone with our own layers)."""
 
     def __init__(self, body: nn.Module, backbone: RecModel, item_side: ItemSide,
@@ -42,11 +42,3 @@ class RegionTask(nn.Module):
         specials = self.backbone.item_emb.weight[:N_SPECIAL]  # PAD and MASK rows stay shared
         embeddings = F.embedding(tokens, torch.cat([specials, table]))
         return self.body(inputs_embeds=embeddings, attention_mask=mask, **route).last_hidden_state
-
-    def forward(self, tokens: torch.Tensor, mask: torch.Tensor,
-                targets: torch.Tensor) -> torch.Tensor:
-        table, bias = self.output_table()
-        return item_loss(self.encode(tokens, mask), targets, table, bias, self.num_negatives)
-
-    def user_vectors(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.encode(tokens, mask)[:, -1]

@@ -2,13 +2,7 @@
 # Issue-2 figure on a lent GPU: a backbone pretrained on all five WSDM markets, evaluated on
 # t1's official 100 candidates (and every market's validation users). Results land in $OUT.
 set -u
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl || exit 1
-mkdir -p /tmp/pkg/regiontune
-cp regiontune_pkg/__init__.py /tmp/pkg/regiontune/
-ln -sfn "$PWD/core" /tmp/pkg/regiontune/core
-ln -sfn "$PWD/adapters" /tmp/pkg/regiontune/adapters
-export PYTHONPATH=/tmp/pkg:/tmp/site:$PWD HF_DATASETS_CACHE=/tmp/hfcache
+source benchmarks/device_env.sh
 timeout ${1:-170} python3 - <<'PY' 2>&1 | grep -v -i warn | tail -20 | tee "$OUT/pretrain5.txt"
 import json, os, logging
 logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -1,16 +1,12 @@
 #!/bin/bash
-# Runs the WSDM benchmarks on a lent GPU machine (the `device` tool): the machine has PyTorch
-# but no network, so newer transformers/peft/datasets travel as wheels (.whl/) and the data
-# as a copy (.gpu/data/). Results land in $OUT. Usage: bash benchmarks/device_run.sh [MINUTES]
+# Runs the WSDM benchmarks on a lent GPU machine (the `device` tool); see device_env.sh. The
+# data travels as a copy (.gpu/data/). Results land in $OUT.
+# Usage: bash benchmarks/device_run.sh [MINUTES]. (The first run's `regiontune.core.cli
+# pretrain` step failed there: typer needs pydantic, absent on that machine; the 5-market
+# backbone was then trained with device_pretrain5.sh, which calls the Python API.)
 set -u
 BUDGET=${1:-6}
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl || exit 1
-mkdir -p /tmp/pkg/regiontune
-cp regiontune_pkg/__init__.py /tmp/pkg/regiontune/
-ln -sfn "$PWD/core" /tmp/pkg/regiontune/core
-ln -sfn "$PWD/adapters" /tmp/pkg/regiontune/adapters
-export PYTHONPATH=/tmp/pkg:/tmp/site:$PWD HF_DATASETS_CACHE=/tmp/hfcache
+source benchmarks/device_env.sh
 nvidia-smi --query-gpu=name,memory.total --format=csv
 python3 -c "import torch, transformers, peft, accelerate, datasets; print(torch.__version__, transformers.__version__, peft.__version__, accelerate.__version__, datasets.__version__, torch.cuda.is_available())"
 DATA=.gpu/data/wsdm22-xmrec

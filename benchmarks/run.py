@@ -55,17 +55,18 @@ def _deep_update(base: dict, extra: dict) -> dict:
 
 
 def _priority(job: dict[str, Any]) -> tuple:
-    """Headline points first (all data, first seed), then more seeds, then the curves."""
-    full = job["data_fraction"] == 1.0
-    return (0 if full and job["seed"] == 0 else 1 if full else 2 if job["seed"] == 0 else 3,
-            job["data_fraction"] != 0.1)
+    """Headline points first (all data, first seed), then the scarce-data points that say
+    whether transfer pays (10%, 25%), the rest of the curve, and only then more seeds."""
+    fraction, seed = job["data_fraction"], job["seed"]
+    order = {1.0: 0, 0.1: 1, 0.25: 2}.get(fraction, 3)
+    return (seed > 0, order if seed == 0 else -fraction)
 
 
 def plan(suite: dict[str, Any]) -> list[dict[str, Any]]:
     """Every job of the suite: three seeds at the multi-seed fractions, one elsewhere.
 
     Ordered so that an interrupted run has the most important points: every method with all
-    the data first, then the other seeds, then the learning curves.
+    the data first, then the learning curves, then the other seeds.
     """
     out = []
     for region in suite["targets"]:

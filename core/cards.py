@@ -24,16 +24,17 @@ _ADAPTER_USAGE = """\
 With regiontune (the backbone is the frozen model the adapter was trained on):
 
 ```bash
-regiontune recommend --model BACKBONE --adapter {dir} --region {region} --history ITEM [ITEM ...]
+regiontune recommend --model BACKBONE --adapter {dir} --region {region} --history ITEM,ITEM
 ```
 
 ```python
-from regiontune.core.backbone import load_backbone
-from regiontune.core.model import RecModel  # the backbone's model class
 from regiontune.adapters import load_adapter
+from regiontune.core.backbone import load_backbone
+from regiontune.core.evaluate import task_scores
 
-model, vocab, meta = load_backbone("BACKBONE")
-model = load_adapter(model, "{dir}")
+backbone, vocab, meta = load_backbone("BACKBONE")
+task = load_adapter("{dir}", backbone, vocab, meta["fingerprint"])  # checks the fingerprint
+scores = task_scores(task, [["ITEM", "ITEM"]], task.vocab.items)
 ```
 """
 
@@ -60,7 +61,7 @@ _BACKBONE_USAGE = """\
 Train one small adapter per region on top of this frozen backbone, or recommend directly:
 
 ```bash
-regiontune recommend --model {dir} --region REGION --history ITEM [ITEM ...]
+regiontune recommend --model {dir} --region REGION --history ITEM,ITEM
 ```
 
 ```python

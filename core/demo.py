@@ -47,7 +47,9 @@ def run_demo(out: Path, epochs: int = 15, progress: bool = True) -> list[dict]:
                "popularity": popularity_metrics(data)["ndcg@10"]}
         if name in SMALL:
             meta = adapt(out / "backbone", DataConfig(), AdaptConfig(method="lora", region=name),
-                         TrainConfig(epochs=epochs, lr=5e-3, patience=3, progress=progress),
+                         # small regions: small batches, so an epoch is more than one step
+                         TrainConfig(epochs=2 * epochs, lr=5e-3, batch_size=16, patience=5,
+                                     progress=progress),
                          out / "adapters" / name)
             row.update(lora=meta["metrics"]["ndcg@10"], lora_params=meta["trainable_params"],
                        lora_kib=meta["adapter_bytes"] / 1024, lora_seconds=meta["train_seconds"])

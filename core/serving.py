@@ -17,13 +17,15 @@ loaded, replaced and unloaded while requests are served:
 
 from __future__ import annotations
 
-import itertools
+import ctypes
+import ctypes.util
+import functools
 import logging
 import re
 import tempfile
 import threading
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +67,24 @@ def check_region(region: Any) -> str:
         raise InvalidRequestError(f"invalid region name {region!r}: use 1-64 letters, digits, "
                                   "'_', '-' or '.', without '..'")
     return region
+
+
+@functools.cache
+def _malloc_trim() -> Any:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
+    except (OSError, AttributeError, TypeError):  # not glibc: nothing to call
+        return None
+
+
+def trim_heap() -> None:
+    """Hand freed heap pages back to the OS after a load or unload (glibc's ``malloc_trim``;
+    a no-op elsewhere). Loads free memory: the adapter replaced, the file's tensors, the old
+    copy of a grown adapter bank; glibc keeps most of it resident otherwise (measured with
+    100 LoRA adapters: ~0.6x the adapter file size per adapter). ~0.5 ms."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 class Recommender:
@@ -124,6 +144,7 @@ class Recommender:
                 logger.debug("serving %s's adapter (%s) as region %s", entry.meta.get("region"),
                             directory, region)
             old = self._swap(region, entry)
+        trim_heap()
         logger.info("region %s: %s adapter %s (%s)", region, "replaced" if old else "loaded",
                     entry.name, entry.served_as)
         return entry.info()
@@ -140,6 +161,7 @@ class Recommender:
             if region not in self._snapshot:
                 raise UnknownRegionError(f"region {region!r} is not loaded")
             self._swap(region, None)
+        trim_heap()
         logger.info("region %s unloaded", region)
 
     def _swap(self, region: str, entry) -> Any:
@@ -237,19 +259,12 @@ class Recommender:
                    k: int, exclude_seen: bool) -> list[dict[str, Any]]:
         if not entries:
             return []
-        # rows of one region made contiguous (runs): rows of a pass stay grouped by adapter
-        first: dict[Any, int] = {}
-        order = sorted(range(len(entries)), key=lambda r: first.setdefault(entries[r], r))
-        ents, hist = [entries[r] for r in order], [histories[r] for r in order]
-        tokens = [e.vocab.encode(h) for e, h in zip(ents, hist, strict=True)]
-        items = ItemBatch(ents)  # the batch's item sides, stacked once for both steps
-        users, passes = user_vectors(ents, tokens, *self._shape, items=items)
+        tokens = [e.vocab.encode(h) for e, h in zip(entries, histories, strict=True)]
+        sides = ItemBatch(entries)  # the batch's item sides, gathered once for both steps
+        users, passes = user_vectors(entries, tokens, *self._shape, items=sides)
         with self._state_lock:
             self._stats.update(requests=len(entries), batches=1, forward_passes=passes)
-        ranked: list[Any] = [None] * len(entries)
-        for pos, result in zip(order, top_k(ents, users, hist, k, exclude_seen, items),
-                               strict=True):
-            ranked[pos] = result
+        ranked = top_k(entries, users, histories, k, exclude_seen, sides)
         return [{"region": region, "items": items, "scores": scores, "adapted": entry.adapted,
                  "unknown_items": entry.vocab.unknown(history)}
                 for region, entry, history, (items, scores)
@@ -263,15 +278,6 @@ class Recommender:
 
 
 # ---------------------------------------------------------------- the mixed-region forward
-
-def runs(entries: list[RegionEntry]) -> Iterator[tuple[RegionEntry, int, int]]:
-    """(entry, start, stop) for each run of consecutive rows of one entry."""
-    start = 0
-    for entry, group in itertools.groupby(entries):
-        stop = start + len(list(group))
-        yield entry, start, stop
-        start = stop
-
 
 def plan_groups(entries: list[RegionEntry]) -> list[tuple[SharedBody | RegionEntry, list[int]]]:
     """Rows per forward pass: one per shared body, one per own-body region.

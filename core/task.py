@@ -32,7 +32,21 @@ class RecTask(Protocol):
     def output_table(self) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
-class BackboneTask(nn.Module):
+class ScoringTask(nn.Module):
+    """Loss and user vectors from ``encode`` and ``output_table`` (which subclasses define)."""
+
+    num_negatives: int = 0
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor,
+                targets: torch.Tensor) -> torch.Tensor:
+        table, bias = self.output_table()
+        return item_loss(self.encode(tokens, mask), targets, table, bias, self.num_negatives)
+
+    def user_vectors(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.encode(tokens, mask)[:, -1]
+
+
+class BackboneTask(ScoringTask):
     """Next-item (or Cloze) training of the backbone over its whole vocabulary."""
 
     def __init__(self, model: RecModel, vocab: ItemVocab, num_negatives: int = 0) -> None:
@@ -48,11 +62,3 @@ class BackboneTask(nn.Module):
 
     def output_table(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.model.item_table()
-
-    def forward(self, tokens: torch.Tensor, mask: torch.Tensor,
-                targets: torch.Tensor) -> torch.Tensor:
-        table, bias = self.output_table()
-        return item_loss(self.encode(tokens, mask), targets, table, bias, self.num_negatives)
-
-    def user_vectors(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.encode(tokens, mask)[:, -1]

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from regiontune.adapters import save_adapter
+from regiontune.adapters import load_adapter, save_adapter
 from regiontune.adapters.io import WEIGHTS
 from regiontune.core.adapt import train_region
 from regiontune.core.backbone import load_backbone
@@ -136,6 +136,58 @@ def test_adalora_served_as_lora_and_nothing_trainable(rec):
     assert info["ia3"]["served_as"] == "ia3"
     assert all(r["fingerprint_ok"] and r["n_items"] > 0 and r["loaded_at"] for r in info.values())
     assert rec.trainable_parameters() == 0
+
+
+def bottleneck_variant(src: Path, dst: Path, seed: int, **config) -> Path:
+    """A copy of a bottleneck adapter with new bottleneck weights, shaped for ``config``."""
+    shutil.copytree(src, dst)
+    cfg = {**json.loads((dst / "adapter_config.json").read_text()), **config}
+    (dst / "adapter_config.json").write_text(json.dumps(cfg))
+    tensors = load_file(str(dst / WEIGHTS))
+    hidden = tensors[next(k for k in tensors if k.endswith("up.bias"))].shape[0]
+    width = max(1, hidden // cfg["reduction_factor"])
+    shapes = {"down.weight": (width, hidden), "down.bias": (width,),
+              "up.weight": (hidden, width), "up.bias": (hidden,)}
+    gen = torch.Generator().manual_seed(seed)
+    for key in list(tensors):
+        part = key.split(".bottleneck.")[-1]
+        if part in shapes:
+            tensors[key] = 0.5 * torch.randn(shapes[part], generator=gen)
+    save_file(tensors, str(dst / WEIGHTS), metadata={"format": "pt"})
+    return dst
+
+
+def test_bottleneck_regions_of_any_width_and_activation_share_a_pass(tiny_backbone_dir,
+                                                                       adapters, tmp_path):
+    src, _, data = adapters["bottleneck"]
+    dirs = {"b_relu": src, "b_copy": perturbed_copy(src, tmp_path / "copy", 7),
+            "b_gelu": bottleneck_variant(src, tmp_path / "gelu", 8, reduction_factor=4,
+                                         non_linearity="gelu"),
+            "b_tanh": bottleneck_variant(src, tmp_path / "tanh", 9, reduction_factor=8,
+                                         non_linearity="tanh")}
+    rec = Recommender.from_dirs(tiny_backbone_dir)
+    for region, directory in dirs.items():
+        rec.load(region, directory)
+    fingerprint = rec.fingerprint
+    tasks = {}
+    for region, directory in dirs.items():
+        backbone, vocab, _ = load_backbone(tiny_backbone_dir)  # the loader wraps its layers
+        tasks[region] = load_adapter(directory, backbone, vocab, fingerprint)
+    h = histories(data, 3)
+    rows = [(region, h[i % 3]) for i in range(3) for region in dirs]
+    before = rec.stats()["forward_passes"]
+    results = rec.recommend([r[1] for r in rows], [r[0] for r in rows], k=10_000,
+                            exclude_seen=False)
+    assert rec.stats()["forward_passes"] - before == 1
+    for (region, history), result in zip(rows, results, strict=True):
+        assert_matches(result, tasks[region], history)
+    # each alone (the single-adapter path) gives the same answers
+    for (region, history), result in zip(rows, results, strict=True):
+        [alone] = rec.recommend([history], [region], k=10_000, exclude_seen=False)
+        assert alone["items"] == result["items"]
+        torch.testing.assert_close(alone["scores"], result["scores"], atol=1e-5, rtol=1e-5)
+    rec.unload("b_gelu")
+    assert _shared_names(rec)["bottleneck"] == {e["internal_name"] for e in rec.regions()}
 
 
 def test_unknown_region_served_by_backbone(rec, tiny_backbone_dir, adapters):
