@@ -476,10 +476,9 @@ def _base_tables(base: RecModel) -> tuple[torch.Tensor, torch.Tensor]:
 def _item_factors(item_side: ItemSide) -> dict[str, torch.Tensor | None]:
     """The item side as stored: base columns (-1: new item), ``A``, ``B``, bias delta."""
     columns = torch.where(item_side.known.bool(), item_side.columns, -1).to(torch.int32)
-    def own(t: nn.Parameter | None) -> torch.Tensor | None:
-        return None if t is None else t.detach().contiguous()
-    return {"columns": columns, "item_a": own(item_side.lowrank_a),
-            "item_b": own(item_side.lowrank_b), "item_bias": own(item_side.bias)}
+    a, b, bias = (None if t is None else t.detach().contiguous()
+                  for t in (item_side.lowrank_a, item_side.lowrank_b, item_side.bias))
+    return {"columns": columns, "item_a": a, "item_b": b, "item_bias": bias}
 
 
 def backbone_entry(backbone: RecModel, vocab: ItemVocab, path: str = "") -> RegionEntry:
@@ -519,12 +518,16 @@ def build_entry(region: str, directory: Path, backbone: RecModel, vocab: ItemVoc
     item_side = ItemSide(meta["catalogue"], vocab, backbone.config.hidden_size,
                          int(meta.get("item_rank", 0)), bool(meta.get("item_bias", True)))
     item_side.load(tensors)
+    factors = _item_factors(item_side)
+    # catalogue strings shared with the backbone vocabulary: only new items cost their own
+    region_vocab = ItemVocab([vocab.items[vocab.index[i]] if i in vocab.index else i
+                              for i in item_side.catalogue])
     name = internal_name(region)
     method = get_method(served)
     if served in shared:
         base = backbone  # shared bodies hold the backbone's weights
         body = shared[served]
-        body.add(name, config, tensors)
+        body.add(name, config, tensors)  # last step that can fail: nothing left half-added
         own = None
     else:
         with torch.no_grad():
@@ -532,15 +535,11 @@ def build_entry(region: str, directory: Path, backbone: RecModel, vocab: ItemVoc
             own = freeze(method.load(start, config, tensors, name, None))
         base = method.base_of(own)
     embed, bias = _base_tables(base)
-    factors = _item_factors(item_side)
     # the catalogue lives in the vocabulary: do not keep a second copy in the metadata
     small_meta = {k: v for k, v in meta.items() if k not in ("catalogue", "new_items")}
     small_meta["n_new_items"] = len(meta.get("new_items") or [])
-    # catalogue strings shared with the backbone vocabulary: only new items cost their own
-    catalogue = [vocab.items[vocab.index[i]] if i in vocab.index else i
-                 for i in item_side.catalogue]
     entry = RegionEntry(region, meta["method"], served, str(directory), name,
-                        ItemVocab(catalogue), embed, bias, **factors,
+                        region_vocab, embed, bias, **factors,
                         shared=body if own is None else None, body=own, meta=small_meta,
                         fingerprint_ok=meta.get("backbone_fingerprint") == backbone_fp)
     # what this region holds in memory: adapter weights (unpadded) + its low-rank item side
@@ -562,7 +561,9 @@ class ItemBatch:
       (0 for new items) ``+ A[tok] @ B``; PAD and MASK take the base model's rows.
 
     Regions of smaller item rank (or none) are zero-padded to the largest: zeros add exactly
-    nothing. Item ``j`` of region ``u`` is row ``offsets[u] + j`` of the concatenations.
+    nothing. Item ``j`` of region ``u`` is row ``offsets[u] + j`` of the concatenations; with
+    several regions, a last sentinel row (column -1, bias ``-inf``, ``A`` 0) pads each row's
+    scores past the end of its catalogue.
     """
 
     def __init__(self, entries: list[RegionEntry]) -> None:
@@ -570,19 +571,25 @@ class ItemBatch:
         self.run = torch.tensor([index.setdefault(e, len(index)) for e in entries],
                                 dtype=torch.long)  # row -> its region among ``unique``
         self.unique = unique = list(index)
+        self.single = len(unique) == 1
         sizes = [len(e.columns) for e in unique]
-        self.width = max(sizes, default=0)
+        self.width = max(sizes)
         self.sizes = torch.tensor(sizes, dtype=torch.long)
         self.offsets = torch.tensor([0, *itertools.accumulate(sizes)][:-1], dtype=torch.long)
-        self.columns = _cat([e.columns for e in unique])  # int32, -1: new item
-        self.bias = _cat([e.item_bias if e.item_bias is not None else torch.zeros(n)
-                          for e, n in zip(unique, sizes, strict=True)])
-        rank = max((e.rank for e in unique), default=0)
-        self.a = self.b = None  # [sum n, rank], [m, rank, hidden]
-        if rank:
-            self.a = _cat([_zero_padded(e.item_a, (n, rank))
-                           for e, n in zip(unique, sizes, strict=True)])
-            self.b = torch.stack([_zero_padded(e.item_b, (rank, e.hidden)) for e in unique])
+        rank = max(e.rank for e in unique)
+        columns = [e.columns for e in unique]
+        bias = [e.item_bias if e.item_bias is not None else torch.zeros(n)
+                for e, n in zip(unique, sizes, strict=True)]
+        a = [_zero_padded(e.item_a, (n, rank)) for e, n in zip(unique, sizes, strict=True)]
+        if self.single:  # one region: its own tensors, no copy
+            self.columns, self.bias, self.a = columns[0], bias[0], a[0]
+        else:
+            self.columns = torch.cat([*columns, torch.tensor([-1], dtype=torch.int32)])
+            self.bias = torch.cat([*bias, torch.tensor([float("-inf")])])
+            self.a = torch.cat([*a, torch.zeros(1, rank)])  # [sum n + 1, rank]
+        self.b = torch.stack([_zero_padded(e.item_b, (rank, e.hidden)) for e in unique])
+        if not rank:
+            self.a = self.b = None
         # regions per distinct base table (one, unless own bodies bring their own tables)
         bases: dict[int, list[int]] = {}
         for i, entry in enumerate(unique):
@@ -593,16 +600,19 @@ class ItemBatch:
         """Input embeddings ``[len(rows), length, hidden]`` of region tokens ``ids``; all
         ``rows`` (batch rows, for their regions) must share one base table (one body)."""
         run = self.run[rows]
-        item = ids - N_SPECIAL
-        is_item = item >= 0
-        flat = self.offsets[run][:, None] + item.clamp(min=0)
+        special = ids < N_SPECIAL
+        # PAD and MASK point at some item here (masked below): every index stays in range
+        flat = (self.offsets[run][:, None] + ids).sub_(N_SPECIAL).clamp_(min=0)
         column = self.columns[flat]  # [rows, length], -1: new item
-        tokens = torch.where(is_item, column + N_SPECIAL, ids).clamp(min=0)
+        tokens = torch.where(special, ids, column + N_SPECIAL)
         out = F.embedding(tokens, self.unique[int(run[0])].base_embed)
-        out = torch.where((~is_item | (column >= 0))[..., None], out, 0.0)
+        out.masked_fill_(((column < 0) & ~special)[..., None], 0.0)  # new items: no base row
         if self.a is not None:
-            a = self.a[flat].masked_fill_(~is_item[..., None], 0.0)  # [rows, length, rank]
-            out = out + torch.bmm(a, self.b[run])
+            a = self.a[flat].masked_fill_(special[..., None], 0.0)  # [rows, length, rank]
+            if self.single:
+                out += a @ self.b[0]
+            else:
+                out.baddbmm_(a, self.b[run])
         return out
 
     def scores(self, users: torch.Tensor) -> torch.Tensor:
@@ -616,27 +626,23 @@ class ItemBatch:
                 mine = torch.isin(self.run, torch.tensor(ids)).nonzero()[:, 0]
                 base[mine, :len(entry.base_bias)] = torch.addmm(
                     entry.base_bias, users[mine], entry.base_embed[N_SPECIAL:].T)
-        if len(self.unique) == 1:  # one catalogue: its factors as they are
-            column, bias, a = self.columns, self.bias, self.a
+        if self.single:  # one catalogue: its factors as they are
+            column = self.columns
             scores = base.index_select(1, column.clamp(min=0))
-            scores = torch.where(column >= 0, scores, 0.0)
-            if a is not None:
-                scores = scores.addmm_(users @ self.b[0].T, a.T)
-            return scores + bias
+            scores.masked_fill_(column < 0, 0.0)  # new items: no base part
+            if self.a is not None:
+                scores.addmm_(users @ self.b[0].T, self.a.T)
+            return scores.add_(self.bias)
         position = torch.arange(self.width)
-        inside = position < self.sizes[self.run][:, None]  # [rows, width]
-        flat = (self.offsets[self.run][:, None] + position).clamp(max=len(self.columns) - 1)
-        column = torch.where(inside, self.columns[flat], -1)
+        flat = torch.where(position < self.sizes[self.run][:, None],
+                           self.offsets[self.run][:, None] + position, len(self.columns) - 1)
+        column = self.columns[flat]  # [rows, width]; past a catalogue: the sentinel's -1
         scores = base.gather(1, column.clamp(min=0).long())
-        scores = torch.where(column >= 0, scores, 0.0)
+        scores.masked_fill_(column < 0, 0.0)  # new items (and padding): no base part
         if self.a is not None:
             user_b = torch.bmm(self.b[self.run], users[:, :, None])  # [rows, rank, 1]
-            scores = scores + torch.bmm(self.a[flat], user_b)[:, :, 0]
-        return scores + torch.where(inside, self.bias[flat], float("-inf"))
-
-
-def _cat(tensors: list[torch.Tensor]) -> torch.Tensor:
-    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
+            scores[:, :, None].baddbmm_(self.a[flat], user_b)
+        return scores.add_(self.bias[flat])
 
 
 def _zero_padded(t: torch.Tensor | None, shape: tuple[int, int]) -> torch.Tensor:

@@ -81,7 +81,7 @@ class RegionInfo(BaseModel):
     n_items: int
     new_items: int
     internal_name: str
-    tensor_bytes: int | None = Field(None, description="adapter weights + cached item table")
+    tensor_bytes: int | None = Field(None, description="adapter weights + low-rank item side")
     loaded_at: str
 
 

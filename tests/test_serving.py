@@ -138,6 +138,17 @@ def test_adalora_served_as_lora_and_nothing_trainable(rec):
     assert rec.trainable_parameters() == 0
 
 
+def test_regions_cache_no_dense_item_table(rec):
+    """Entries keep the low-rank item side only; base tables are the backbone's own tensors."""
+    table = rec.backbone.item_emb.weight
+    for entry in rec._snapshot.values():
+        if entry.served_as != "full":  # a fully fine-tuned model brings its own table
+            assert entry.base_embed.data_ptr() == table.data_ptr()
+        held = {k for k, v in vars(entry).items() if isinstance(v, torch.Tensor)}
+        assert held <= {"base_embed", "base_bias", "columns", "item_a", "item_b", "item_bias"}
+        assert entry.columns.shape == (len(entry.vocab),)
+
+
 def bottleneck_variant(src: Path, dst: Path, seed: int, **config) -> Path:
     """A copy of a bottleneck adapter with new bottleneck weights, shaped for ``config``."""
     shutil.copytree(src, dst)
