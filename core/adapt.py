@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from accelerate.utils import set_seed
+
 from regiontune.adapters import ItemSide, RegionTask, count_trainable, get_method, save_adapter
 
 from .backbone import load_backbone
@@ -67,6 +69,7 @@ def train_region(backbone: RecModel, vocab: ItemVocab, data: RegionData, adapt_c
                  train_cfg: TrainConfig, work: str | Path | None = None, resume: bool = False,
                  accelerator=None) -> tuple[RegionTask, dict[str, Any]]:
     """Train one region's adapter (on ``adapt_cfg.fraction`` of its users); returns task, stats."""
+    set_seed(train_cfg.seed)  # the adapter's initial weights too follow the run's seed
     data = subsample_users(data, adapt_cfg.fraction, train_cfg.seed)
     n_seq = sum(1 for h in data.train.values() if len(h) >= 2)
     total_steps = train_cfg.epochs * max(1, math.ceil(n_seq / train_cfg.batch_size))

@@ -57,12 +57,14 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_ratio: float = 0.05
     grad_accum: int = 1
-    patience: int = 3  # epochs without validation NDCG@10 gain before stopping
+    patience: int = 5  # epochs without validation NDCG@10 gain before stopping
     eval_every: int = 1  # epochs
     num_negatives: int = 0  # 0: full softmax; >0: sampled softmax with this many negatives
     mask_prob: float = 0.2  # bert family: Cloze masking probability
     seed: int = 0
     max_minutes: float | None = None  # wall-clock budget; stops cleanly at an epoch end
+    # learning-rate multipliers by parameter-name prefix, e.g. {"item_side.": 10}
+    lr_scales: dict[str, float] = field(default_factory=dict)
     cpu: bool = False  # force CPU even where CUDA exists
     progress: bool = True
 

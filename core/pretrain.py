@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from accelerate.utils import set_seed
+
 from .backbone import save_backbone
 from .config import DataConfig, ModelConfig, TrainConfig, to_dict
 from .evaluate import evaluate_task
@@ -54,6 +56,7 @@ def train_backbone(regions: dict[str, RegionData], model_cfg: ModelConfig,
 
     Also the ``scratch`` baseline: the same architecture trained on one region alone.
     """
+    set_seed(train_cfg.seed)  # initial weights follow the run's seed
     vocab = pooled_vocab(regions)
     ordered = all(d.ordered for d in regions.values())
     model = build_backbone(len(vocab), ordered=ordered, arch=model_cfg.arch,

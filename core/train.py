@@ -59,14 +59,18 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
 
 
 def _optimizer(task: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    params = [p for p in task.parameters() if p.requires_grad]
-    if not params:
+    """AdamW; no weight decay on biases and norms (decaying them only hurts); parameters whose
+    name starts with a key of ``cfg.lr_scales`` train at that multiple of the learning rate."""
+    named = [(n, p) for n, p in task.named_parameters() if p.requires_grad]
+    if not named:
         raise ValueError("the model has no trainable parameters")
-    # no weight decay on biases and norms: decaying them only hurts
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    groups: dict[tuple[float, bool], list] = {}
+    for name, param in named:
+        scale = next((v for k, v in cfg.lr_scales.items() if name.startswith(k)), 1.0)
+        groups.setdefault((scale, param.ndim >= 2), []).append(param)
+    return torch.optim.AdamW([{"params": params, "lr": cfg.lr * scale,
+                               "weight_decay": cfg.weight_decay if decay else 0.0}
+                              for (scale, decay), params in groups.items()], lr=cfg.lr)
 
 
 def _trainable_state(task: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -283,3 +283,13 @@ def _check_ddp(out: Path) -> None:
 @pytest.mark.slow
 def test_two_process_data_parallel(ddp_run):
     _check_ddp(ddp_run)
+
+
+def test_lr_scales_give_parameter_groups_their_own_rate():
+    from regiontune.core.train import _optimizer
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 2))
+    cfg = TrainConfig(lr=0.01, weight_decay=0.1, lr_scales={"1.": 10.0})
+    groups = _optimizer(model, cfg).param_groups
+    by_lr = {(g["lr"], g["weight_decay"]): sum(p.numel() for p in g["params"]) for g in groups}
+    assert by_lr == {(0.01, 0.1): 9, (0.01, 0.0): 3, (0.1, 0.1): 6, (0.1, 0.0): 2}
