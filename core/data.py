@@ -72,8 +72,8 @@ def read_table(path: str | Path) -> pd.DataFrame:
     except (ValueError, datasets.exceptions.DatasetGenerationError) as err:
         if "corresponds to no data" in str(err):
             raise DataError(f"{path}: the file has a header but no rows") from err
-        raise DataError(f"{path}: cannot be read as {fmt} ({err}); check the format and "
-                        "that the file has rows") from err
+        raise DataError(f"{path}: cannot be read as {fmt} ({err}): a file with no rows, or "
+                        f"not {fmt}; check the file") from err
     frame = table.to_pandas() if table.num_rows else pd.DataFrame()
     if len(frame) == 0:
         raise DataError(f"{path}: the file has a header but no rows")

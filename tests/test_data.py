@@ -177,9 +177,6 @@ def test_header_only_csv(tmp_path):
     assert str(path) in str(err.value)
 
 
-@pytest.mark.xfail(strict=True, reason="read_table: an empty (0-row) Parquet file raises "
-                   "datasets.DatasetGenerationError (not a DataError/ValueError: the CLI "
-                   "prints a traceback)")
 def test_zero_row_parquet(tmp_path):
     path = tmp_path / "x.parquet"
     pd.DataFrame({"user": pd.Series([], dtype=str),
