@@ -37,8 +37,11 @@ class RegionTask(ScoringTask):
         base_table, base_bias = self.backbone.item_table()
         return self.item_side.table(base_table, base_bias)
 
-    def encode(self, tokens: torch.Tensor, mask: torch.Tensor, **route) -> torch.Tensor:
-        table, _ = self.output_table()
+    def encode(self, tokens: torch.Tensor, mask: torch.Tensor,
+               table: torch.Tensor | None = None, **route) -> torch.Tensor:
+        """Hidden states; ``table`` is the region table when the caller already built it."""
+        if table is None:
+            table, _ = self.output_table()
         specials = self.backbone.item_emb.weight[:N_SPECIAL]  # PAD and MASK rows stay shared
         embeddings = F.embedding(tokens, torch.cat([specials, table]))
         return self.body(inputs_embeds=embeddings, attention_mask=mask, **route).last_hidden_state

@@ -40,7 +40,9 @@ class ScoringTask(nn.Module):
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor,
                 targets: torch.Tensor) -> torch.Tensor:
         table, bias = self.output_table()
-        return item_loss(self.encode(tokens, mask), targets, table, bias, self.num_negatives)
+        # the table is built once per step and shared with encode (which embeds with it)
+        hidden = self.encode(tokens, mask, table=table)
+        return item_loss(hidden, targets, table, bias, self.num_negatives)
 
     def user_vectors(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.encode(tokens, mask)[:, -1]
@@ -57,7 +59,8 @@ class BackboneTask(ScoringTask):
         self.max_len = model.config.max_len
         self.causal, self.ordered = model.config.causal, model.config.ordered
 
-    def encode(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def encode(self, tokens: torch.Tensor, mask: torch.Tensor,
+               table: torch.Tensor | None = None) -> torch.Tensor:
         return self.model(input_ids=tokens, attention_mask=mask).last_hidden_state
 
     def output_table(self) -> tuple[torch.Tensor, torch.Tensor]:
