@@ -146,4 +146,5 @@ def adapter_job(backbone_dir: Path, data: RegionData, adapt_cfg: AdaptConfig,
             "total_params": _params(task), "adapter_bytes": saved["adapter_bytes"],
             "train_seconds": stats["train_seconds"], "epochs_run": stats["epochs_run"],
             "best_epoch": stats["best_epoch"], "train_users": stats["train_users"],
+            "best_valid_ndcg@10": stats["best_valid_ndcg@10"],
             "new_items": len(task.item_side.new_items)}

@@ -26,6 +26,7 @@ from .cli_common import (
     print_metrics,
     setup_logging,
 )
+from .config import ADAPT_LR
 
 
 @app.command()
@@ -81,7 +82,7 @@ def adapt(backbone: Path = typer.Option(..., "--backbone", help="Backbone direct
     from .adapt import adapt as run
 
     try:
-        cfg = load_configs(config, set_)
+        cfg = load_configs(config, set_, defaults={"train": {"lr": ADAPT_LR}})
         data_cfg = data_config(cfg["data"], data, data_dir, file, columns, None)
         if not (data or file or config):
             data_cfg = backbone_data(backbone, data_cfg)

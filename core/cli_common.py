@@ -35,15 +35,18 @@ def setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def load_configs(config: Path | None, sets: list[str]) -> dict:
-    """Sections from the YAML file, then CLI overrides on top."""
+def load_configs(config: Path | None, sets: list[str],
+                 defaults: dict[str, dict] | None = None) -> dict:
+    """The command's ``defaults``, then sections from the YAML file, then CLI overrides."""
     raw = load_yaml(config) if config else {}
     classes = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig,
                "adapt": AdaptConfig}
     unknown = sorted(set(raw) - set(classes))
     if unknown:
         raise typer.BadParameter(f"unknown config sections {unknown}; use {sorted(classes)}")
-    out = {name: from_dict(cls, raw.get(name)) for name, cls in classes.items()}
+    defaults = defaults or {}
+    out = {name: from_dict(cls, {**defaults.get(name, {}), **(raw.get(name) or {})})
+           for name, cls in classes.items()}
     for item in sets:
         section, _, rest = item.partition(".")
         if section not in out or not rest:

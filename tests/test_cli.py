@@ -10,6 +10,7 @@ import typer.main
 from typer.testing import CliRunner
 
 from regiontune.core.cli import app
+from regiontune.core.config import ADAPT_LR, TrainConfig
 
 runner = CliRunner()
 TINY = ["--set", "model.hidden_size=16", "--set", "model.intermediate_size=32",
@@ -109,6 +110,16 @@ def test_adapt_writes_adapter(adapter):
     assert json.loads((out / "region.json").read_text())["region"] == "island"
     assert "adapter (lora" in text and "island" in text
     assert not list(out.glob("*.bin"))
+
+
+def test_adapt_trains_at_adapter_lr_unless_told(workdir, backbone, adapter):
+    # pretraining's default (TrainConfig.lr) is not the adapters' default
+    saved = json.loads((adapter[0] / "region.json").read_text())["config"]["train"]
+    assert saved["lr"] == ADAPT_LR != TrainConfig().lr
+    out = workdir / "island-lr"
+    _ok(invoke("adapt", "--backbone", backbone[0], "--region", "island", "--out", out,
+               "--epochs", "1", "--set", "train.progress=false", "--set", "train.lr=0.004"))
+    assert json.loads((out / "region.json").read_text())["config"]["train"]["lr"] == 0.004
 
 
 def test_evaluate_prints_table_and_writes_json(workdir, backbone, adapter):
