@@ -20,6 +20,8 @@ import matplotlib
 matplotlib.use("Agg")  # headless: reports are written on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
 
+from benchmarks.verdict import verdict_section  # noqa: E402
+
 log = logging.getLogger(__name__)
 
 MISSING = "–"
@@ -192,6 +194,12 @@ def _relative(summary: list[dict]) -> list[str]:
     return lines + _table(header, body) + [""]
 
 
+def _notes(results: dict) -> list[str]:
+    """The suite's own ``notes:`` (findings that explain its figures), as a bullet list."""
+    notes = ((results.get("meta") or {}).get("config") or {}).get("notes") or []
+    return (["## Notes", ""] + [f"- {n}" for n in notes] + [""]) if notes else []
+
+
 def _generic(records: list[dict]) -> list[str]:
     keys = list(dict.fromkeys(k for r in records for k in r))
     body = [[_cell(r.get(k)) for k in keys] for r in records]
@@ -292,7 +300,8 @@ def write_report(results: dict, out_dir: Path, name: str) -> list[Path]:
     pngs: list[Path | None] = []
     if any("ndcg@10" in r for r in records):
         summary = summarise(records)
-        lines += _headline(summary) + _learning_curve(summary) + _relative(summary)
+        lines += (_headline(summary) + _learning_curve(summary) + _relative(summary)
+                  + verdict_section(summary) + _notes(results))
         pngs.append(_plot_quality_vs_params(summary, out_dir / f"{name}_quality_vs_params.png"))
         pngs.append(_plot_learning_curve(summary, out_dir / f"{name}_learning_curve.png"))
     else:
