@@ -13,11 +13,11 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from benchmarks.baselines import fit_baseline
 from benchmarks.meta import PeakRSS
 from regiontune.adapters import count_trainable, save_adapter
 from regiontune.core.adapt import train_region
 from regiontune.core.backbone import load_backbone
+from regiontune.core.baselines import fit_baseline
 from regiontune.core.config import AdaptConfig, DataConfig, ModelConfig, TrainConfig
 from regiontune.core.evaluate import evaluate_scorer, evaluate_task
 from regiontune.core.pretrain import pretrain, train_backbone

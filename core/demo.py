@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .adapt import adapt
 from .backbone import load_backbone
+from .baselines import Popularity
 from .config import AdaptConfig, DataConfig, ModelConfig, TrainConfig
 from .evaluate import evaluate_scorer, evaluate_task
 from .pretrain import pretrain
@@ -22,14 +23,8 @@ DEMO_MODEL = ModelConfig(hidden_size=64, intermediate_size=128, max_len=30, drop
 
 def popularity_metrics(data) -> dict:
     """NDCG@10 of ranking the region's items by training popularity."""
-    import torch
-
-    counts = dict.fromkeys(data.catalogue, 0.0)
-    for items in data.train.values():
-        for item in items:
-            counts[item] += 1
-    row = torch.tensor([counts[i] for i in data.catalogue])
-    return evaluate_scorer(lambda h: row.expand(len(h), -1), data.catalogue, data.test)
+    scorer = Popularity().fit(data.train, data.catalogue)
+    return evaluate_scorer(scorer.score, data.catalogue, data.test)
 
 
 def run_demo(out: Path, epochs: int = 15, progress: bool = True) -> list[dict]:

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from benchmarks.baselines import (
+from regiontune.core.baselines import (
     BASELINES,
     EASE,
     ItemKNN,

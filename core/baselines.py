@@ -1,6 +1,6 @@
 """Classic recommenders fitted on one region's training histories.
 
-They keep the transformer benchmarks honest: a method that cannot beat popularity, ItemKNN or
+They keep the benchmarks and the demo honest: a method that cannot beat popularity, ItemKNN or
 EASE on a region is not worth its parameters there. Every baseline follows one shape:
 ``fit(train, catalogue) -> self`` and ``score(histories) -> float32 [n, len(catalogue)]``.
 They are evaluated with the same protocol as the models (``regiontune.core.evaluate``).
@@ -16,8 +16,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from regiontune.core.evaluate import evaluate_scorer
-from regiontune.core.splits import EvalCase, RegionData
+from .evaluate import evaluate_scorer
+from .splits import EvalCase, RegionData
 
 log = logging.getLogger(__name__)
 
