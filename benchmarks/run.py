@@ -56,10 +56,12 @@ def _deep_update(base: dict, extra: dict) -> dict:
 
 def _priority(job: dict[str, Any]) -> tuple:
     """Headline points first (all data, first seed), then the scarce-data points that say
-    whether transfer pays (10%, 25%), the rest of the curve, and only then more seeds."""
+    whether transfer pays (10%, 25%), the rest of the curve, and only then more seeds --
+    smallest fraction first: those jobs are the cheapest, so an interrupted run holds the
+    most complete multi-seed points."""
     fraction, seed = job["data_fraction"], job["seed"]
     order = {1.0: 0, 0.1: 1, 0.25: 2}.get(fraction, 3)
-    return (seed > 0, order if seed == 0 else -fraction)
+    return (seed > 0, order if seed == 0 else fraction)
 
 
 def plan(suite: dict[str, Any]) -> list[dict[str, Any]]:

@@ -29,6 +29,11 @@ def test_plan_has_three_seeds_at_full_and_tenth_data_one_elsewhere():
     assert {m for _, m, _ in seeds} == set(suite["methods"])
     # headline points come first, so an interrupted run has them
     assert all(j["data_fraction"] == 1.0 for j in jobs[:2 * len(suite["methods"])])
+    # every first-seed job before any extra seed; extra seeds cheapest (smallest data) first
+    first_extra = next(i for i, j in enumerate(jobs) if j["seed"] > 0)
+    assert all(j["seed"] > 0 for j in jobs[first_extra:])
+    extra_fractions = [j["data_fraction"] for j in jobs[first_extra:]]
+    assert extra_fractions == sorted(extra_fractions)
 
 
 @pytest.mark.slow
