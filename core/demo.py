@@ -42,7 +42,8 @@ def run_demo(out: Path, epochs: int = 15, progress: bool = True) -> list[dict]:
                "popularity": popularity_metrics(data)["ndcg@10"]}
         if name in SMALL:
             meta = adapt(out / "backbone", DataConfig(), AdaptConfig(method="lora", region=name),
-                         # small regions: small batches, so an epoch is more than one step
+                         # small regions: small batches, so an epoch is more than one step;
+                         # a larger step than ADAPT_LR, as the demo must finish in ~2 minutes
                          TrainConfig(epochs=2 * epochs, lr=5e-3, batch_size=16, patience=5,
                                      progress=progress),
                          out / "adapters" / name)
