@@ -28,6 +28,12 @@ class RegionTask(ScoringTask):
         self.max_len = backbone.config.max_len
         self.causal, self.ordered = backbone.config.causal, backbone.config.ordered
         self.num_negatives = num_negatives
+        self.register_buffer("negative_mask", None, persistent=False)
+
+    def restrict_negatives(self, trained_items: set[str]) -> None:
+        """Train the softmax over ``trained_items`` only; scoring still covers the catalogue."""
+        mask = torch.tensor([item in trained_items for item in self.item_side.catalogue])
+        self.negative_mask = mask.to(self.item_side.columns.device)
 
     @property
     def backbone(self) -> RecModel:
@@ -35,7 +41,11 @@ class RegionTask(ScoringTask):
 
     def output_table(self) -> tuple[torch.Tensor, torch.Tensor]:
         base_table, base_bias = self.backbone.item_table()
-        return self.item_side.table(base_table, base_bias)
+        table, bias = self.item_side.table(base_table, base_bias)
+        if self.training and self.negative_mask is not None:
+            # -inf logit: no probability, no gradient, for items the region never trained on
+            bias = bias.masked_fill(~self.negative_mask, float("-inf"))
+        return table, bias
 
     def encode(self, tokens: torch.Tensor, mask: torch.Tensor,
                table: torch.Tensor | None = None, **route) -> torch.Tensor:

@@ -75,6 +75,8 @@ def train_region(backbone: RecModel, vocab: ItemVocab, data: RegionData, adapt_c
     total_steps = train_cfg.epochs * max(1, math.ceil(n_seq / train_cfg.batch_size))
     task = build_region_task(backbone, vocab, data.catalogue, adapt_cfg, total_steps,
                              train_cfg.num_negatives)
+    if not adapt_cfg.unseen_as_negatives:
+        task.restrict_negatives({i for h in data.train.values() for i in h})
     sequences = region_sequences(task, data)
     method = get_method(adapt_cfg.method)
     started = time.perf_counter()

@@ -88,6 +88,10 @@ class AdaptConfig:
     # this share of the backbone's; the item table dominates a recommender's weights
     item_budget: float = 0.05
     max_item_rank: int = 16
+    # False: catalogue items with no training interaction in the region (e.g. items that only
+    # appear as evaluation candidates) are left out of the training softmax, so training
+    # cannot push them to the bottom; their scores stay the backbone's (benchmarks/cold_items.py)
+    unseen_as_negatives: bool = True
 
 
 def _coerce(value: str, target_type: Any) -> Any:

@@ -179,6 +179,28 @@ def test_region_new_items_score_and_learn(trained, tiny_backbone_dir, island):
     assert not torch.allclose(after[-1], before[-1])
 
 
+@pytest.mark.parametrize("unseen_as_negatives", [True, False])
+def test_items_without_training_interactions_and_the_softmax(tiny_backbone_dir, island,
+                                                              unseen_as_negatives):
+    # items only a candidate list names (as on WSDM t1): no history holds them
+    ghosts = ["ghost-1", "ghost-2"]
+    data = replace(island, catalogue=sorted(island.catalogue + ghosts))
+    backbone, vocab, _ = _fresh(tiny_backbone_dir)
+    cfg = AdaptConfig(method="lora", region=REGION, unseen_as_negatives=unseen_as_negatives)
+    task, _ = train_region(backbone, vocab, data, cfg, TINY_TRAIN)
+    side = task.item_side
+    rows = [side.catalogue.index(g) for g in ghosts]
+    trained_rows = [side.catalogue.index(i) for i in island.train[next(iter(island.train))]]
+    assert side.bias[trained_rows].abs().sum() > 0  # the region's own items learn either way
+    if unseen_as_negatives:  # the default: every step pushes them down as negatives
+        assert (side.bias[rows] < 0).all()
+    else:  # left out of the softmax: no gradient ever reached their rows
+        assert torch.equal(side.bias[rows], torch.zeros(2))
+        assert torch.equal(side.lowrank_a[rows], torch.zeros(2, side.rank))
+    scores = task_scores(task, _histories(island), data.catalogue)
+    assert torch.isfinite(scores).all()  # scoring covers the whole catalogue in both cases
+
+
 def test_unknown_method_is_a_value_error_listing_methods(tiny_backbone, island, tmp_path):
     backbone, vocab, _ = tiny_backbone
     for call in (lambda: get_method("nope"),
