@@ -54,7 +54,8 @@ def split_by_cold(lr: float, fraction: float, method: str, region: str, suite: d
 
 
 def to_markdown(records: list[dict]) -> str:
-    header = ["lr", "unseen items in the softmax", "hold-out NDCG@10", "official NDCG@10", "warm positives", "cold positives"]
+    header = ["lr", "unseen items in the softmax", "hold-out NDCG@10", "official NDCG@10",
+              "warm positives", "cold positives"]
     lines = ["# Cold candidate items and the adapters' learning rate", "",
              "Official NDCG@10 split by whether the positive occurs in the training data "
              "(warm) or not (cold); users per split in brackets.", "",
