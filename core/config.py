@@ -48,7 +48,8 @@ class ModelConfig:
 
 
 # Adapters (and full fine-tuning) train at 1e-3: on WSDM t1, 5e-3 drove official positives that
-# have no training interaction in the region to NDCG 0.0 and cost 0.07 NDCG@10 overall.
+# have no training interaction in the region to NDCG 0.0 and cost 0.07 NDCG@10 overall (LoRA,
+# 25% of t1's users; benchmarks/results/cold_items.md).
 ADAPT_LR = 1e-3
 
 
@@ -90,7 +91,7 @@ class AdaptConfig:
     max_item_rank: int = 16
     # False: catalogue items with no training interaction in the region (e.g. items that only
     # appear as evaluation candidates) are left out of the training softmax, so training
-    # cannot push them to the bottom; their scores stay the backbone's (benchmarks/cold_items.py)
+    # cannot push them down; their item-side rows stay as initialised (benchmarks/cold_items.py)
     unseen_as_negatives: bool = True
 
 
