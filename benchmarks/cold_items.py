@@ -20,6 +20,7 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
+from benchmarks.markdown import table
 from benchmarks.meta import run_meta
 from benchmarks.run import RESULTS, load_suite
 from regiontune.core.adapt import train_region
@@ -27,22 +28,20 @@ from regiontune.core.backbone import load_backbone
 from regiontune.core.config import AdaptConfig, DataConfig, TrainConfig, from_dict
 from regiontune.core.evaluate import evaluate_task
 from regiontune.core.recipes import load_regions
-from regiontune.core.splits import subsample_users
+from regiontune.core.splits import RegionData, subsample_users
 
 log = logging.getLogger("benchmarks")
 
 
-def split_by_cold(lr: float, fraction: float, method: str, region: str, suite: dict,
+def split_by_cold(data: RegionData, lr: float, fraction: float, method: str, suite: dict,
                   backbone_dir: Path, unseen_as_negatives: bool = True) -> dict:
-    data_cfg = replace(from_dict(DataConfig, suite["data"]), regions=[region])
-    data = load_regions(data_cfg)[region]
     train_cfg = from_dict(TrainConfig, {**suite["adapt"], "progress": False, "lr": lr})
-    adapt_cfg = AdaptConfig(method=method, region=region, fraction=fraction,
+    adapt_cfg = AdaptConfig(method=method, region=data.region, fraction=fraction,
                             unseen_as_negatives=unseen_as_negatives)
     backbone, vocab, _ = load_backbone(backbone_dir)
     task, stats = train_region(backbone, vocab, data, adapt_cfg, train_cfg)
     seen = {i for h in subsample_users(data, fraction, train_cfg.seed).train.values() for i in h}
-    record = {"region": region, "method": method, "lr": lr, "data_fraction": fraction,
+    record = {"region": data.region, "method": method, "lr": lr, "data_fraction": fraction,
               "unseen_as_negatives": unseen_as_negatives,
               "holdout_ndcg@10": stats["best_valid_ndcg@10"], "best_epoch": stats["best_epoch"]}
     for name, cases in (("all", data.test),
@@ -56,15 +55,13 @@ def split_by_cold(lr: float, fraction: float, method: str, region: str, suite: d
 def to_markdown(records: list[dict]) -> str:
     header = ["lr", "unseen items in the softmax", "hold-out NDCG@10", "official NDCG@10",
               "warm positives", "cold positives"]
+    rows = [[f"{r['lr']:g}", "yes" if r["unseen_as_negatives"] else "no",
+             f"{r['holdout_ndcg@10']:.4f}", f"{r['all_ndcg@10']:.4f}",
+             f"{r['warm_ndcg@10']:.4f} ({r['warm_users']})",
+             f"{r['cold_ndcg@10']:.4f} ({r['cold_users']})"] for r in records]
     lines = ["# Cold candidate items and the adapters' learning rate", "",
              "Official NDCG@10 split by whether the positive occurs in the training data "
-             "(warm) or not (cold); users per split in brackets.", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in records:
-        lines.append(f"| {r['lr']:g} | {'yes' if r['unseen_as_negatives'] else 'no'} | "
-                     f"{r['holdout_ndcg@10']:.4f} | {r['all_ndcg@10']:.4f} | "
-                     f"{r['warm_ndcg@10']:.4f} ({r['warm_users']}) | "
-                     f"{r['cold_ndcg@10']:.4f} ({r['cold_users']}) |")
+             "(warm) or not (cold); users per split in brackets.", "", *table(header, rows)]
     r = records[0]
     lines += ["", f"{r['method']} on {r['region']}, {r['data_fraction']:g} of the users, "
               "suite settings otherwise.", ""]
@@ -82,9 +79,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     suite = load_suite("wsdm")
-    records = [split_by_cold(float(lr), args.fraction, args.method, args.region, suite,
-                             args.backbone, unseen) for lr in args.lrs.split(",")
-               for unseen in (True, False)]
+    data_cfg = replace(from_dict(DataConfig, suite["data"]), regions=[args.region])
+    data = load_regions(data_cfg)[args.region]  # once: every run trains on the same split
+    records = [split_by_cold(data, float(lr), args.fraction, args.method, suite, args.backbone,
+                             unseen) for lr in args.lrs.split(",") for unseen in (True, False)]
     out = RESULTS / "cold_items.json"
     out.write_text(json.dumps({"meta": run_meta(suite), "records": records}, indent=1) + "\n")
     out.with_suffix(".md").write_text(to_markdown(records), encoding="utf-8")

@@ -20,11 +20,11 @@ import matplotlib
 matplotlib.use("Agg")  # headless: reports are written on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
 
+from benchmarks.markdown import MISSING, table  # noqa: E402
 from benchmarks.verdict import verdict_section  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-MISSING = "–"
 METRICS = ("ndcg@10", "hr@10", "mrr", "trainable_params", "total_params", "adapter_bytes",
            "backbone_bytes", "train_seconds", "peak_rss_mb")
 CURVE_METHODS_HINT = ("scratch", "full", "lora")  # plotted first when present
@@ -81,11 +81,6 @@ def _kb(value) -> str:
     return MISSING if value is None else f"{value / 1024:,.1f}"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-
-
 def _cell(value) -> str:
     if value is None:
         return MISSING
@@ -139,7 +134,7 @@ def _headline(summary: list[dict]) -> list[str]:
                  _num(r["trainable_params_mean"], ",.0f"), _kb(r["adapter_bytes_mean"]),
                  _num(r["train_seconds_mean"], ",.1f"), _num(r["peak_rss_mb_mean"], ",.0f")]
                 for r in rows]
-        lines += [f"### {region}", ""] + _table(header, body) + [""]
+        lines += [f"### {region}", ""] + table(header, body) + [""]
     return lines
 
 
@@ -166,7 +161,7 @@ def _learning_curve(summary: list[dict]) -> list[str]:
         body = [[m] + [_pm(c[f], "ndcg@10") if f in c else MISSING for f in fractions]
                 for m, c in curves.items()]
         lines += [f"### {region}", ""]
-        lines += _table(["method"] + [f"{f:g}" for f in fractions], body) + [""]
+        lines += table(["method"] + [f"{f:g}" for f in fractions], body) + [""]
     return lines if found else lines + ["No method was run at more than one fraction.", ""]
 
 
@@ -191,7 +186,7 @@ def _relative(summary: list[dict]) -> list[str]:
     if not body:
         return lines + ["No `full` record at fraction 1.0.", ""]
     header = ["region", "method", "NDCG@10 % of full", "trainable params % of full"]
-    return lines + _table(header, body) + [""]
+    return lines + table(header, body) + [""]
 
 
 def _notes(results: dict) -> list[str]:
@@ -203,7 +198,7 @@ def _notes(results: dict) -> list[str]:
 def _generic(records: list[dict]) -> list[str]:
     keys = list(dict.fromkeys(k for r in records for k in r))
     body = [[_cell(r.get(k)) for k in keys] for r in records]
-    return ["## Records", ""] + (_table(keys, body) if keys else ["No records."]) + [""]
+    return ["## Records", ""] + (table(keys, body) if keys else ["No records."]) + [""]
 
 
 # ---------------------------------------------------------------- plots

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import math
 
+from benchmarks.markdown import MISSING, table
+
 ADAPTERS = ("lora", "adalora", "bottleneck", "ia3")
 CLASSIC = ("popularity", "itemknn", "ease")
 # A difference smaller than this NDCG@10, or than the two points' seed spreads together, is a
 # tie: at one seed the same job varies by about this much (measured: full fine-tuning on
 # WSDM t1 gave 0.5816-0.5851 across runs).
 TIE = 0.005
-MISSING = "–"
 
 
 def _mean(row: dict | None) -> float | None:
@@ -32,11 +33,6 @@ def compare(mine: dict | None, other: dict | None) -> str:
     margin = max(TIE, (mine.get("ndcg@10_std") or 0.0) + (other.get("ndcg@10_std") or 0.0))
     word = "ties" if abs(delta) <= margin else ("wins" if delta > 0 else "loses")
     return f"{word} ({delta:+.4f})"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
 def _by(summary: list[dict], region, fraction: float) -> dict[str, dict]:
@@ -60,7 +56,7 @@ def _all_data(summary: list[dict], region) -> list[str]:
     if not body:
         return []
     header = ["adapter", "vs full", "vs scratch", "vs zero-shot", f"vs {classic_name}"]
-    return [f"### {region}: all of the target's data", ""] + _table(header, body) + [""]
+    return [f"### {region}: all of the target's data", ""] + table(header, body) + [""]
 
 
 def _scarce(summary: list[dict], region) -> list[str]:
@@ -77,7 +73,7 @@ def _scarce(summary: list[dict], region) -> list[str]:
     if not body:
         return []
     header = ["fraction", "method", "vs scratch (same data)", "vs full (same data)"]
-    return [f"### {region}: scarce data", ""] + _table(header, body) + [""]
+    return [f"### {region}: scarce data", ""] + table(header, body) + [""]
 
 
 def verdict_section(summary: list[dict]) -> list[str]:
