@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors.torch import save_file
 from torch import nn
 
@@ -35,23 +36,52 @@ from .region_task import RegionTask
 logger = logging.getLogger(__name__)
 CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 LORA_EXPORT = "lora_export"  # AdaLoRA adapters also ship as plain LoRA (for mixed batches)
+WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def weights_dtype(name: str, method: str = "lora") -> torch.dtype:
+    """The torch dtype ``method``'s weights are saved in (``AdaptConfig.weights_dtype``)."""
+    if name not in WEIGHT_DTYPES:
+        raise ValueError(f"unknown adapter weights dtype {name!r}; "
+                         f"choose one of {sorted(WEIGHT_DTYPES)}")
+    if method == "full" and name != "float32":
+        raise ValueError(f"full fine-tuning saves the whole model in float32, not {name}; "
+                         "weights_dtype applies to adapters")
+    return WEIGHT_DTYPES[name]
+
+
+def round_trainable(task: nn.Module, dtype: torch.dtype) -> None:
+    """Round the trainable weights to ``dtype`` in place (they stay float32 tensors), so the
+    model evaluated after training is exactly the one a save in ``dtype`` then load gives."""
+    with torch.no_grad():
+        for param in task.parameters():
+            if param.requires_grad and param.is_floating_point():
+                param.copy_(param.to(dtype))
+
+
+def _cast(tensors: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
 
 
 def save_adapter(task: RegionTask, method_name: str, adapter_name: str, meta: dict[str, Any],
-                 directory: str | Path) -> dict[str, Any]:
-    """Write the adapter of ``task``; returns the metadata written to ``region.json``."""
+                 directory: str | Path, dtype: str = "float32") -> dict[str, Any]:
+    """Write the adapter of ``task``; returns the metadata written to ``region.json``.
+
+    ``dtype`` other than float32 halves the weights file (see ``round_trainable``)."""
     from regiontune.core.cards import write_card
 
     method = get_method(method_name)
-    tensors = {**method.weights(task.body, adapter_name), **task.item_side.state()}
+    torch_dtype = weights_dtype(dtype, method_name)
+    tensors = _cast({**method.weights(task.body, adapter_name), **task.item_side.state()},
+                    torch_dtype)
     config = method.adapter_config(task.body, adapter_name)
     config["base_model_name_or_path"] = meta.get("backbone_path")
     with atomic_dir(directory) as tmp:
         save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt"})
         (tmp / CONFIG).write_text(json.dumps(config, indent=2, default=str) + "\n")
         if method_name == "adalora":
-            _write_lora_export(task, adapter_name, tmp / LORA_EXPORT, config)
-        meta = {**meta, "kind": "adapter", "method": method_name,
+            _write_lora_export(task, adapter_name, tmp / LORA_EXPORT, config, torch_dtype)
+        meta = {**meta, "kind": "adapter", "method": method_name, "weights_dtype": dtype,
                 "adapter_bytes": (tmp / WEIGHTS).stat().st_size,
                 "catalogue": task.item_side.catalogue, "new_items": task.item_side.new_items,
                 "item_rank": task.item_side.rank, "item_bias": task.item_side.has_bias}
@@ -63,13 +93,14 @@ def save_adapter(task: RegionTask, method_name: str, adapter_name: str, meta: di
     return meta
 
 
-def _write_lora_export(task: RegionTask, name: str, directory: Path, config: dict) -> None:
+def _write_lora_export(task: RegionTask, name: str, directory: Path, config: dict,
+                       dtype: torch.dtype) -> None:
     from .adalora import export_lora
 
     lora_config, tensors = export_lora(task.body, name)
     lora_config["base_model_name_or_path"] = config.get("base_model_name_or_path")
     directory.mkdir()
-    save_file({**tensors, **task.item_side.state()}, str(directory / WEIGHTS),
+    save_file(_cast({**tensors, **task.item_side.state()}, dtype), str(directory / WEIGHTS),
               metadata={"format": "pt"})
     (directory / CONFIG).write_text(json.dumps(lora_config, indent=2, default=str) + "\n")
 

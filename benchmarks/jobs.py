@@ -141,7 +141,8 @@ def adapter_job(backbone_dir: Path, data: RegionData, adapt_cfg: AdaptConfig,
     with tempfile.TemporaryDirectory() as tmp:
         saved = save_adapter(task, adapt_cfg.method, adapt_cfg.region,
                              {"region": adapt_cfg.region,
-                              "backbone_fingerprint": meta["fingerprint"]}, Path(tmp) / "a")
+                              "backbone_fingerprint": meta["fingerprint"]}, Path(tmp) / "a",
+                             adapt_cfg.weights_dtype)
     return {**_metrics(metrics), "trainable_params": stats["trainable_params"],
             "total_params": _params(task), "adapter_bytes": saved["adapter_bytes"],
             "train_seconds": stats["train_seconds"], "epochs_run": stats["epochs_run"],

@@ -9,9 +9,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from accelerate.utils import set_seed
 
 from regiontune.adapters import ItemSide, RegionTask, count_trainable, get_method, save_adapter
+from regiontune.adapters.io import round_trainable, weights_dtype
 
 from .backbone import load_backbone
 from .config import AdaptConfig, DataConfig, TrainConfig, to_dict
@@ -53,7 +55,11 @@ def auto_item_rank(backbone: RecModel, body, n_items: int, adapt_cfg: AdaptConfi
     catalogues get a smaller rank; measured on WSDM t1, rank 16 recovers ~99% of full
     fine-tuning's NDCG@10 where rank 4 recovers ~95%.
     """
-    budget = adapt_cfg.item_budget * sum(p.numel() for p in backbone.parameters())
+    # in numbers of the adapter's dtype: a float16 adapter fits twice as many in the budget
+    # of the (float32) backbone's bytes
+    per_number = torch.finfo(torch.float32).bits // torch.finfo(
+        weights_dtype(adapt_cfg.weights_dtype)).bits
+    budget = adapt_cfg.item_budget * per_number * sum(p.numel() for p in backbone.parameters())
     used = count_trainable(body) if body is not None else 0
     hidden = backbone.config.hidden_size
     rank = int((budget - used - n_items) // (n_items + hidden))
@@ -69,6 +75,8 @@ def train_region(backbone: RecModel, vocab: ItemVocab, data: RegionData, adapt_c
                  train_cfg: TrainConfig, work: str | Path | None = None, resume: bool = False,
                  accelerator=None) -> tuple[RegionTask, dict[str, Any]]:
     """Train one region's adapter (on ``adapt_cfg.fraction`` of its users); returns task, stats."""
+    # a typo (or float16 for full) fails before any training
+    dtype = weights_dtype(adapt_cfg.weights_dtype, adapt_cfg.method)
     set_seed(train_cfg.seed)  # the adapter's initial weights too follow the run's seed
     data = subsample_users(data, adapt_cfg.fraction, train_cfg.seed)
     n_seq = sum(1 for h in data.train.values() if len(h) >= 2)
@@ -84,6 +92,7 @@ def train_region(backbone: RecModel, vocab: ItemVocab, data: RegionData, adapt_c
                  lambda: evaluate_task(task, data.catalogue, data.valid[:VALID_CASES]),
                  train_cfg, work, resume, step_hooks=method.step_hooks(task.body),
                  accelerator=accelerator, desc=f"adapt {data.region} ({adapt_cfg.method})")
+    round_trainable(task, dtype)  # evaluated == saved, also for float16 adapters
     stats = {"train_seconds": round(time.perf_counter() - started, 2),
              "trainable_params": count_trainable(task), "best_epoch": result.best_epoch,
              "epochs_run": result.epochs_run, "stopped": result.stopped,
@@ -116,6 +125,7 @@ def adapt(backbone_dir: str | Path, data_cfg: DataConfig, adapt_cfg: AdaptConfig
             "config": to_dict(data_cfg, adapt_cfg, train_cfg)}
     if accelerator.is_main_process:
         meta["metrics"] = evaluate_task(task, data.catalogue, data.test)
-        meta = save_adapter(task, adapt_cfg.method, adapt_cfg.region or "default", meta, out)
+        meta = save_adapter(task, adapt_cfg.method, adapt_cfg.region or "default", meta, out,
+                            adapt_cfg.weights_dtype)
     accelerator.wait_for_everyone()
     return meta

@@ -72,6 +72,9 @@ def adapt(backbone: Path = typer.Option(..., "--backbone", help="Backbone direct
                                         "delta (0 disables it)."),
           fraction: float = typer.Option(1.0, "--fraction", help="Seeded share of the region's "
                                          "training users, e.g. 0.1 (evaluation uses all)."),
+          weights_dtype: str = typer.Option(None, "--weights-dtype", help="float32 (default), "
+                                            "float16 or bfloat16: half-size adapter file, "
+                                            "twice the auto item rank."),
           data: str = DataOpt, data_dir: Path = DataDirOpt, file: list[str] = FileOpt,
           columns: list[str] = ColumnsOpt,
           epochs: int = typer.Option(None, "--epochs", help="Maximum epochs."),
@@ -91,6 +94,8 @@ def adapt(backbone: Path = typer.Option(..., "--backbone", help="Backbone direct
         adapt_cfg.options.update(parse_options(option))
         if item_rank is not None:
             adapt_cfg.item_rank = item_rank
+        if weights_dtype is not None:
+            adapt_cfg.weights_dtype = weights_dtype
         if epochs:
             cfg["train"].epochs = epochs
         meta = run(backbone, data_cfg, adapt_cfg, cfg["train"], out, resume=resume)

@@ -93,6 +93,10 @@ class AdaptConfig:
     # appear as evaluation candidates) are left out of the training softmax, so training
     # cannot push them down; their item-side rows stay as initialised (benchmarks/cold_items.py)
     unseen_as_negatives: bool = True
+    # dtype of the saved adapter weights: "float16" or "bfloat16" halve the file, so the
+    # auto item rank doubles within the same budget; trained weights are rounded to it when
+    # training ends, so the saved adapter scores exactly as the evaluated one
+    weights_dtype: str = "float32"
 
 
 def _coerce(value: str, target_type: Any) -> Any:

@@ -528,3 +528,58 @@ def test_auto_item_rank_keeps_the_adapter_within_budget(tiny_backbone, island):
     fixed = AdaptConfig(method="ia3", region=REGION, item_rank=3)
     task = build_region_task(load_backbone_copy(tiny_backbone), vocab, island.catalogue, fixed)
     assert task.item_side.rank == 3
+
+
+# -- half-precision adapter files ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", SMALL)
+def test_float16_adapter_is_half_the_file_and_scores_as_trained(tiny_backbone_dir, island,
+                                                               tmp_path, method):
+    """Trained weights are rounded to float16 when training ends: saved == evaluated."""
+    sizes, tasks = {}, {}
+    for dtype in ("float32", "float16"):
+        backbone, vocab, meta = _fresh(tiny_backbone_dir)
+        cfg = AdaptConfig(method=method, region=REGION, item_rank=4, weights_dtype=dtype)
+        task, _ = train_region(backbone, vocab, island, cfg, TINY_TRAIN)
+        saved = save_adapter(task, method, REGION, {"region": REGION, "backbone_fingerprint":
+                                                    meta["fingerprint"]}, tmp_path / dtype,
+                             dtype)
+        assert saved["weights_dtype"] == dtype
+        sizes[dtype], tasks[dtype] = saved["adapter_bytes"], task
+    assert sizes["float16"] < sizes["float32"]  # tensors halve; the JSON header does not
+    tensors = {d: load_file(tmp_path / d / WEIGHTS) for d in sizes}
+    assert {t.dtype for t in tensors["float16"].values()} == {torch.float16}
+    assert 2 * sum(t.nbytes for t in tensors["float16"].values()) == sum(
+        t.nbytes for t in tensors["float32"].values())
+    backbone, vocab, meta = _fresh(tiny_backbone_dir)
+    loaded = load_adapter(tmp_path / "float16", backbone, vocab, meta["fingerprint"])
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    histories = _histories(island)
+    want = task_scores(tasks["float16"], histories, island.catalogue)
+    torch.testing.assert_close(task_scores(loaded, histories, island.catalogue), want,
+                               atol=1e-6, rtol=0)
+
+
+def test_float16_doubles_the_auto_item_rank_budget(tiny_backbone, island):
+    from regiontune.core.adapt import auto_item_rank
+
+    backbone, vocab, _ = tiny_backbone
+    ranks = {}
+    for dtype in ("float32", "bfloat16"):
+        cfg = AdaptConfig(method="lora", region=REGION, item_budget=0.05, max_item_rank=10_000,
+                          weights_dtype=dtype)
+        ranks[dtype] = auto_item_rank(backbone, None, len(island.catalogue), cfg)
+    # (2 * budget - n) // (n + h) against (budget - n) // (n + h): about twice, never less
+    assert ranks["bfloat16"] >= 2 * ranks["float32"]
+
+
+def test_weights_dtype_errors_come_before_training(tiny_backbone, island):
+    backbone, vocab, _ = tiny_backbone
+    with pytest.raises(ValueError, match="float8.*bfloat16"):
+        train_region(backbone, vocab, island,
+                     AdaptConfig(method="lora", region=REGION, weights_dtype="float8"), TINY_TRAIN)
+    with pytest.raises(ValueError, match="full fine-tuning saves the whole model in float32"):
+        train_region(backbone, vocab, island,
+                     AdaptConfig(method="full", region=REGION, weights_dtype="float16"),
+                     TINY_TRAIN)
