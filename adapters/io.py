@@ -40,10 +40,13 @@ WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16":
 
 
 def weights_dtype(name: str, method: str = "lora") -> torch.dtype:
-    """The torch dtype ``method``'s weights are saved in (``AdaptConfig.weights_dtype``)."""
+    """The torch dtype ``method``'s weights are saved in (``AdaptConfig.weights_dtype``);
+    ``auto``: float16 for adapters, float32 for full fine-tuning."""
+    if name == "auto":
+        name = "float32" if method == "full" else "float16"
     if name not in WEIGHT_DTYPES:
         raise ValueError(f"unknown adapter weights dtype {name!r}; "
-                         f"choose one of {sorted(WEIGHT_DTYPES)}")
+                         f"choose one of {['auto', *sorted(WEIGHT_DTYPES)]}")
     if method == "full" and name != "float32":
         raise ValueError(f"full fine-tuning saves the whole model in float32, not {name}; "
                          "weights_dtype applies to adapters")
@@ -81,7 +84,8 @@ def save_adapter(task: RegionTask, method_name: str, adapter_name: str, meta: di
         (tmp / CONFIG).write_text(json.dumps(config, indent=2, default=str) + "\n")
         if method_name == "adalora":
             _write_lora_export(task, adapter_name, tmp / LORA_EXPORT, config, torch_dtype)
-        meta = {**meta, "kind": "adapter", "method": method_name, "weights_dtype": dtype,
+        meta = {**meta, "kind": "adapter", "method": method_name,
+                "weights_dtype": str(torch_dtype).removeprefix("torch."),
                 "adapter_bytes": (tmp / WEIGHTS).stat().st_size,
                 "catalogue": task.item_side.catalogue, "new_items": task.item_side.new_items,
                 "item_rank": task.item_side.rank, "item_bias": task.item_side.has_bias}

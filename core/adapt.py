@@ -58,7 +58,7 @@ def auto_item_rank(backbone: RecModel, body, n_items: int, adapt_cfg: AdaptConfi
     # in numbers of the adapter's dtype: a float16 adapter fits twice as many in the budget
     # of the (float32) backbone's bytes
     per_number = torch.finfo(torch.float32).bits // torch.finfo(
-        weights_dtype(adapt_cfg.weights_dtype)).bits
+        weights_dtype(adapt_cfg.weights_dtype, adapt_cfg.method)).bits
     budget = adapt_cfg.item_budget * per_number * sum(p.numel() for p in backbone.parameters())
     used = count_trainable(body) if body is not None else 0
     hidden = backbone.config.hidden_size

@@ -136,6 +136,8 @@ def adapter_card(meta: dict[str, Any]) -> ModelCard:
         ("Backbone", f"{backbone} (fingerprint `{meta.get('backbone_fingerprint', '?')}`)"),
         ("Trainable parameters", meta.get("trainable_params")),
         ("Adapter file size", _size(meta["adapter_bytes"]) if "adapter_bytes" in meta else None),
+        ("Weights dtype", meta.get("weights_dtype")),
+        ("Item-side rank", meta.get("item_rank")),
         ("Region catalogue", items),
         ("Training time", f"{seconds:.1f} s" if isinstance(seconds, (int, float)) else seconds),
     ]

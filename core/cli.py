@@ -72,9 +72,10 @@ def adapt(backbone: Path = typer.Option(..., "--backbone", help="Backbone direct
                                         "delta (0 disables it)."),
           fraction: float = typer.Option(1.0, "--fraction", help="Seeded share of the region's "
                                          "training users, e.g. 0.1 (evaluation uses all)."),
-          weights_dtype: str = typer.Option(None, "--weights-dtype", help="float32 (default), "
-                                            "float16 or bfloat16: half-size adapter file, "
-                                            "twice the auto item rank."),
+          weights_dtype: str = typer.Option(None, "--weights-dtype", help="auto (default: "
+                                            "float16 for adapters, float32 for full), float32,"
+                                            " float16 or bfloat16. Half precision halves the "
+                                            "file and doubles the auto item rank."),
           data: str = DataOpt, data_dir: Path = DataDirOpt, file: list[str] = FileOpt,
           columns: list[str] = ColumnsOpt,
           epochs: int = typer.Option(None, "--epochs", help="Maximum epochs."),

@@ -93,10 +93,12 @@ class AdaptConfig:
     # appear as evaluation candidates) are left out of the training softmax, so training
     # cannot push them down; their item-side rows stay as initialised (benchmarks/cold_items.py)
     unseen_as_negatives: bool = True
-    # dtype of the saved adapter weights: "float16" or "bfloat16" halve the file, so the
-    # auto item rank doubles within the same budget; trained weights are rounded to it when
-    # training ends, so the saved adapter scores exactly as the evaluated one
-    weights_dtype: str = "float32"
+    # dtype of the saved adapter weights. "auto": float16 for adapters (half the file of
+    # float32, so the auto item rank doubles within the same budget; measured on WSDM t2,
+    # where the budget binds: benchmarks/results/rank_sweep.md), float32 for full
+    # fine-tuning. Trained weights are rounded to it when training ends, so the saved
+    # adapter scores exactly as the evaluated one.
+    weights_dtype: str = "auto"
 
 
 def _coerce(value: str, target_type: Any) -> Any:

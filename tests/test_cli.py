@@ -6,7 +6,9 @@ import json
 import re
 
 import pytest
+import torch
 import typer.main
+from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from regiontune.core.cli import app
@@ -107,9 +109,24 @@ def test_adapt_writes_adapter(adapter):
     out, text = adapter
     for name in ("adapter_config.json", "adapter_model.safetensors", "region.json"):
         assert (out / name).is_file(), name
-    assert json.loads((out / "region.json").read_text())["region"] == "island"
+    meta = json.loads((out / "region.json").read_text())
+    assert meta["region"] == "island"
     assert "adapter (lora" in text and "island" in text
     assert not list(out.glob("*.bin"))
+    # adapters are saved in half precision by default (weights_dtype "auto")
+    assert meta["weights_dtype"] == "float16" and meta["config"]["adapt"]["weights_dtype"] == "auto"
+    tensors = load_file(out / "adapter_model.safetensors")
+    assert {t.dtype for t in tensors.values()} == {torch.float16}
+
+
+def test_adapt_weights_dtype_option(workdir, backbone):
+    out = workdir / "island-f32"
+    _ok(invoke("adapt", "--backbone", backbone[0], "--region", "island", "--out", out,
+               "--epochs", "1", "--weights-dtype", "float32", "--set", "train.progress=false"))
+    assert json.loads((out / "region.json").read_text())["weights_dtype"] == "float32"
+    _fails(invoke("adapt", "--backbone", backbone[0], "--region", "island", "--out",
+                  workdir / "island-bad", "--weights-dtype", "float8"), "float8", "float16")
+    assert not (workdir / "island-bad").exists()
 
 
 def test_adapt_trains_at_adapter_lr_unless_told(workdir, backbone, adapter):
