@@ -1,7 +1,7 @@
 """Size against quality: a rank sweep of the default LoRA adapter on the WSDM targets.
 
 Two one-dimensional sweeps around the default (LoRA r = 8 on attention and MLP, item rank
-auto = the largest <= 16 within 5% of the backbone's weights):
+auto = the largest <= 32 keeping the float16 adapter file within 5% of the backbone's):
 
 * the item-side rank (the low-rank delta on the region's item table, which is also the only
   representation region-new items get) at LoRA r = 8;

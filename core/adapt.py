@@ -52,8 +52,8 @@ def auto_item_rank(backbone: RecModel, body, n_items: int, adapt_cfg: AdaptConfi
     """Largest item rank keeping the adapter within ``item_budget`` of the backbone's size.
 
     Each catalogue item costs ``rank + 1`` numbers (its row of ``A`` and its bias), so big
-    catalogues get a smaller rank; measured on WSDM t1, rank 16 recovers ~99% of full
-    fine-tuning's NDCG@10 where rank 4 recovers ~95%.
+    catalogues get a smaller rank (the size/quality trade-off on WSDM:
+    benchmarks/results/rank_sweep.md).
     """
     # in numbers of the adapter's dtype: a float16 adapter fits twice as many in the budget
     # of the (float32) backbone's bytes
