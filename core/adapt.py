@@ -59,7 +59,10 @@ def auto_item_rank(backbone: RecModel, body, n_items: int, adapt_cfg: AdaptConfi
     # of the (float32) backbone's bytes
     per_number = torch.finfo(torch.float32).bits // torch.finfo(
         weights_dtype(adapt_cfg.weights_dtype, adapt_cfg.method)).bits
-    budget = adapt_cfg.item_budget * per_number * sum(p.numel() for p in backbone.parameters())
+    # the backbone's own weights only: PEFT injects the adapter into the same module tree
+    adapter = {id(p) for p in body.parameters() if p.requires_grad} if body is not None else set()
+    own = sum(p.numel() for p in backbone.parameters() if id(p) not in adapter)
+    budget = adapt_cfg.item_budget * per_number * own
     used = count_trainable(body) if body is not None else 0
     hidden = backbone.config.hidden_size
     rank = int((budget - used - n_items) // (n_items + hidden))
