@@ -22,7 +22,7 @@ from pathlib import Path
 
 from benchmarks.markdown import table
 from benchmarks.meta import run_meta
-from benchmarks.run import RESULTS, load_suite
+from benchmarks.run import RESULTS, add_backbone_option, load_suite
 from regiontune.core.adapt import train_region
 from regiontune.core.backbone import load_backbone
 from regiontune.core.config import AdaptConfig, DataConfig, TrainConfig, from_dict
@@ -74,8 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fraction", type=float, default=0.25)
     parser.add_argument("--method", default="lora")
     parser.add_argument("--region", default="t1")
-    parser.add_argument("--backbone", type=Path, default=Path("runs/bench/wsdm/backbone"),
-                        help="The wsdm suite's backbone (python -m benchmarks.run wsdm makes it).")
+    add_backbone_option(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     suite = load_suite("wsdm")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from benchmarks.meta import run_meta
 from benchmarks.report import write_report
+from benchmarks.run import add_backbone_option
 
 RESULTS = Path(__file__).parent / "results"
 MEASURE = r"""
@@ -87,7 +88,7 @@ def run(backbone: Path, adapter: Path, sizes: list[int], out: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--backbone", type=Path, default=Path("runs/bench/wsdm/backbone"))
+    add_backbone_option(parser)
     parser.add_argument("--adapter", type=Path, default=Path("runs/wsdm/adapters/t1-lora"))
     parser.add_argument("--quick", action="store_true", help="tiny synthetic artefacts")
     parser.add_argument("--out", type=Path)

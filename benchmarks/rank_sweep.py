@@ -33,7 +33,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from benchmarks.jobs import adapter_job  # noqa: E402
 from benchmarks.markdown import table  # noqa: E402
 from benchmarks.meta import run_meta  # noqa: E402
-from benchmarks.run import RESULTS, _write, load_suite  # noqa: E402
+from benchmarks.run import RESULTS, _write, add_backbone_option, load_suite  # noqa: E402
 from regiontune.core.adapt import build_region_task  # noqa: E402
 from regiontune.core.backbone import load_backbone  # noqa: E402
 from regiontune.core.config import AdaptConfig, DataConfig, TrainConfig, from_dict  # noqa: E402
@@ -128,8 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--regions", default="t1,t2")
     parser.add_argument("--item-ranks", default="4,8,16,32")
     parser.add_argument("--lora-ranks", default="2,8,16")
-    parser.add_argument("--backbone", type=Path, default=Path("runs/bench/wsdm/backbone"),
-                        help="The wsdm suite's backbone (python -m benchmarks.run wsdm makes it).")
+    add_backbone_option(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     suite = load_suite("wsdm")

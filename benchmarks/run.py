@@ -82,6 +82,12 @@ def plan(suite: dict[str, Any]) -> list[dict[str, Any]]:
     return sorted(out, key=_priority)
 
 
+def add_backbone_option(parser) -> None:
+    """``--backbone`` for the side benchmarks that reuse the wsdm suite's pretrained backbone."""
+    parser.add_argument("--backbone", type=Path, default=Path("runs/bench/wsdm/backbone"),
+                        help="The wsdm suite's backbone (python -m benchmarks.run wsdm makes it).")
+
+
 def _key(record: dict) -> tuple:
     return tuple(record.get(k) for k in KEY)
 
