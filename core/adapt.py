@@ -14,6 +14,7 @@ from accelerate.utils import set_seed
 
 from regiontune.adapters import ItemSide, RegionTask, count_trainable, get_method, save_adapter
 from regiontune.adapters.io import round_trainable, weights_dtype
+from regiontune.adapters.item_side import PREFIX
 
 from .backbone import load_backbone
 from .config import AdaptConfig, DataConfig, TrainConfig, to_dict
@@ -64,9 +65,26 @@ def auto_item_rank(backbone: RecModel, body, n_items: int, adapt_cfg: AdaptConfi
     own = sum(p.numel() for p in backbone.parameters() if id(p) not in adapter)
     budget = adapt_cfg.item_budget * per_number * own
     used = count_trainable(body) if body is not None else 0
+    # the file's JSON header takes room too (one entry per tensor: ~4 KB for a LoRA of WSDM's
+    # backbone, a few ranks' worth of a small catalogue), counted in numbers of the dtype
+    names = [n for n, p in body.named_parameters() if p.requires_grad] if body is not None else []
+    used += math.ceil(header_bytes(names + ITEM_SIDE_NAMES) / (4 // per_number))
     hidden = backbone.config.hidden_size
     rank = int((budget - used - n_items) // (n_items + hidden))
     return max(1, min(adapt_cfg.max_item_rank, rank))
+
+
+# safetensors header: 8-byte length, {"__metadata__": {"format": "pt"}}, then per tensor
+# "name": {"dtype": "F16", "shape": [a, b], "data_offsets": [x, y]} -- at most ~90 bytes
+# besides the name (the parameter names are longer than the saved ones: PEFT drops the
+# adapter name), padded to 8 bytes
+HEADER_FIXED, HEADER_PER_TENSOR = 64, 96
+ITEM_SIDE_NAMES = [PREFIX + n for n in ("lowrank_a", "lowrank_b", "bias")]
+
+
+def header_bytes(tensor_names: list[str]) -> int:
+    """An upper bound of the safetensors header size for tensors of these names."""
+    return HEADER_FIXED + sum(len(n) + HEADER_PER_TENSOR for n in tensor_names)
 
 
 def region_sequences(task: RegionTask, data: RegionData) -> list[list[int]]:

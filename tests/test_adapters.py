@@ -563,6 +563,21 @@ def test_float16_adapter_is_half_the_file_and_scores_as_trained(tiny_backbone_di
                                atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("method", SMALL)
+def test_auto_item_rank_keeps_the_saved_file_within_budget(tiny_backbone, island, tmp_path,
+                                                           method):
+    """The file, JSON header included, fits the budget (a share of the backbone's tensor bytes)."""
+    backbone, vocab, meta = tiny_backbone
+    backbone_bytes = 4 * sum(p.numel() for p in backbone.parameters())  # float32, before PEFT
+    cfg = AdaptConfig(method=method, region=REGION, item_budget=0.3, max_item_rank=10_000)
+    task = build_region_task(backbone, vocab, island.catalogue, cfg, total_steps=10)
+    assert task.item_side.rank > 1  # the budget, not the floor, set it
+    saved = save_adapter(task, method, REGION, {"region": REGION, "backbone_fingerprint":
+                                                meta["fingerprint"]}, tmp_path / "a", "float16")
+    assert saved["adapter_bytes"] == (tmp_path / "a" / WEIGHTS).stat().st_size
+    assert saved["adapter_bytes"] <= 0.3 * backbone_bytes
+
+
 def test_float16_doubles_the_auto_item_rank_budget(tiny_backbone, island):
     from regiontune.core.adapt import auto_item_rank
 
