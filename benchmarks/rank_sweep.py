@@ -58,6 +58,13 @@ def grid(item_ranks: list[int], lora_ranks: list[int], auto_rank: int) -> list[t
     return points
 
 
+def mark_default(records: list[dict], region: str, auto_rank: int) -> None:
+    """Relabel the region's points by today's default (the auto rank follows the code)."""
+    for record in records:
+        if record["region"] == region:
+            record["default"] = record["lora_r"] == DEFAULT_R and record["item_rank"] == auto_rank
+
+
 def run_point(data, r: int, item_rank: int, auto_rank: int, suite: dict,
               backbone_dir: Path) -> dict:
     train_cfg = from_dict(TrainConfig, {**suite["adapt"], "progress": False})
@@ -140,6 +147,7 @@ def main(argv: list[str] | None = None) -> None:
         data_cfg = replace(from_dict(DataConfig, suite["data"]), regions=[region])
         data = load_regions(data_cfg)[region]
         auto = default_item_rank(args.backbone, region, data.catalogue)
+        mark_default(results["records"], region, auto)
         for r, k in grid([int(x) for x in args.item_ranks.split(",")],
                          [int(x) for x in args.lora_ranks.split(",")], auto):
             if (region, r, k) in done:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from benchmarks.rank_sweep import DEFAULT_R, grid, plot, run_point, to_markdown
+from benchmarks.rank_sweep import DEFAULT_R, grid, mark_default, plot, run_point, to_markdown
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SUITE = {"adapt": {"epochs": 1, "batch_size": 64, "lr": 1e-3}}
@@ -30,6 +30,14 @@ def _record(region: str, r: int, item_rank: int, ndcg: float, default: bool = Fa
     return {"region": region, "lora_r": r, "item_rank": item_rank, "default": default,
             "adapter_bytes": 1000 * (r + 10 * item_rank), "trainable_params": 250 * item_rank,
             "ndcg@10": ndcg, "best_epoch": 3, "train_seconds": 12.0}
+
+
+def test_default_label_follows_the_current_auto_rank():
+    """A point recorded as the default is relabelled when the auto rank moves (code change)."""
+    records = [_record("t2", DEFAULT_R, 18, 0.58, default=True), _record("t2", DEFAULT_R, 17, 0.57),
+               _record("t2", 2, 17, 0.55), _record("t1", DEFAULT_R, 18, 0.5, default=True)]
+    mark_default(records, "t2", auto_rank=17)
+    assert [r["default"] for r in records] == [False, True, False, True]  # t1 left alone
 
 
 def test_report_marks_the_default_and_divides_by_full(tmp_path):
