@@ -118,7 +118,12 @@ def _wsdm_candidates(root: Path, region: str, qrel: pd.DataFrame, data: RegionDa
             runs[user] = items.split(",")
         return runs
     rng = random.Random(f"wsdm-candidates-{seed}-{region}")
-    pool = data.catalogue
+    # Negatives come from every item of the market the files show: its training items and
+    # its validation positives. Drawn from training items alone, a positive that never occurs
+    # in training would be the only such item in its list and give itself away to any model
+    # that scores never-trained items apart (t1's official lists carry such items among
+    # their negatives too: 9% of them).
+    pool = sorted(set(data.catalogue) | set(qrel["item"]))
     runs = {}
     for user, positive in zip(qrel["user"], qrel["item"], strict=True):
         seen = set(full.get(user, ())) | {positive}  # every training item, held-out ones too

@@ -477,6 +477,20 @@ def test_wsdm_t2_negatives_exclude_split_training_items(wsdm):
 
 
 @needs_wsdm
+def test_wsdm_t2_never_trained_positive_is_no_giveaway(wsdm):
+    """Items absent from t2's training file occur among the negatives as well (as in t1's
+    official lists): a never-trained candidate is not necessarily the positive."""
+    trained = set().union(*_wsdm_train("t2").values())
+    cold = [c for c in wsdm["t2"].test if c.target not in trained]
+    assert cold  # t2 has validation positives that never occur in its training file
+    negatives = [i for c in wsdm["t2"].test for i in c.candidates if i != c.target]
+    share = sum(i not in trained for i in negatives) / len(negatives)
+    pool = trained | {c.target for c in wsdm["t2"].test}
+    # uniform over the pool: the never-trained share of the negatives is about theirs of the pool
+    assert share == pytest.approx(len(pool - trained) / len(pool), rel=0.2)
+
+
+@needs_wsdm
 def test_wsdm_t2_candidates_deterministic(wsdm):
     again = load_regions(DataConfig(recipe="wsdm22-xmrec", data_dir=str(WSDM), regions=["t2"]))
     assert [c.candidates for c in again["t2"].test] == [c.candidates for c in wsdm["t2"].test]
