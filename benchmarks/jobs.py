@@ -6,7 +6,9 @@ import copy
 import logging
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -78,9 +80,8 @@ class Context:
         if method == "zero-shot":
             backbone, vocab, _ = load_backbone(self.backbone_dir)
             task = BackboneTask(backbone, vocab)
-            return {**_metrics(evaluate_task(task, data.catalogue, data.test)),
-                    "trainable_params": 0, "total_params": _params(task),
-                    "adapter_bytes": 0, "train_seconds": 0.0}
+            return {**_evaluate_task(task, data), "trainable_params": 0,
+                    "total_params": _params(task), "adapter_bytes": 0, "train_seconds": 0.0}
         train_cfg = replace(self.trains["scratch" if method == "scratch" else "adapt"],
                             seed=job["seed"],
                             **self.suite.get("method_train", {}).get(method, {}))
@@ -98,6 +99,26 @@ def _metrics(m: dict) -> dict:
             "eval_users": m["users"]}
 
 
+def never_trained_cases(data: RegionData) -> list:
+    """Test cases whose positive never occurs in the region's training histories."""
+    trained = {i for history in data.train.values() for i in history}
+    return [c for c in data.test if c.target not in trained]
+
+
+def _evaluate(evaluate: Callable[[list], dict], data: RegionData) -> dict[str, Any]:
+    """Metrics on every test case, plus NDCG@10 on the never-trained positives alone: how a
+    model scores items it never saw in the region decides those cases."""
+    record = _metrics(evaluate(data.test))
+    cold = never_trained_cases(data)
+    record["never_trained_users"] = len(cold)
+    record["ndcg@10_never_trained"] = evaluate(cold)["ndcg@10"] if cold else None
+    return record
+
+
+def _evaluate_task(task, data: RegionData) -> dict[str, Any]:
+    return _evaluate(partial(evaluate_task, task, data.catalogue), data)
+
+
 def _params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -106,11 +127,11 @@ def baseline_job(method: str, data: RegionData) -> dict[str, Any]:
     started = time.perf_counter()
     scorer, info = fit_baseline(method, data)
     seconds = time.perf_counter() - started
-    metrics = evaluate_scorer(scorer.score, data.catalogue, data.test)
+    metrics = _evaluate(partial(evaluate_scorer, scorer.score, data.catalogue), data)
     n = len(data.catalogue)
     params = {"popularity": n, "ease": n * n,
               "itemknn": int(scorer.sim.nnz) if method == "itemknn" else None}
-    return {**_metrics(metrics), "trainable_params": params[method],
+    return {**metrics, "trainable_params": params[method],
             "total_params": params[method], "adapter_bytes": None,
             "train_seconds": round(seconds, 2), "info": info}
 
@@ -126,9 +147,9 @@ def scratch_job(data: RegionData, fraction: float, model_cfg: ModelConfig,
         path = Path(tmp) / "model.safetensors"
         save_file({k: v.contiguous() for k, v in task.model.state_dict().items()}, str(path))
         size = path.stat().st_size
-    return {**_metrics(evaluate_task(task, data.catalogue, data.test)),
-            "trainable_params": count_trainable(task), "total_params": _params(task),
-            "adapter_bytes": size, "train_seconds": round(seconds, 2),
+    return {**_evaluate_task(task, data), "trainable_params": count_trainable(task),
+            "total_params": _params(task), "adapter_bytes": size,
+            "train_seconds": round(seconds, 2),
             "epochs_run": result.epochs_run, "best_epoch": result.best_epoch}
 
 
@@ -137,13 +158,13 @@ def adapter_job(backbone_dir: Path, data: RegionData, adapt_cfg: AdaptConfig,
     """Train an adapter (or a full fine-tuned copy) on a fresh copy of the backbone."""
     backbone, vocab, meta = load_backbone(backbone_dir)
     task, stats = train_region(backbone, vocab, data, adapt_cfg, train_cfg)
-    metrics = evaluate_task(task, data.catalogue, data.test)
+    metrics = _evaluate_task(task, data)
     with tempfile.TemporaryDirectory() as tmp:
         saved = save_adapter(task, adapt_cfg.method, adapt_cfg.region,
                              {"region": adapt_cfg.region,
                               "backbone_fingerprint": meta["fingerprint"]}, Path(tmp) / "a",
                              adapt_cfg.weights_dtype)
-    return {**_metrics(metrics), "trainable_params": stats["trainable_params"],
+    return {**metrics, "trainable_params": stats["trainable_params"],
             "total_params": _params(task), "adapter_bytes": saved["adapter_bytes"],
             "train_seconds": stats["train_seconds"], "epochs_run": stats["epochs_run"],
             "best_epoch": stats["best_epoch"], "train_users": stats["train_users"],

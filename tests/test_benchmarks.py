@@ -6,11 +6,14 @@ import json
 
 import pytest
 
+from benchmarks.jobs import never_trained_cases
 from benchmarks.run import load_suite, plan, run_suite
+from regiontune.core.splits import EvalCase, RegionData
 
 RECORD_FIELDS = {"suite", "dataset", "protocol", "region", "method", "seed", "data_fraction",
                  "ndcg@10", "hr@10", "mrr", "trainable_params", "total_params", "adapter_bytes",
-                 "backbone_bytes", "train_seconds", "peak_rss_mb"}
+                 "backbone_bytes", "train_seconds", "peak_rss_mb", "never_trained_users",
+                 "ndcg@10_never_trained"}
 META_FIELDS = {"git_commit", "versions", "machine", "config"}
 
 
@@ -34,6 +37,13 @@ def test_plan_has_three_seeds_at_full_and_tenth_data_one_elsewhere():
     assert all(j["seed"] > 0 for j in jobs[first_extra:])
     extra_fractions = [j["data_fraction"] for j in jobs[first_extra:]]
     assert extra_fractions == sorted(extra_fractions)
+
+
+def test_never_trained_cases_are_those_whose_positive_no_training_history_holds():
+    data = RegionData(region="r", train={"u1": ["a", "b"], "u2": ["b", "c"]}, valid=[],
+                      test=[EvalCase("u1", ["a", "b"], "c"), EvalCase("u2", ["b", "c"], "d"),
+                            EvalCase("u3", [], "e")], catalogue=list("abcde"), ordered=False)
+    assert [c.target for c in never_trained_cases(data)] == ["d", "e"]
 
 
 @pytest.mark.slow
