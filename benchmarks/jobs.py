@@ -6,7 +6,6 @@ import copy
 import logging
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -21,7 +20,8 @@ from regiontune.core.adapt import train_region
 from regiontune.core.backbone import load_backbone
 from regiontune.core.baselines import fit_baseline
 from regiontune.core.config import AdaptConfig, DataConfig, ModelConfig, TrainConfig
-from regiontune.core.evaluate import evaluate_scorer, evaluate_task
+from regiontune.core.evaluate import ScoreFn, case_ranks, task_scores
+from regiontune.core.metrics import metrics_from_ranks
 from regiontune.core.pretrain import pretrain, train_backbone
 from regiontune.core.recipes import load_regions
 from regiontune.core.splits import RegionData, subsample_users
@@ -99,24 +99,27 @@ def _metrics(m: dict) -> dict:
             "eval_users": m["users"]}
 
 
-def never_trained_cases(data: RegionData) -> list:
-    """Test cases whose positive never occurs in the region's training histories."""
+def never_trained(data: RegionData) -> torch.Tensor:
+    """Mask over the test cases: True where the positive never occurs in a training history."""
     trained = {i for history in data.train.values() for i in history}
-    return [c for c in data.test if c.target not in trained]
+    return torch.tensor([c.target not in trained for c in data.test], dtype=torch.bool)
 
 
-def _evaluate(evaluate: Callable[[list], dict], data: RegionData) -> dict[str, Any]:
+def _evaluate(score_fn: ScoreFn, data: RegionData) -> dict[str, Any]:
     """Metrics on every test case, plus NDCG@10 on the never-trained positives alone: how a
-    model scores items it never saw in the region decides those cases."""
-    record = _metrics(evaluate(data.test))
-    cold = never_trained_cases(data)
-    record["never_trained_users"] = len(cold)
-    record["ndcg@10_never_trained"] = evaluate(cold)["ndcg@10"] if cold else None
+    model scores items it never saw in the region decides those cases. Each case is scored
+    once; the subset's metrics come from the same ranks."""
+    ranks = case_ranks(score_fn, data.catalogue, data.test)
+    cold = never_trained(data)
+    record = _metrics(metrics_from_ranks(ranks))
+    record["never_trained_users"] = int(cold.sum())
+    record["ndcg@10_never_trained"] = (metrics_from_ranks(ranks[cold])["ndcg@10"]
+                                       if cold.any() else None)
     return record
 
 
 def _evaluate_task(task, data: RegionData) -> dict[str, Any]:
-    return _evaluate(partial(evaluate_task, task, data.catalogue), data)
+    return _evaluate(partial(task_scores, task, catalogue=data.catalogue), data)
 
 
 def _params(module: torch.nn.Module) -> int:
@@ -127,7 +130,7 @@ def baseline_job(method: str, data: RegionData) -> dict[str, Any]:
     started = time.perf_counter()
     scorer, info = fit_baseline(method, data)
     seconds = time.perf_counter() - started
-    metrics = _evaluate(partial(evaluate_scorer, scorer.score, data.catalogue), data)
+    metrics = _evaluate(scorer.score, data)
     n = len(data.catalogue)
     params = {"popularity": n, "ease": n * n,
               "itemknn": int(scorer.sim.nnz) if method == "itemknn" else None}

@@ -58,17 +58,19 @@ def auto_item_rank(backbone: RecModel, body, n_items: int, adapt_cfg: AdaptConfi
     """
     # in numbers of the adapter's dtype: a float16 adapter fits twice as many in the budget
     # of the (float32) backbone's bytes
-    per_number = torch.finfo(torch.float32).bits // torch.finfo(
-        weights_dtype(adapt_cfg.weights_dtype, adapt_cfg.method)).bits
-    # the backbone's own weights only: PEFT injects the adapter into the same module tree
-    adapter = {id(p) for p in body.parameters() if p.requires_grad} if body is not None else set()
+    number_bits = torch.finfo(weights_dtype(adapt_cfg.weights_dtype, adapt_cfg.method)).bits
+    per_number = torch.finfo(torch.float32).bits // number_bits
+    # the adapter's tensors, which PEFT injects into the backbone's own module tree
+    trainable = ([(n, p) for n, p in body.named_parameters() if p.requires_grad]
+                 if body is not None else [])
+    adapter = {id(p) for _, p in trainable}
     own = sum(p.numel() for p in backbone.parameters() if id(p) not in adapter)
     budget = adapt_cfg.item_budget * per_number * own
-    used = count_trainable(body) if body is not None else 0
+    used = sum(p.numel() for _, p in trainable)
     # the file's JSON header takes room too (one entry per tensor: ~4 KB for a LoRA of WSDM's
     # backbone, a few ranks' worth of a small catalogue), counted in numbers of the dtype
-    names = [n for n, p in body.named_parameters() if p.requires_grad] if body is not None else []
-    used += math.ceil(header_bytes(names + ITEM_SIDE_NAMES) / (4 // per_number))
+    names = [n for n, _ in trainable] + ITEM_SIDE_NAMES
+    used += math.ceil(8 * header_bytes(names) / number_bits)
     hidden = backbone.config.hidden_size
     rank = int((budget - used - n_items) // (n_items + hidden))
     return max(1, min(adapt_cfg.max_item_rank, rank))

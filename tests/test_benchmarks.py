@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from benchmarks.jobs import never_trained_cases
+from benchmarks.jobs import never_trained
 from benchmarks.run import load_suite, plan, run_suite
 from regiontune.core.splits import EvalCase, RegionData
 
@@ -39,11 +39,11 @@ def test_plan_has_three_seeds_at_full_and_tenth_data_one_elsewhere():
     assert extra_fractions == sorted(extra_fractions)
 
 
-def test_never_trained_cases_are_those_whose_positive_no_training_history_holds():
+def test_never_trained_marks_the_cases_whose_positive_no_training_history_holds():
     data = RegionData(region="r", train={"u1": ["a", "b"], "u2": ["b", "c"]}, valid=[],
                       test=[EvalCase("u1", ["a", "b"], "c"), EvalCase("u2", ["b", "c"], "d"),
                             EvalCase("u3", [], "e")], catalogue=list("abcde"), ordered=False)
-    assert [c.target for c in never_trained_cases(data)] == ["d", "e"]
+    assert never_trained(data).tolist() == [False, True, True]
 
 
 @pytest.mark.slow
