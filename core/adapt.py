@@ -23,6 +23,7 @@ from .model import RecModel
 from .recipes import load_regions
 from .splits import RegionData, subsample_users
 from .train import fit, make_accelerator
+from .unseen import calibrate_unseen
 from .vocab import ItemVocab
 
 logger = logging.getLogger(__name__)
@@ -100,6 +101,9 @@ def train_region(backbone: RecModel, vocab: ItemVocab, data: RegionData, adapt_c
     """Train one region's adapter (on ``adapt_cfg.fraction`` of its users); returns task, stats."""
     # a typo (or float16 for full) fails before any training
     dtype = weights_dtype(adapt_cfg.weights_dtype, adapt_cfg.method)
+    if adapt_cfg.calibrate_unseen and not adapt_cfg.item_bias:
+        raise ValueError("calibrate_unseen needs item_bias: true (the unseen items' offset "
+                         "is stored in the item bias)")
     set_seed(train_cfg.seed)  # the adapter's initial weights too follow the run's seed
     data = subsample_users(data, adapt_cfg.fraction, train_cfg.seed)
     n_seq = sum(1 for h in data.train.values() if len(h) >= 2)
@@ -115,8 +119,10 @@ def train_region(backbone: RecModel, vocab: ItemVocab, data: RegionData, adapt_c
                  lambda: evaluate_task(task, data.catalogue, data.valid[:VALID_CASES]),
                  train_cfg, work, resume, step_hooks=method.step_hooks(task.body),
                  accelerator=accelerator, desc=f"adapt {data.region} ({adapt_cfg.method})")
+    calibration = (calibrate_unseen(task, data.catalogue, data.train, data.valid[:VALID_CASES])
+                   if adapt_cfg.calibrate_unseen else {})
     round_trainable(task, dtype)  # evaluated == saved, also for float16 adapters
-    stats = {"train_seconds": round(time.perf_counter() - started, 2),
+    stats = {**calibration, "train_seconds": round(time.perf_counter() - started, 2),
              "trainable_params": count_trainable(task), "best_epoch": result.best_epoch,
              "epochs_run": result.epochs_run, "stopped": result.stopped,
              "best_valid_ndcg@10": result.best_metric, "train_users": len(data.train)}

@@ -95,6 +95,9 @@ class AdaptConfig:
     # appear as evaluation candidates) are left out of the training softmax, so training
     # cannot push them down; their item-side rows stay as initialised (benchmarks/cold_items.py)
     unseen_as_negatives: bool = True
+    # True: after training, one score offset for those items, fitted on the early-stopping
+    # hold-out (core/unseen.py), is added to their item bias
+    calibrate_unseen: bool = False
     # dtype of the saved adapter weights. "auto": float16 for adapters (half the file of
     # float32, so the auto item rank doubles within the same budget; measured on WSDM t2,
     # where the budget binds: benchmarks/results/rank_sweep.md), float32 for full

@@ -31,7 +31,9 @@ def task_scores(task, histories: list[list[str]], catalogue: Sequence[str]) -> t
     return out
 
 
-def _allowed(cases: list[EvalCase], index: dict[str, int], exclude_seen: bool) -> torch.Tensor:
+def allowed_mask(cases: list[EvalCase], index: dict[str, int],
+                 exclude_seen: bool) -> torch.Tensor:
+    """Which catalogue columns each case ranks: its candidates, or all but its history."""
     allowed = torch.ones((len(cases), len(index)), dtype=torch.bool)
     for row, case in enumerate(cases):
         if case.candidates is not None:
@@ -54,7 +56,7 @@ def case_ranks(score_fn: ScoreFn, catalogue: Sequence[str], cases: list[EvalCase
         chunk = cases[start:start + batch_size]
         scores = torch.as_tensor(score_fn([c.history for c in chunk]), dtype=torch.float32)
         target = torch.tensor([index.get(c.target, -1) for c in chunk])
-        ranks.append(target_ranks(scores, target, _allowed(chunk, index, exclude_seen)))
+        ranks.append(target_ranks(scores, target, allowed_mask(chunk, index, exclude_seen)))
     return torch.cat(ranks) if ranks else torch.zeros(0)
 
 
