@@ -37,13 +37,20 @@ def split_by_cold(data: RegionData, lr: float, fraction: float, method: str, sui
                   backbone_dir: Path, unseen_as_negatives: bool = True) -> dict:
     train_cfg = from_dict(TrainConfig, {**suite["adapt"], "progress": False, "lr": lr})
     adapt_cfg = AdaptConfig(method=method, region=data.region, fraction=fraction,
-                            unseen_as_negatives=unseen_as_negatives)
+                            unseen_as_negatives=unseen_as_negatives, calibrate_unseen=False)
     backbone, vocab, _ = load_backbone(backbone_dir)
     task, stats = train_region(backbone, vocab, data, adapt_cfg, train_cfg)
     seen = {i for h in subsample_users(data, fraction, train_cfg.seed).train.values() for i in h}
-    record = {"region": data.region, "method": method, "lr": lr, "data_fraction": fraction,
-              "unseen_as_negatives": unseen_as_negatives,
-              "holdout_ndcg@10": stats["best_valid_ndcg@10"], "best_epoch": stats["best_epoch"]}
+    return {"region": data.region, "method": method, "lr": lr, "data_fraction": fraction,
+            "unseen_as_negatives": unseen_as_negatives,
+            "holdout_ndcg@10": stats["best_valid_ndcg@10"], "best_epoch": stats["best_epoch"],
+            **warm_cold(task, data, seen)}
+
+
+def warm_cold(task, data: RegionData, seen: set[str]) -> dict:
+    """Official NDCG@10 on all test cases, on those whose positive is in ``seen`` (warm)
+    and on the others (cold), with the number of users of each."""
+    record = {}
     for name, cases in (("all", data.test),
                         ("warm", [c for c in data.test if c.target in seen]),
                         ("cold", [c for c in data.test if c.target not in seen])):
