@@ -172,4 +172,12 @@ def adapter_job(backbone_dir: Path, data: RegionData, adapt_cfg: AdaptConfig,
             "train_seconds": stats["train_seconds"], "epochs_run": stats["epochs_run"],
             "best_epoch": stats["best_epoch"], "train_users": stats["train_users"],
             "best_valid_ndcg@10": stats["best_valid_ndcg@10"],
-            "new_items": len(task.item_side.new_items)}
+            "new_items": len(task.item_side.new_items),
+            "unseen_items": unseen_mode(adapt_cfg), "unseen_offset": stats.get("unseen_offset")}
+
+
+def unseen_mode(cfg: AdaptConfig) -> str:
+    """How the job scored items absent from its training data (benchmarks/unseen_items.py)."""
+    if cfg.unseen_as_negatives:
+        return "negatives+calibrate" if cfg.calibrate_unseen else "negatives"
+    return "calibrate" if cfg.calibrate_unseen else "ignore"

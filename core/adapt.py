@@ -102,8 +102,8 @@ def train_region(backbone: RecModel, vocab: ItemVocab, data: RegionData, adapt_c
     # a typo (or float16 for full) fails before any training
     dtype = weights_dtype(adapt_cfg.weights_dtype, adapt_cfg.method)
     if adapt_cfg.calibrate_unseen and not adapt_cfg.item_bias:
-        raise ValueError("calibrate_unseen needs item_bias: true (the unseen items' offset "
-                         "is stored in the item bias)")
+        raise ValueError("calibrate_unseen needs the item bias, where the offset is stored: "
+                         "set item_bias: true, or calibrate_unseen: false")
     set_seed(train_cfg.seed)  # the adapter's initial weights too follow the run's seed
     data = subsample_users(data, adapt_cfg.fraction, train_cfg.seed)
     n_seq = sum(1 for h in data.train.values() if len(h) >= 2)

@@ -91,13 +91,15 @@ class AdaptConfig:
     # the cap: rank 32 beat 16 on WSDM t1 by the early-stopping hold-out (0.523 vs 0.506,
     # LoRA, float16, seed 0); past hidden/4 the rank buys little and costs training time
     max_item_rank: int = 32
-    # False: catalogue items with no training interaction in the region (e.g. items that only
-    # appear as evaluation candidates) are left out of the training softmax, so training
-    # cannot push them down; their item-side rows stay as initialised (benchmarks/cold_items.py)
-    unseen_as_negatives: bool = True
-    # True: after training, one score offset for those items, fitted on the early-stopping
-    # hold-out (core/unseen.py), is added to their item bias
-    calibrate_unseen: bool = False
+    # Catalogue items with no training interaction in the region (new arrivals, items only a
+    # candidate list names). False: left out of the training softmax, so training cannot push
+    # them down below the level the backbone gives them; their item-side rows stay as
+    # initialised. True: negatives at every step (they sink to the bottom).
+    unseen_as_negatives: bool = False
+    # after training, add one score offset to those items' bias, fitted by likelihood on the
+    # early-stopping hold-out (core/unseen.py): their level is then the data's, not arbitrary.
+    # Chosen over both alternatives by benchmarks/unseen_items.py (results/unseen_items.md)
+    calibrate_unseen: bool = True
     # dtype of the saved adapter weights. "auto": float16 for adapters (half the file of
     # float32, so the auto item rank doubles within the same budget; measured on WSDM t2,
     # where the budget binds: benchmarks/results/rank_sweep.md), float32 for full

@@ -186,15 +186,16 @@ def test_items_without_training_interactions_and_the_softmax(tiny_backbone_dir, 
     ghosts = ["ghost-1", "ghost-2"]
     data = replace(island, catalogue=sorted(island.catalogue + ghosts))
     backbone, vocab, _ = _fresh(tiny_backbone_dir)
-    cfg = AdaptConfig(method="lora", region=REGION, unseen_as_negatives=unseen_as_negatives)
+    cfg = AdaptConfig(method="lora", region=REGION, unseen_as_negatives=unseen_as_negatives,
+                      calibrate_unseen=False)
     task, _ = train_region(backbone, vocab, data, cfg, TINY_TRAIN)
     side = task.item_side
     rows = [side.catalogue.index(g) for g in ghosts]
     trained_rows = [side.catalogue.index(i) for i in island.train[next(iter(island.train))]]
     assert side.bias[trained_rows].abs().sum() > 0  # the region's own items learn either way
-    if unseen_as_negatives:  # the default: every step pushes them down as negatives
+    if unseen_as_negatives:  # every step pushes them down as negatives
         assert (side.bias[rows] < 0).all()
-    else:  # left out of the softmax: no gradient ever reached their rows
+    else:  # the default: left out of the softmax, no gradient ever reached their rows
         assert torch.equal(side.bias[rows], torch.zeros(2))
         assert torch.equal(side.lowrank_a[rows], torch.zeros(2, side.rank))
     scores = task_scores(task, _histories(island), data.catalogue)

@@ -75,13 +75,13 @@ def test_unseen_mask_marks_items_no_history_holds():
 
 def _train(backbone_dir, data, **adapt):
     backbone, vocab, _ = load_backbone(backbone_dir)
-    cfg = AdaptConfig(method="lora", region=REGION, unseen_as_negatives=False, **adapt)
+    cfg = AdaptConfig(method="lora", region=REGION, **adapt)
     return train_region(backbone, vocab, data, cfg, TINY_TRAIN)
 
 
 def test_calibration_moves_only_the_unseen_items_bias(tiny_backbone_dir, haunted):
-    plain, _ = _train(tiny_backbone_dir, haunted)
-    calibrated, stats = _train(tiny_backbone_dir, haunted, calibrate_unseen=True)
+    plain, _ = _train(tiny_backbone_dir, haunted, calibrate_unseen=False)
+    calibrated, stats = _train(tiny_backbone_dir, haunted)  # the default calibrates
     # the ghosts, and items whose only interactions were held out
     unseen = unseen_mask(haunted.catalogue, haunted.train)
     assert all(unseen[haunted.catalogue.index(g)] for g in GHOSTS)
@@ -97,7 +97,7 @@ def test_calibration_moves_only_the_unseen_items_bias(tiny_backbone_dir, haunted
 
 
 def test_offset_follows_how_often_the_holdout_targets_are_unseen(tiny_backbone_dir, haunted):
-    task, _ = _train(tiny_backbone_dir, haunted)
+    task, _ = _train(tiny_backbone_dir, haunted, calibrate_unseen=False)
     histories = [c.history for c in haunted.valid]
     ghost_cases = [EvalCase(c.user, c.history, GHOSTS[i % 2]) for i, c in enumerate(haunted.valid)]
     unseen = unseen_mask(haunted.catalogue, haunted.train)
