@@ -3,7 +3,8 @@
 An eighth of t1's official validation positives never occur in t1's training data. The full
 softmax over the region's catalogue pushes such items down at every step, so a large
 learning rate ranks them last. This script trains one adapter per learning rate, with those
-items in the training softmax (the default) and without (``unseen_as_negatives=False``), and
+items in the training softmax (the default until 2026-11-28) and without
+(``unseen_as_negatives=False``, uncalibrated: see ``benchmarks.unseen_items``), and
 splits the official NDCG@10 by whether the positive occurs in the (sub-sampled) training data,
 next to the early-stopping hold-out's figure, which cannot see the effect.
 
