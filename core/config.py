@@ -98,7 +98,7 @@ class AdaptConfig:
     unseen_as_negatives: bool = False
     # after training, add one score offset to those items' bias, fitted by likelihood on the
     # early-stopping hold-out (core/unseen.py): their level is then the data's, not arbitrary.
-    # Chosen over both alternatives by benchmarks/unseen_items.py (results/unseen_items.md)
+    # Chosen over both alternatives on WSDM (docs/architecture.md; benchmarks/unseen_items.py)
     calibrate_unseen: bool = True
     # dtype of the saved adapter weights. "auto": float16 for adapters (half the file of
     # float32, so the auto item rank doubles within the same budget; measured on WSDM t2,
