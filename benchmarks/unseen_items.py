@@ -102,6 +102,8 @@ def main(argv: list[str] | None = None) -> None:
     add_backbone_option(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    for noisy in ("accelerate", "regiontune"):  # per-epoch lines; the records say it all
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     modes = args.modes.split(",")
     unknown = sorted(set(modes) - set(MODES))
     if unknown:
