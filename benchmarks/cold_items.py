@@ -30,6 +30,7 @@ from regiontune.core.config import AdaptConfig, DataConfig, TrainConfig, from_di
 from regiontune.core.evaluate import evaluate_task
 from regiontune.core.recipes import load_regions
 from regiontune.core.splits import RegionData, subsample_users
+from regiontune.core.unseen import trained_items
 
 log = logging.getLogger("benchmarks")
 
@@ -41,7 +42,7 @@ def split_by_cold(data: RegionData, lr: float, fraction: float, method: str, sui
                             unseen_as_negatives=unseen_as_negatives, calibrate_unseen=False)
     backbone, vocab, _ = load_backbone(backbone_dir)
     task, stats = train_region(backbone, vocab, data, adapt_cfg, train_cfg)
-    seen = {i for h in subsample_users(data, fraction, train_cfg.seed).train.values() for i in h}
+    seen = trained_items(subsample_users(data, fraction, train_cfg.seed).train)
     return {"region": data.region, "method": method, "lr": lr, "data_fraction": fraction,
             "unseen_as_negatives": unseen_as_negatives,
             "holdout_ndcg@10": stats["best_valid_ndcg@10"], "best_epoch": stats["best_epoch"],

@@ -26,6 +26,7 @@ from regiontune.core.pretrain import pretrain, train_backbone
 from regiontune.core.recipes import load_regions
 from regiontune.core.splits import RegionData, subsample_users
 from regiontune.core.task import BackboneTask
+from regiontune.core.unseen import trained_items
 
 log = logging.getLogger("benchmarks")
 BASELINE_METHODS = ("popularity", "itemknn", "ease")
@@ -101,7 +102,7 @@ def _metrics(m: dict) -> dict:
 
 def never_trained(data: RegionData) -> torch.Tensor:
     """Mask over the test cases: True where the positive never occurs in a training history."""
-    trained = {i for history in data.train.values() for i in history}
+    trained = trained_items(data.train)
     return torch.tensor([c.target not in trained for c in data.test], dtype=torch.bool)
 
 

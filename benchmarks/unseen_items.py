@@ -31,15 +31,16 @@ from regiontune.core.config import AdaptConfig, DataConfig, TrainConfig, from_di
 from regiontune.core.evaluate import evaluate_task
 from regiontune.core.recipes import load_regions
 from regiontune.core.splits import RegionData, subsample_users
-from regiontune.core.unseen import calibrate_unseen
+from regiontune.core.unseen import calibrate_unseen, trained_items
 
 log = logging.getLogger("benchmarks")
 OUT = RESULTS / "unseen_items.json"
 MODES = ("negatives", "ignore", "calibrate")
 
 
-def _record(task, data: RegionData, seen: set[str], stats: dict, **keys) -> dict:
-    sub = subsample_users(data, keys["data_fraction"], keys["seed"])
+def _record(task, data: RegionData, sub: RegionData, seen: set[str], stats: dict,
+            **keys) -> dict:
+    """``data``: the region (official test cases); ``sub``: what the run trained on."""
     holdout = evaluate_task(task, sub.catalogue, sub.valid[:VALID_CASES])["ndcg@10"]
     return {**keys, "holdout_ndcg@10": holdout, **warm_cold(task, data, seen),
             "best_epoch": stats["best_epoch"], "train_seconds": stats["train_seconds"]}
@@ -51,7 +52,7 @@ def run_modes(data: RegionData, fraction: float, method: str, seed: int, suite: 
     calibration); one record per mode."""
     train_cfg = from_dict(TrainConfig, {**suite["adapt"], "progress": False, "seed": seed})
     sub = subsample_users(data, fraction, seed)
-    seen = {i for h in sub.train.values() for i in h}
+    seen = trained_items(sub.train)
     keys = {"region": data.region, "method": method, "data_fraction": fraction, "seed": seed}
     records = []
     for as_negatives in (True, False):
@@ -62,10 +63,10 @@ def run_modes(data: RegionData, fraction: float, method: str, seed: int, suite: 
                           unseen_as_negatives=as_negatives, calibrate_unseen=False)
         backbone, vocab, _ = load_backbone(backbone_dir)
         task, stats = train_region(backbone, vocab, data, cfg, train_cfg)
-        records.append(_record(task, data, seen, stats, **keys, mode=wanted[0]))
+        records.append(_record(task, data, sub, seen, stats, **keys, mode=wanted[0]))
         if not as_negatives and "calibrate" in modes:
             info = calibrate_unseen(task, sub.catalogue, sub.train, sub.valid[:VALID_CASES])
-            records.append({**_record(task, data, seen, stats, **keys, mode="calibrate"),
+            records.append({**_record(task, data, sub, seen, stats, **keys, mode="calibrate"),
                             "unseen_offset": info["unseen_offset"],
                             "holdout_unseen_targets": info["holdout_unseen_targets"],
                             "holdout_cases": info["holdout_cases"]})

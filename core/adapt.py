@@ -23,7 +23,7 @@ from .model import RecModel
 from .recipes import load_regions
 from .splits import RegionData, subsample_users
 from .train import fit, make_accelerator
-from .unseen import calibrate_unseen
+from .unseen import calibrate_unseen, trained_items
 from .vocab import ItemVocab
 
 logger = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ def train_region(backbone: RecModel, vocab: ItemVocab, data: RegionData, adapt_c
     task = build_region_task(backbone, vocab, data.catalogue, adapt_cfg, total_steps,
                              train_cfg.num_negatives)
     if not adapt_cfg.unseen_as_negatives:
-        task.restrict_negatives({i for h in data.train.values() for i in h})
+        task.restrict_negatives(trained_items(data.train))
     sequences = region_sequences(task, data)
     method = get_method(adapt_cfg.method)
     started = time.perf_counter()

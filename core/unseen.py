@@ -28,9 +28,14 @@ logger = logging.getLogger(__name__)
 PRIOR_CASES = 0.5  # pseudo-count: the unseen share of the targets is (k + 0.5) / (n + 1)
 
 
+def trained_items(train: dict[str, list[str]]) -> set[str]:
+    """Every item some training history holds."""
+    return {i for history in train.values() for i in history}
+
+
 def unseen_mask(catalogue: Sequence[str], train: dict[str, list[str]]) -> torch.Tensor:
     """True for catalogue items that no training history holds."""
-    trained = {i for history in train.values() for i in history}
+    trained = trained_items(train)
     return torch.tensor([item not in trained for item in catalogue], dtype=torch.bool)
 
 
