@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 from benchmarks.meta import PeakRSS
 from regiontune.adapters import count_trainable, save_adapter
 from regiontune.core.adapt import train_region
+from regiontune.core.artifacts import BACKBONE_META, read_json
 from regiontune.core.backbone import load_backbone
 from regiontune.core.baselines import fit_baseline
 from regiontune.core.config import AdaptConfig, DataConfig, ModelConfig, TrainConfig
@@ -30,6 +31,12 @@ from regiontune.core.unseen import trained_items
 
 log = logging.getLogger("benchmarks")
 BASELINE_METHODS = ("popularity", "itemknn", "ease")
+TARGET_ONLY = (*BASELINE_METHODS, "scratch")  # methods that never read the backbone
+
+
+def backbone_name(pretrain_regions: list[str]) -> str:
+    """The cache folder of the backbone pretrained on these markets."""
+    return "backbone-" + "-".join(sorted(pretrain_regions))
 
 
 @dataclass
@@ -45,9 +52,11 @@ class Context:
     def __post_init__(self) -> None:
         self._regions: dict[str, RegionData] | None = None
 
-    @property
-    def backbone_dir(self) -> Path:
-        return self.work / "backbone"
+    def backbone_dir(self, job: dict[str, Any]) -> Path:
+        """The backbone a job's setting pretrains for its target."""
+        from benchmarks.run import settings
+
+        return self.work / backbone_name(settings(self.suite)[job["setting"]][job["region"]])
 
     def regions(self) -> dict[str, RegionData]:
         if self._regions is None:
@@ -55,31 +64,39 @@ class Context:
             self._regions = load_regions(cfg)
         return self._regions
 
-    def ensure_backbone(self) -> None:
-        """Pretrain on the suite's pretraining regions once; later runs reuse it."""
-        if (self.backbone_dir / "regiontune.json").is_file():
-            return
-        log.info("pretraining the backbone on %s", self.suite["pretrain_regions"])
-        cfg = replace(self.data_cfg, regions=list(self.suite["pretrain_regions"]))
-        pretrain(cfg, self.model_cfg, self.trains["pretrain"], self.backbone_dir)
+    def ensure_backbone(self, job: dict[str, Any]) -> Path:
+        """Pretrain the job's backbone once (resumable); later jobs and runs reuse it."""
+        directory = self.backbone_dir(job)
+        if not (directory / "regiontune.json").is_file():
+            from benchmarks.run import settings
+
+            markets = settings(self.suite)[job["setting"]][job["region"]]
+            log.info("pretraining the backbone on %s", markets)
+            cfg = replace(self.data_cfg, regions=markets)
+            pretrain(cfg, self.model_cfg, self.trains["pretrain"], directory, resume=True)
+        return directory
 
     def run(self, job: dict[str, Any]) -> dict[str, Any]:
-        self.ensure_backbone()
         data = self.regions()[job["region"]]
+        directory = None if job["method"] in TARGET_ONLY else self.ensure_backbone(job)
         with PeakRSS() as rss:
-            record = self._dispatch(job, data)
-        backbone_bytes = (self.backbone_dir / "model.safetensors").stat().st_size
+            record = self._dispatch(job, data, directory)
+        if directory is not None:
+            record["pretrain_regions"] = sorted(
+                load_backbone_meta(directory).get("regions", []))
+            record["backbone_bytes"] = (directory / "model.safetensors").stat().st_size
         device = "cuda:" + torch.cuda.get_device_name(0) if (
             torch.cuda.is_available() and not self.trains["adapt"].cpu) else "cpu"
-        return {"protocol": data.protocol, "backbone_bytes": backbone_bytes,
+        return {"protocol": data.protocol, "backbone_bytes": None,
                 "peak_rss_mb": rss.mb, "device": device, **record}
 
-    def _dispatch(self, job: dict[str, Any], data: RegionData) -> dict[str, Any]:
+    def _dispatch(self, job: dict[str, Any], data: RegionData,
+                  backbone_dir: Path | None) -> dict[str, Any]:
         method = job["method"]
         if method in BASELINE_METHODS:
-            return baseline_job(method, data)
+            return baseline_job(method, data, job["data_fraction"], job["seed"])
         if method == "zero-shot":
-            backbone, vocab, _ = load_backbone(self.backbone_dir)
+            backbone, vocab, _ = load_backbone(backbone_dir)
             task = BackboneTask(backbone, vocab)
             return {**_evaluate_task(task, data), "trainable_params": 0,
                     "total_params": _params(task), "adapter_bytes": 0, "train_seconds": 0.0}
@@ -92,7 +109,11 @@ class Context:
         adapt_cfg = AdaptConfig(method=method, region=job["region"],
                                 fraction=job["data_fraction"], options=options,
                                 **self.suite.get("item_side", {}))
-        return adapter_job(self.backbone_dir, data, adapt_cfg, train_cfg)
+        return adapter_job(backbone_dir, data, adapt_cfg, train_cfg)
+
+
+def load_backbone_meta(directory: Path) -> dict:
+    return read_json(directory / BACKBONE_META, "backbone metadata")
 
 
 def _metrics(m: dict) -> dict:
@@ -127,9 +148,12 @@ def _params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def baseline_job(method: str, data: RegionData) -> dict[str, Any]:
+def baseline_job(method: str, data: RegionData, fraction: float = 1.0,
+                 seed: int = 0) -> dict[str, Any]:
+    """A classic baseline fitted on the job's share of the users (tuned on its hold-out)."""
     started = time.perf_counter()
-    scorer, info = fit_baseline(method, data)
+    sub = subsample_users(data, fraction, seed)
+    scorer, info = fit_baseline(method, sub)
     seconds = time.perf_counter() - started
     metrics = _evaluate(scorer.score, data)
     n = len(data.catalogue)
@@ -137,7 +161,7 @@ def baseline_job(method: str, data: RegionData) -> dict[str, Any]:
               "itemknn": int(scorer.sim.nnz) if method == "itemknn" else None}
     return {**metrics, "trainable_params": params[method],
             "total_params": params[method], "adapter_bytes": None,
-            "train_seconds": round(seconds, 2), "info": info}
+            "train_seconds": round(seconds, 2), "train_users": len(sub.train), "info": info}
 
 
 def scratch_job(data: RegionData, fraction: float, model_cfg: ModelConfig,

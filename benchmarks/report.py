@@ -41,6 +41,13 @@ def _is_full(fraction: float) -> bool:
     return math.isclose(fraction, 1.0)
 
 
+def _group(record: dict) -> str | None:
+    """What the report's sections are per: the region, within its setting where it has one
+    (``t1 · new-region``)."""
+    region, setting = record.get("region"), record.get("setting")
+    return f"{region} · {setting}" if setting and region is not None else region
+
+
 def summarise(records: list[dict]) -> list[dict]:
     """Group by (region, method, data_fraction): mean, sample std (0 for n=1) and n.
 
@@ -49,7 +56,7 @@ def summarise(records: list[dict]) -> list[dict]:
     """
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
-        groups[(r.get("region"), r.get("method"), _fraction(r))].append(r)
+        groups[(_group(r), r.get("method"), _fraction(r))].append(r)
     rows = []
     for (region, method, fraction), group in groups.items():
         row = {"region": region, "method": method, "data_fraction": fraction, "n": len(group)}

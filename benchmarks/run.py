@@ -1,10 +1,12 @@
 """Benchmark runner: ``python -m benchmarks.run SUITE [--quick]``.
 
-A suite (``benchmarks/suites/SUITE.yaml``) names a data set, the pretraining regions, the
-target regions, the methods, the data fractions and the seeds. The runner pretrains the
-backbone once (cached), then runs every (region, method, fraction, seed) job, appending one
-record per job to ``benchmarks/results/SUITE.json`` as soon as it finishes. Records already
-in the file are skipped, so a long suite can be completed over several runs.
+A suite (``benchmarks/suites/SUITE.yaml``) names a data set, its *settings* (for each, the
+markets each target's backbone is pretrained on), the target regions, the methods, the data
+fractions and the seeds. The runner pretrains each backbone once (cached), then runs every
+(setting, region, method, fraction, seed) job, appending one record per job to
+``benchmarks/results/SUITE.json`` as soon as it finishes. Records already in the file are
+skipped, so a long suite can be completed over several runs. Methods that never read the
+backbone (scratch, the classic baselines) run once and are recorded under every setting.
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ from regiontune.core.config import DataConfig, ModelConfig, TrainConfig, from_di
 log = logging.getLogger("benchmarks")
 SUITES = Path(__file__).parent / "suites"
 RESULTS = Path(__file__).parent / "results"
-KEY = ("region", "method", "data_fraction", "seed")
-DETERMINISTIC = {"popularity", "itemknn", "ease", "zero-shot"}
+KEY = ("setting", "region", "method", "data_fraction", "seed")
+DETERMINISTIC = {"popularity", "itemknn", "ease", "zero-shot"}  # at all data: one seed
 
 
 def load_suite(name: str, quick: bool = False) -> dict[str, Any]:
@@ -61,7 +63,7 @@ def _priority(job: dict[str, Any]) -> tuple:
     most complete multi-seed points."""
     fraction, seed = job["data_fraction"], job["seed"]
     order = {1.0: 0, 0.1: 1, 0.25: 2}.get(fraction, 3)
-    return (seed > 0, order if seed == 0 else fraction)
+    return (seed > 0, order if seed == 0 else fraction, job.get("setting") != "new-region")
 
 
 def plan(suite: dict[str, Any]) -> list[dict[str, Any]]:
@@ -71,21 +73,44 @@ def plan(suite: dict[str, Any]) -> list[dict[str, Any]]:
     the data first, then the learning curves, then the other seeds.
     """
     out = []
-    for region in suite["targets"]:
-        for method in suite["methods"]:
-            fractions = suite["fractions"] if method in suite["curve_methods"] else [1.0]
-            for fraction in fractions:
-                many = fraction in suite["multi_seed_fractions"] and method not in DETERMINISTIC
-                for seed in range(suite["seeds"] if many else 1):
-                    out.append({"region": region, "method": method,
-                                "data_fraction": fraction, "seed": seed})
+    for setting in settings(suite):
+        for region in suite["targets"]:
+            for method in suite["methods"]:
+                fractions = suite["fractions"] if method in suite["curve_methods"] else [1.0]
+                for fraction in fractions:
+                    # a baseline on a sub-sample of the users depends on the seed too
+                    many = fraction in suite["multi_seed_fractions"] and not (
+                        method in DETERMINISTIC and fraction == 1.0)
+                    for seed in range(suite["seeds"] if many else 1):
+                        out.append({"setting": setting, "region": region, "method": method,
+                                    "data_fraction": fraction, "seed": seed})
     return sorted(out, key=_priority)
+
+
+def settings(suite: dict[str, Any]) -> dict[str, dict[str, list[str]]]:
+    """setting -> target -> the markets its backbone is pretrained on.
+
+    ``settings:`` in the suite; a suite with only ``pretrain_regions:`` has one setting,
+    ``new-region``, whose backbone is those regions for every target.
+    """
+    if "settings" in suite:
+        out = {}
+        for name, spec in suite["settings"].items():
+            missing = [t for t in suite["targets"] if t not in spec]
+            if missing:
+                raise SystemExit(f"suite setting {name!r} names no pretraining markets for "
+                                 f"target(s) {missing}")
+            out[name] = {t: sorted(spec[t]) for t in suite["targets"]}
+        return out
+    return {"new-region": {t: sorted(suite["pretrain_regions"]) for t in suite["targets"]}}
 
 
 def add_backbone_option(parser) -> None:
     """``--backbone`` for the side benchmarks that reuse the wsdm suite's pretrained backbone."""
-    parser.add_argument("--backbone", type=Path, default=Path("runs/bench/wsdm/backbone"),
-                        help="The wsdm suite's backbone (python -m benchmarks.run wsdm makes it).")
+    parser.add_argument("--backbone", type=Path,
+                        default=Path("runs/bench/wsdm") / jobs.backbone_name(["s1", "s2", "s3"]),
+                        help="A wsdm suite backbone (python -m benchmarks.run wsdm makes them; "
+                        "default: the new-region one of t1 and t2, pretrained on s1-s3).")
 
 
 def _key(record: dict) -> tuple:
@@ -111,7 +136,8 @@ def _configs(suite: dict) -> tuple[DataConfig, ModelConfig, dict[str, TrainConfi
 def run_suite(name: str, quick: bool = False, out: Path | None = None,
               methods: list[str] | None = None, regions: list[str] | None = None,
               cpu: bool = False, data_dir: str | None = None,
-              work_dir: str | None = None, budget_minutes: float | None = None) -> Path:
+              work_dir: str | None = None, budget_minutes: float | None = None,
+              only_settings: list[str] | None = None) -> Path:
     """Run (or complete) a suite; returns the results file."""
     suite = load_suite(name, quick)
     if data_dir:
@@ -121,16 +147,23 @@ def run_suite(name: str, quick: bool = False, out: Path | None = None,
     out = Path(out) if out else RESULTS / f"{suite['suite']}.json"
     work = Path(suite.get("work_dir", "runs/bench")) / suite["suite"]
     data_cfg, model_cfg, trains = _configs(suite)
+    settings(suite)  # a malformed settings block fails before any work
     if cpu:
         for cfg in trains.values():
             cfg.cpu = True
     results = json.loads(out.read_text()) if out.is_file() else {"suite": suite["suite"],
                                                                   "records": []}
     results["meta"] = run_meta(suite)
+    if "settings" not in suite:  # records from before settings existed: the one setting
+        for record in results["records"]:
+            record.setdefault("setting", "new-region")
     done = {_key(r) for r in results["records"]}
+    shared = {_key({**r, "setting": None}): r for r in results["records"]
+              if r["method"] in jobs.TARGET_ONLY}
     todo = [j for j in plan(suite) if _key(j) not in done
             and (not methods or j["method"] in methods)
-            and (not regions or j["region"] in regions)]
+            and (not regions or j["region"] in regions)
+            and (not only_settings or j["setting"] in only_settings)]
     log.info("%s: %d jobs done, %d to run", suite["suite"], len(done), len(todo))
     context = jobs.Context(suite, data_cfg, model_cfg, trains, work)
     suite_started = time.perf_counter()
@@ -140,12 +173,18 @@ def run_suite(name: str, quick: bool = False, out: Path | None = None,
             log.info("time budget of %.0f min spent; %d jobs left for the next run",
                      budget_minutes, len(todo) - number + 1)
             break
-        record = {"suite": suite["suite"], "dataset": suite["dataset"], **job,
-                  **context.run(job)}
+        twin = shared.get(_key({**job, "setting": None}))
+        if twin is not None:  # the backbone plays no part: the same run serves every setting
+            record = {**twin, "setting": job["setting"], "shared_with": twin["setting"]}
+        else:
+            record = {"suite": suite["suite"], "dataset": suite["dataset"], **job,
+                      **context.run(job)}
+            if job["method"] in jobs.TARGET_ONLY:
+                shared[_key({**job, "setting": None})] = record
         results["records"].append(record)
         _write(results, out)
-        log.info("[%d/%d] %s %s f=%.2f seed=%d: ndcg@10=%.4f (%.0f s)", number, len(todo),
-                 job["region"], job["method"], job["data_fraction"], job["seed"],
+        log.info("[%d/%d] %s %s %s f=%.2f seed=%d: ndcg@10=%.4f (%.0f s)", number, len(todo),
+                 job["setting"], job["region"], job["method"], job["data_fraction"], job["seed"],
                  record["ndcg@10"], time.perf_counter() - started)
     write_report(results, out.parent, out.stem)
     return out
@@ -164,6 +203,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="results JSON (default benchmarks/results/)")
     parser.add_argument("--methods", help="comma-separated subset of the suite's methods")
     parser.add_argument("--regions", help="comma-separated subset of the target regions")
+    parser.add_argument("--settings", help="comma-separated subset of the suite's settings "
+                        "(new-region, all-regions)")
     parser.add_argument("--cpu", action="store_true", help="force CPU even with a GPU")
     parser.add_argument("--data-dir", help="override the suite's data directory")
     parser.add_argument("--work-dir", help="where backbones are cached (default runs/bench)")
@@ -179,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     path = run_suite(args.suite, args.quick, args.out, _split(args.methods),
                      _split(args.regions), args.cpu, args.data_dir, args.work_dir,
-                     args.budget_minutes)
+                     args.budget_minutes, _split(args.settings))
     print(f"results: {path}  report: {path.with_suffix('.md')}")
 
 

@@ -65,14 +65,18 @@ def _scarce(summary: list[dict], region) -> list[str]:
     body = []
     for fraction in fractions:
         rows = _by(summary, region, fraction)
+        classic_name, classic = _best_classic(rows)
         for method in ("full", *ADAPTERS):
             if method in rows:
                 body.append([f"{fraction:g}", method, compare(rows[method], rows.get("scratch")),
                              compare(rows[method], rows.get("full"))
-                             if method != "full" else MISSING])
+                             if method != "full" else MISSING,
+                             f"{compare(rows[method], classic)} ({classic_name})"
+                             if classic else MISSING])
     if not body:
         return []
-    header = ["fraction", "method", "vs scratch (same data)", "vs full (same data)"]
+    header = ["fraction", "method", "vs scratch (same data)", "vs full (same data)",
+              "vs best classic (same data)"]
     return [f"### {region}: scarce data", ""] + table(header, body) + [""]
 
 

@@ -18,6 +18,7 @@ from regiontune.adapters.item_side import PREFIX
 
 from .backbone import load_backbone
 from .config import AdaptConfig, DataConfig, TrainConfig, to_dict
+from .distill import fit_teacher
 from .evaluate import evaluate_task
 from .model import RecModel
 from .recipes import load_regions
@@ -112,17 +113,22 @@ def train_region(backbone: RecModel, vocab: ItemVocab, data: RegionData, adapt_c
                              train_cfg.num_negatives)
     if not adapt_cfg.unseen_as_negatives:
         task.restrict_negatives(trained_items(data.train))
+    started = time.perf_counter()  # the teacher's fitting counts as training time
+    distilled = {}
+    if adapt_cfg.distill > 0:
+        task.teacher, distilled = fit_teacher(data.train, task.item_side.catalogue,
+                                              data.valid[:VALID_CASES], adapt_cfg.distill)
     sequences = region_sequences(task, data)
     method = get_method(adapt_cfg.method)
-    started = time.perf_counter()
     result = fit(task, sequences,
                  lambda: evaluate_task(task, data.catalogue, data.valid[:VALID_CASES]),
                  train_cfg, work, resume, step_hooks=method.step_hooks(task.body),
                  accelerator=accelerator, desc=f"adapt {data.region} ({adapt_cfg.method})")
+    task.teacher = None  # training only
     calibration = (calibrate_unseen(task, data.catalogue, data.train, data.valid[:VALID_CASES])
                    if adapt_cfg.calibrate_unseen else {})
     round_trainable(task, dtype)  # evaluated == saved, also for float16 adapters
-    stats = {**calibration, "train_seconds": round(time.perf_counter() - started, 2),
+    stats = {**calibration, **distilled, "train_seconds": round(time.perf_counter() - started, 2),
              "trainable_params": count_trainable(task), "best_epoch": result.best_epoch,
              "epochs_run": result.epochs_run, "stopped": result.stopped,
              "best_valid_ndcg@10": result.best_metric, "train_users": len(data.train)}

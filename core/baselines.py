@@ -162,7 +162,7 @@ def _gram(x: sp.csr_matrix) -> torch.Tensor:
 
 
 def tune_ease(train: dict[str, list[str]], catalogue: list[str], valid_cases: list[EvalCase],
-              lambdas: Sequence[float] = (10, 50, 100, 250, 500, 1000, 2500),
+              lambdas: Sequence[float] = (10, 50, 100, 200, 500, 1000, 2500),
               ) -> tuple[EASE, float, dict[float, float]]:
     """Fit EASE for each lambda, keep the one with the best validation NDCG@10.
 
@@ -188,6 +188,23 @@ def tune_ease(train: dict[str, list[str]], catalogue: list[str], valid_cases: li
     return best, best_lam, results
 
 
+def tune_itemknn(train: dict[str, list[str]], catalogue: list[str], valid_cases: list[EvalCase],
+                 neighbours: Sequence[int] = (20, 50, 100, 200, 500, 1000),
+                 ) -> tuple[ItemKNN, int, dict[int, float]]:
+    """Fit ItemKNN for each neighbourhood size, keep the best on the hold-out (the first on
+    equal NDCG)."""
+    if not neighbours:
+        raise ValueError("tune_itemknn needs at least one neighbourhood size")
+    best, best_k, results = None, None, {}
+    for k in neighbours:
+        model = ItemKNN(k).fit(train, catalogue)
+        results[k] = evaluate_scorer(model.score, catalogue, valid_cases)["ndcg@10"]
+        log.info("ItemKNN k=%d valid ndcg@10=%.4f", k, results[k])
+        if best is None or results[k] > results[best_k]:
+            best, best_k = model, k
+    return best, best_k, results
+
+
 BASELINES: dict[str, Callable[[], Scorer]] = {
     "popularity": Popularity,
     "itemknn": ItemKNN,
@@ -196,14 +213,18 @@ BASELINES: dict[str, Callable[[], Scorer]] = {
 
 
 def fit_baseline(name: str, region_data: RegionData) -> tuple[Scorer, dict]:
-    """Fit baseline ``name`` on a region's training histories; EASE tunes lambda on valid."""
+    """Fit baseline ``name`` on a region's training histories; EASE's lambda and ItemKNN's
+    neighbourhood size are tuned on the region's hold-out (``valid``), never on its test."""
     if name not in BASELINES:
         raise KeyError(f"unknown baseline {name!r}; choose from {sorted(BASELINES)}")
     if name == "ease":
         model, lam, _ = tune_ease(region_data.train, region_data.catalogue, region_data.valid)
         return model, {"lambda": lam}
+    if name == "itemknn":
+        model, k, _ = tune_itemknn(region_data.train, region_data.catalogue, region_data.valid)
+        return model, {"k_neighbors": k}
     return BASELINES[name]().fit(region_data.train, region_data.catalogue), {}
 
 
 __all__ = ["BASELINES", "EASE", "ItemKNN", "Popularity", "Scorer", "evaluate_scorer",
-           "fit_baseline", "tune_ease"]
+           "fit_baseline", "tune_ease", "tune_itemknn"]

@@ -67,8 +67,17 @@ class TrainCollator:
 
 
 def inference_batch(histories: list[list[int]], max_len: int, causal: bool,
-                    ordered: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tokens and mask whose last position represents each user."""
+                    ordered: bool = True, canonical: bool = True,
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokens and mask whose last position represents each user.
+
+    Unordered histories (sets) are put in one canonical order, by token id, so a causal model
+    reads the same sequence whatever order the history was listed in: its scores depend on
+    the set alone. Training saw every order, so the canonical one is as good as any
+    (benchmarks/results/set_models.md). ``canonical=False`` keeps the listed order.
+    """
+    if not ordered and canonical:
+        histories = [sorted(h) for h in histories]
     if causal:
         rows = [h[-max_len:] for h in histories]
     else:

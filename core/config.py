@@ -106,6 +106,9 @@ class AdaptConfig:
     # fine-tuning. Trained weights are rounded to it when training ends, so the saved
     # adapter scores exactly as the evaluated one.
     weights_dtype: str = "auto"
+    # distillation from a target-only EASE teacher (core/distill.py): the teacher's share of
+    # the training target; 0 turns it off. Training only: the saved adapter is unchanged.
+    distill: float = 0.0
 
 
 def _coerce(value: str, target_type: Any) -> Any:

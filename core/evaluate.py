@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Sequence
 
 import torch
@@ -19,9 +20,20 @@ def task_scores(task, histories: list[list[str]], catalogue: Sequence[str]) -> t
     was_training = task.training
     task.eval()
     device = next(task.parameters()).device
-    tokens, mask = inference_batch([task.vocab.encode(h) for h in histories], task.max_len,
-                                   task.causal, task.ordered)
-    users = task.user_vectors(tokens.to(device), mask.to(device))
+    encoded = [task.vocab.encode(h) for h in histories]
+    # studies of unordered histories (benchmarks/set_models.py) read a user from the listed
+    # order, or average over seeded random orders; the default is the canonical order
+    orders = getattr(task, "inference_orders", 1) if not task.ordered else 1
+    canonical = getattr(task, "canonical_sets", True) and orders == 1
+    users = None
+    for k in range(orders):
+        rng = random.Random(k)
+        rows = encoded if k == 0 else [rng.sample(h, len(h)) for h in encoded]
+        tokens, mask = inference_batch(rows, task.max_len, task.causal, task.ordered,
+                                       canonical)
+        vectors = task.user_vectors(tokens.to(device), mask.to(device))
+        users = vectors if users is None else users + vectors
+    users = users / orders
     table, bias = task.output_table()
     scores = (users @ table.T + bias).float().cpu()
     columns = task.vocab.columns(list(catalogue))

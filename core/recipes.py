@@ -14,7 +14,7 @@ import pandas as pd
 
 from .config import DataConfig
 from .data import DataError, handle_duplicates, load_file, load_files, select_regions
-from .splits import EvalCase, RegionData, random_holdout, split_region
+from .splits import EvalCase, RegionData, random_holdout, sample_candidates, split_region
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,11 @@ def load_ml100k(cfg: DataConfig) -> dict[str, RegionData]:
     return _split_all(frame, cfg)
 
 
-WSDM_TRAIN = {"s1": "train_5core.tsv"}  # s1 ships only its 5-core file
+# Training data of a market: the union of both files (deduplicated on user and item). The
+# 5-core file is not a subset of train.tsv: in t1 it holds 1,624 interactions and 213 users
+# the other lacks (s1 ships only its 5-core file).
+WSDM_TRAIN_FILES = ("train.tsv", "train_5core.tsv")
+WSDM_NEGATIVES = 99  # the official lists: the positive + 99 negatives
 WSDM_COLUMNS = {"user": "userId", "item": "itemId", "rating": "rating"}
 
 
@@ -124,22 +128,24 @@ def _wsdm_candidates(root: Path, region: str, qrel: pd.DataFrame, data: RegionDa
     # that scores never-trained items apart (t1's official lists carry such items among
     # their negatives too: 9% of them).
     pool = sorted(set(data.catalogue) | set(qrel["item"]))
-    runs = {}
-    for user, positive in zip(qrel["user"], qrel["item"], strict=True):
-        seen = set(full.get(user, ())) | {positive}  # every training item, held-out ones too
-        negatives: list[str] = []
-        while len(negatives) < 99:
-            item = pool[rng.randrange(len(pool))]
-            if item not in seen:
-                seen.add(item)
-                negatives.append(item)
-        runs[user] = [positive] + negatives
-    return runs
+    cases = [EvalCase(u, [], t) for u, t in zip(qrel["user"], qrel["item"], strict=True)]
+    sample_candidates(cases, pool, WSDM_NEGATIVES, full, rng)
+    return {c.user: c.candidates for c in cases}
+
+
+def wsdm_train_frame(root: Path, region: str) -> pd.DataFrame:
+    """A market's training interactions: every training file it ships, (user, item) unique."""
+    parts = [load_file(root / region / name, WSDM_COLUMNS, region=region)
+             for name in WSDM_TRAIN_FILES if (root / region / name).is_file()]
+    if not parts:
+        raise DataError(f"{root / region}: no training file (expected one of "
+                        f"{', '.join(WSDM_TRAIN_FILES)})")
+    frame = pd.concat(parts, ignore_index=True)
+    return frame.drop_duplicates(subset=["user", "item"], keep="first").reset_index(drop=True)
 
 
 def _wsdm_region(root: Path, region: str, cfg: DataConfig) -> RegionData:
-    path = root / region / WSDM_TRAIN.get(region, "train.tsv")
-    frame = handle_duplicates(load_file(path, WSDM_COLUMNS, region=region), cfg.duplicates)
+    frame = handle_duplicates(wsdm_train_frame(root, region), cfg.duplicates)
     qrel_path = root / region / "valid_qrel.tsv"
     if not (cfg.official_valid and qrel_path.is_file()):
         return random_holdout(region, frame, cfg.min_history, cfg.seed, cfg.max_valid_users)
@@ -152,6 +158,18 @@ def _wsdm_region(root: Path, region: str, cfg: DataConfig) -> RegionData:
     runs = _wsdm_candidates(root, region, qrel, data, full, cfg.seed)
     data.test = [EvalCase(u, full.get(u, []), t, runs.get(u))
                  for u, t in zip(qrel["user"], qrel["item"], strict=True) if u in runs]
+    # The hold-out mimics the protocol: its positive among 99 negatives drawn as the test
+    # lists draw theirs, so early stopping and every tuned hyper-parameter optimise what the
+    # reported figure measures. The official lists (t1, s3) draw uniformly from a fixed pool:
+    # the items that are some validation or test user's positive (t1: 1,385 items, each ~200
+    # times; the same pool for valid_run and test_run) -- so the hold-out draws from its own
+    # targets. Built lists (t2) draw uniformly from the market's items, and so does its hold-out.
+    official = (root / region / "valid_run.tsv").is_file()
+    pool = sorted({c.target for c in data.valid}) if official else sorted(data.catalogue)
+    if len(pool) < 2 * WSDM_NEGATIVES:
+        pool = sorted(data.catalogue)
+    sample_candidates(data.valid, pool, WSDM_NEGATIVES, full,
+                      random.Random(f"wsdm-holdout-{cfg.seed}-{region}"), strict=False)
     data.catalogue = sorted(set(data.catalogue) | {i for c in data.test for i in c.candidates})
     data.protocol = "official-100"
     return data
@@ -160,7 +178,7 @@ def _wsdm_region(root: Path, region: str, cfg: DataConfig) -> RegionData:
 def load_wsdm(cfg: DataConfig) -> dict[str, RegionData]:
     root = _require_dir(cfg, "wsdm22-xmrec")
     known = sorted(p.name for p in root.iterdir() if (p / "valid_qrel.tsv").is_file()
-                   and any((p / f).is_file() for f in ("train.tsv", "train_5core.tsv")))
+                   and any((p / f).is_file() for f in WSDM_TRAIN_FILES))
     regions = cfg.regions or known
     unknown = [r for r in regions if r not in known]
     if unknown:

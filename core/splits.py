@@ -87,6 +87,30 @@ def random_holdout(region: str, frame: pd.DataFrame, min_history: int, seed: int
     return _finish(region, frame, train, valid, test, ordered=False)
 
 
+def sample_candidates(cases: list[EvalCase], pool: list[str], n_negatives: int,
+                      histories: dict[str, list[str]], rng: random.Random,
+                      strict: bool = True) -> None:
+    """Give each case its positive plus ``n_negatives`` items drawn uniformly from ``pool``,
+    none of them in the user's (whole) history; in place. Protocols that rank a held-out item
+    among sampled negatives (the WSDM lists) are then mimicked by the hold-out that early
+    stopping and tuning read."""
+    pool_set = set(pool)
+    for case in cases:
+        seen = set(histories.get(case.user, ())) | set(case.history) | {case.target}
+        available = len(pool_set) - len(seen & pool_set)
+        wanted = n_negatives if strict else min(n_negatives, available)
+        if available < wanted:
+            raise DataError(f"region has {available} items outside user {case.user!r}'s "
+                            f"history; {n_negatives} negatives cannot be drawn")
+        negatives: list[str] = []
+        while len(negatives) < wanted:
+            item = pool[rng.randrange(len(pool))]
+            if item not in seen:
+                seen.add(item)
+                negatives.append(item)
+        case.candidates = [case.target] + negatives
+
+
 def _finish(region, frame, train, valid, test, ordered) -> RegionData:
     if not valid:
         raise DataError(

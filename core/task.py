@@ -36,12 +36,17 @@ class ScoringTask(nn.Module):
     """Loss and user vectors from ``encode`` and ``output_table`` (which subclasses define)."""
 
     num_negatives: int = 0
+    teacher = None  # a core.distill.Teacher while training with distillation
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor,
                 targets: torch.Tensor) -> torch.Tensor:
         table, bias = self.output_table()
         # the table is built once per step and shared with encode (which embeds with it)
         hidden = self.encode(tokens, mask, table=table)
+        if self.teacher is not None and self.training:
+            soft = self.teacher.targets(tokens, targets, self.causal, bias.detach())
+            return item_loss(hidden, targets, table, bias, self.num_negatives, soft,
+                             self.teacher.share)
         return item_loss(hidden, targets, table, bias, self.num_negatives)
 
     def user_vectors(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

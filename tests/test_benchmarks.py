@@ -8,11 +8,12 @@ from dataclasses import replace
 import pytest
 
 from benchmarks.jobs import never_trained
-from benchmarks.run import load_suite, plan, run_suite
+from benchmarks.run import load_suite, plan, run_suite, settings
 from benchmarks.unseen_items import MODES, run_modes, to_markdown
 from regiontune.core.splits import EvalCase, RegionData
 
-RECORD_FIELDS = {"suite", "dataset", "protocol", "region", "method", "seed", "data_fraction",
+RECORD_FIELDS = {"suite", "dataset", "protocol", "setting", "region", "method", "seed",
+                 "data_fraction",
                  "ndcg@10", "hr@10", "mrr", "trainable_params", "total_params", "adapter_bytes",
                  "backbone_bytes", "train_seconds", "peak_rss_mb", "never_trained_users",
                  "ndcg@10_never_trained"}
@@ -24,21 +25,42 @@ def test_plan_has_three_seeds_at_full_and_tenth_data_one_elsewhere():
     jobs = plan(suite)
     seeds = {}
     for job in jobs:
-        key = (job["region"], job["method"], job["data_fraction"])
+        key = (job["setting"], job["region"], job["method"], job["data_fraction"])
         seeds.setdefault(key, set()).add(job["seed"])
-    assert seeds[("t1", "lora", 1.0)] == {0, 1, 2}
-    assert seeds[("t2", "scratch", 0.1)] == {0, 1, 2}
-    assert seeds[("t1", "full", 0.25)] == {0}
-    assert seeds[("t1", "ease", 1.0)] == {0}  # deterministic: one run
-    assert ("t1", "ia3", 0.1) not in seeds  # curves only for scratch, full, lora
-    assert {m for _, m, _ in seeds} == set(suite["methods"])
-    # headline points come first, so an interrupted run has them
-    assert all(j["data_fraction"] == 1.0 for j in jobs[:2 * len(suite["methods"])])
+    for setting in ("new-region", "all-regions"):
+        for region in ("t1", "t2", "s3"):
+            assert seeds[(setting, region, "lora", 1.0)] == {0, 1, 2}
+            assert seeds[(setting, region, "scratch", 0.1)] == {0, 1, 2}
+            assert seeds[(setting, region, "full", 0.25)] == {0}
+            assert seeds[(setting, region, "ease", 1.0)] == {0}  # deterministic: one run
+            # on a sub-sample of the users the seed matters: baselines get every seed
+            assert seeds[(setting, region, "ease", 0.1)] == {0, 1, 2}
+            assert seeds[(setting, region, "itemknn", 0.05)] == {0}
+            assert (setting, region, "ia3", 0.1) not in seeds  # no curve for ia3
+    assert {m for _, _, m, _ in seeds} == set(suite["methods"])
+    # headline points come first, new-region before all-regions, so an interrupted run has them
+    head = 3 * len(suite["methods"])
+    assert all(j["data_fraction"] == 1.0 and j["setting"] == "new-region" for j in jobs[:head])
     # every first-seed job before any extra seed; extra seeds cheapest (smallest data) first
     first_extra = next(i for i, j in enumerate(jobs) if j["seed"] > 0)
     assert all(j["seed"] > 0 for j in jobs[first_extra:])
     extra_fractions = [j["data_fraction"] for j in jobs[first_extra:]]
     assert extra_fractions == sorted(extra_fractions)
+
+
+def test_settings_name_each_targets_pretraining_markets():
+    found = settings(load_suite("wsdm"))
+    assert found["new-region"] == {"t1": ["s1", "s2", "s3"], "t2": ["s1", "s2", "s3"],
+                                   "s3": ["s1", "s2"]}
+    for target, markets in found["new-region"].items():
+        assert target not in markets  # the new region's backbone never saw it
+    for markets in found["all-regions"].values():
+        assert markets == ["s1", "s2", "s3", "t1", "t2"]
+    # a suite without settings: one, new-region, from pretrain_regions
+    assert settings({"targets": ["a"], "pretrain_regions": ["b", "c"]}) == {
+        "new-region": {"a": ["b", "c"]}}
+    with pytest.raises(SystemExit, match="'x'.*\\['b'\\]"):
+        settings({"targets": ["a", "b"], "settings": {"x": {"a": ["c"]}}})
 
 
 def test_never_trained_marks_the_cases_whose_positive_no_training_history_holds():
@@ -68,6 +90,17 @@ def test_quick_suite_writes_every_field_and_resumes(tmp_path):
     assert 0 < lora["adapter_bytes"] < lora["backbone_bytes"]
     assert (tmp_path / "wsdm-quick.md").is_file()
     assert list(tmp_path.glob("wsdm-quick_*.png"))
+    # methods that never read the backbone ran once and serve both settings
+    for method in ("scratch", "ease", "popularity"):
+        pair = [r for r in records if r["method"] == method and r["data_fraction"] == 1.0
+                and r["seed"] == 0]
+        assert {r["setting"] for r in pair} == {"new-region", "all-regions"}
+        assert pair[0]["ndcg@10"] == pair[1]["ndcg@10"]
+        assert sum("shared_with" in r for r in pair) == 1
+    # each setting's adapters read their own backbone
+    zero = {r["setting"]: r for r in records if r["method"] == "zero-shot"}
+    assert zero["new-region"]["pretrain_regions"] == ["north", "south"]
+    assert zero["all-regions"]["pretrain_regions"] == ["island", "north", "south"]
     # a second run finds every job done and adds nothing
     run_suite("wsdm", quick=True, out=out, work_dir=str(tmp_path / "work"))
     assert len(json.loads(out.read_text())["records"]) == len(records)
@@ -90,3 +123,17 @@ def test_unseen_items_study_records_every_mode(tiny_backbone_dir, tiny_regions):
     only = run_modes(data, 1.0, "lora", 0, suite, tiny_backbone_dir, ["negatives"])
     assert [r["mode"] for r in only] == ["negatives"]
     assert only[0]["all_ndcg@10"] == by_mode["negatives"]["all_ndcg@10"]  # seeded: same run
+
+
+def test_baselines_fit_on_the_jobs_share_of_the_users(tiny_regions):
+    from benchmarks.jobs import baseline_job
+
+    data = tiny_regions["north"]
+    full = baseline_job("popularity", data, 1.0, 0)
+    half = baseline_job("popularity", data, 0.5, 0)
+    other = baseline_job("popularity", data, 0.5, 1)
+    assert full["train_users"] == len(data.train)
+    assert half["train_users"] == round(len(data.train) / 2) == other["train_users"]
+    # fewer users: other counts, other figure (the test cases are the same)
+    assert half["eval_users"] == full["eval_users"]
+    assert (half["ndcg@10"], other["ndcg@10"]) != (full["ndcg@10"], full["ndcg@10"])

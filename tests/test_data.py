@@ -428,7 +428,10 @@ def wsdm():
 
 
 def _wsdm_train(region: str) -> dict[str, set[str]]:
-    frame = pd.read_csv(WSDM / region / "train.tsv", sep="\t", dtype=str)
+    """Both training files of a market, read here independently of the recipe."""
+    frame = pd.concat([pd.read_csv(WSDM / region / name, sep="\t", dtype=str)
+                       for name in ("train.tsv", "train_5core.tsv")
+                       if (WSDM / region / name).is_file()])
     return frame.groupby("userId")["itemId"].agg(set).to_dict()
 
 
@@ -502,3 +505,61 @@ def test_wsdm_unknown_market_lists_known():
         load_regions(DataConfig(recipe="wsdm22-xmrec", data_dir=str(WSDM), regions=["t9"]))
     msg = str(err.value)
     assert "t9" in msg and "t1" in msg and "s1" in msg
+
+
+# a tiny market whose 5-core file holds a user and interactions train.tsv lacks
+TINY_TRAIN = [("a", f"p{i}", 5) for i in range(6)] + [("b", f"p{i}", 4) for i in range(3, 9)]
+TINY_5CORE = [("a", "p0", 5), ("a", "p1", 5), ("b", "p9", 3), ("c", "p2", 1), ("c", "p10", 2),
+              ("c", "p11", 2), ("c", "p12", 2)]
+
+
+def _tiny_market(root: Path, name: str, with_run: bool) -> None:
+    market = root / name
+    market.mkdir(parents=True)
+    cols = ["userId", "itemId", "rating"]
+    pd.DataFrame(TINY_TRAIN, columns=cols).to_csv(market / "train.tsv", sep="\t", index=False)
+    pd.DataFrame(TINY_5CORE, columns=cols).to_csv(market / "train_5core.tsv", sep="\t",
+                                                  index=False)
+    pd.DataFrame([("a", "p20", 5), ("c", "p21", 5)], columns=cols).to_csv(
+        market / "valid_qrel.tsv", sep="\t", index=False)
+    if with_run:
+        (market / "valid_run.tsv").write_text("a\tp20,p3\nc\tp21,p4\n")
+
+
+def test_wsdm_trains_on_the_union_of_both_files(tmp_path):
+    _tiny_market(tmp_path, "x1", with_run=True)
+    data = load_regions(DataConfig(recipe="wsdm22-xmrec", data_dir=str(tmp_path),
+                                   max_valid_users=1))["x1"]
+    union = {(u, i) for u, i, _ in TINY_TRAIN + TINY_5CORE}
+    (held,) = [(c.user, c.target) for c in data.valid]
+    split = {(u, i) for u, items in data.train.items() for i in items}
+    assert split | {held} == union  # every row of either file, each (user, item) once
+    assert sum(len(h) for h in data.train.values()) + 1 == len(union)
+    assert "c" in data.train  # a user only the 5-core file has
+    cases = {c.user: c for c in data.test}
+    # the validation user's history is the union as well
+    assert set(cases["c"].history) == {"p2", "p10", "p11", "p12"}
+    assert set(cases["a"].history) == {f"p{i}" for i in range(6)}
+
+
+def test_wsdm_holdout_ranks_its_positive_among_sampled_negatives(tmp_path):
+    """The hold-out mimics the protocol: 99 negatives, none from the user's history."""
+    for name, run in (("x1", True), ("x2", False)):
+        root = tmp_path / name
+        _tiny_market(root, name, with_run=run)
+        market = root / name
+        # enough items and users for 100-item lists
+        rows = [(f"u{j}", f"q{(j * 7 + k) % 600}", 1) for j in range(400) for k in range(5)]
+        pd.DataFrame(rows, columns=["userId", "itemId", "rating"]).to_csv(
+            market / "train.tsv", sep="\t", index=False)
+        data = load_regions(DataConfig(recipe="wsdm22-xmrec", data_dir=str(root)))[name]
+        assert data.valid
+        targets = {c.target for c in data.valid}
+        for case in data.valid:
+            assert len(case.candidates) == 100 == len(set(case.candidates))
+            assert case.candidates[0] == case.target
+            full = set(case.history) | {case.target}
+            assert not (set(case.candidates[1:]) & full)
+            if run:  # official lists: negatives are other hold-out users' positives
+                assert set(case.candidates) <= targets
+        assert len(targets) >= 198

@@ -185,3 +185,27 @@ def test_scorer_receives_histories():
 def test_no_cases():
     m = evaluate_scorer(_fixed, CATALOGUE, [])
     assert m["users"] == 0 and m["ndcg@10"] == 0.0
+
+
+def test_a_flat_candidate_list_never_favours_the_positive():
+    """100 candidates all scored alike (an unknown user, a model that cannot tell): the
+    positive ranks last among them, NDCG@10 0 -- never 1.0 from its position in the list."""
+    catalogue = [f"i{j}" for j in range(150)]
+    cases = [EvalCase(f"u{k}", [], catalogue[k], catalogue[k:k + 100]) for k in range(20)]
+    flat = evaluate_scorer(lambda h: torch.ones(len(h), len(catalogue)), catalogue, cases)
+    assert flat["ndcg@10"] == 0.0 and flat["hr@10"] == 0.0
+    assert case_ranks(lambda h: torch.ones(len(h), len(catalogue)), catalogue,
+                      cases).tolist() == [99.0] * 20
+
+
+def test_baselines_give_a_history_they_cannot_read_no_advantage():
+    from regiontune.core.baselines import EASE, ItemKNN, Popularity
+
+    catalogue = [f"i{j}" for j in range(120)]
+    train = {f"u{k}": [catalogue[k % 7], catalogue[(k + 1) % 7]] for k in range(30)}
+    # the positive and its 99 negatives are items no training history holds
+    case = EvalCase("new", ["unknown"], catalogue[10], catalogue[10:110])
+    for model in (Popularity(), ItemKNN(5), EASE(10.0)):
+        model.fit(train, catalogue)
+        ranks = case_ranks(model.score, catalogue, [case])
+        assert ranks.tolist() == [99.0], type(model).__name__
