@@ -27,6 +27,7 @@ class RegionTask(ScoringTask):
         self.vocab = region_vocab(item_side.catalogue)
         self.max_len = backbone.config.max_len
         self.causal, self.ordered = backbone.config.causal, backbone.config.ordered
+        self.set_orders = backbone.config.set_orders
         self.num_negatives = num_negatives
         self.register_buffer("negative_mask", None, persistent=False)
 

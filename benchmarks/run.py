@@ -56,14 +56,20 @@ def _deep_update(base: dict, extra: dict) -> dict:
     return out
 
 
-def _priority(job: dict[str, Any]) -> tuple:
+# after the first seed: the methods the bars read (benchmarks/suites/*.yaml: curve_methods)
+# get their extra seeds before the other adapters do
+def _priority(job: dict[str, Any], curve_methods: tuple = ()) -> tuple:
     """Headline points first (all data, first seed), then the scarce-data points that say
     whether transfer pays (10%, 25%), the rest of the curve, and only then more seeds --
     smallest fraction first: those jobs are the cheapest, so an interrupted run holds the
-    most complete multi-seed points."""
+    most complete multi-seed points; the curve methods' extra seeds before the others'.
+    Within each, the new-region setting before all-regions."""
     fraction, seed = job["data_fraction"], job["seed"]
     order = {1.0: 0, 0.1: 1, 0.25: 2}.get(fraction, 3)
-    return (seed > 0, order if seed == 0 else fraction, job.get("setting") != "new-region")
+    if seed == 0:
+        return (False, 0, order, job.get("setting") != "new-region")
+    return (True, job["method"] not in curve_methods, fraction,
+            job.get("setting") != "new-region")
 
 
 def plan(suite: dict[str, Any]) -> list[dict[str, Any]]:
@@ -84,7 +90,8 @@ def plan(suite: dict[str, Any]) -> list[dict[str, Any]]:
                     for seed in range(suite["seeds"] if many else 1):
                         out.append({"setting": setting, "region": region, "method": method,
                                     "data_fraction": fraction, "seed": seed})
-    return sorted(out, key=_priority)
+    curve = tuple(suite.get("curve_methods", ()))
+    return sorted(out, key=lambda job: _priority(job, curve))
 
 
 def settings(suite: dict[str, Any]) -> dict[str, dict[str, list[str]]]:

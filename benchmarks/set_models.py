@@ -69,8 +69,9 @@ def run(regions: list[str], seeds: list[int], out: Path = OUT,
                 seconds = time.perf_counter() - started
                 for variant in wanted:
                     inference = VARIANTS[variant][1]
-                    task.inference_orders = inference if isinstance(inference, int) else 1
-                    task.canonical_sets = inference != "listed"
+                    # "listed": read as if ordered (the file's order); else the set's orders
+                    task.ordered = inference == "listed"
+                    task.set_orders = inference if isinstance(inference, int) else 1
                     rec = {"region": region, "variant": variant, "seed": seed,
                            "holdout_ndcg@10": evaluate_task(task, data[region].catalogue,
                                                             data[region].valid)["ndcg@10"],
@@ -78,6 +79,7 @@ def run(regions: list[str], seeds: list[int], out: Path = OUT,
                                                     data[region].test)["ndcg@10"],
                            "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
                            "train_seconds": round(seconds, 1)}
+                    task.ordered = False
                     results["records"].append(rec)
                     _write(results, out)
                     log.info("%s", rec)

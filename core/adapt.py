@@ -23,7 +23,7 @@ from .evaluate import evaluate_task
 from .model import RecModel
 from .recipes import load_regions
 from .splits import RegionData, subsample_users
-from .train import fit, make_accelerator
+from .train import epoch_steps, fit, make_accelerator
 from .unseen import calibrate_unseen, trained_items
 from .vocab import ItemVocab
 
@@ -108,7 +108,7 @@ def train_region(backbone: RecModel, vocab: ItemVocab, data: RegionData, adapt_c
     set_seed(train_cfg.seed)  # the adapter's initial weights too follow the run's seed
     data = subsample_users(data, adapt_cfg.fraction, train_cfg.seed)
     n_seq = sum(1 for h in data.train.values() if len(h) >= 2)
-    total_steps = train_cfg.epochs * max(1, math.ceil(n_seq / train_cfg.batch_size))
+    total_steps = train_cfg.epochs * max(1, epoch_steps(n_seq, train_cfg))
     task = build_region_task(backbone, vocab, data.catalogue, adapt_cfg, total_steps,
                              train_cfg.num_negatives)
     if not adapt_cfg.unseen_as_negatives:

@@ -8,6 +8,7 @@ masked positions (Cloze) and, at inference, fills a MASK appended to the history
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -66,18 +67,38 @@ class TrainCollator:
         return Batch(tokens, mask, target_tokens)
 
 
-def inference_batch(histories: list[list[int]], max_len: int, causal: bool,
-                    ordered: bool = True, canonical: bool = True,
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tokens and mask whose last position represents each user.
-
-    Unordered histories (sets) are put in one canonical order, by token id, so a causal model
-    reads the same sequence whatever order the history was listed in: its scores depend on
-    the set alone. Training saw every order, so the canonical one is as good as any
-    (benchmarks/results/set_models.md). ``canonical=False`` keeps the listed order.
+def set_orders(histories: list[list[int]], orders: int) -> list[list[list[int]]]:
+    """The orders a model reads unordered histories (sets) in: the canonical one (by token
+    id) and ``orders - 1`` seeded shuffles of it. They depend on the set alone, never on the
+    order it was listed in, so a causal model's scores do not either; averaging the user
+    vector over a few orders also beats any single order (benchmarks/results/set_models.md).
     """
-    if not ordered and canonical:
-        histories = [sorted(h) for h in histories]
+    canonical = [sorted(h) for h in histories]
+    out = [canonical]
+    for k in range(1, orders):
+        # seeded by the set itself: a row reads the same whatever batch it is in
+        out.append([random.Random(f"{k}:{h}").sample(h, len(h)) for h in canonical])
+    return out
+
+
+def read_users(encode: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+               histories: list[list[int]], max_len: int, causal: bool, ordered: bool,
+               orders: int = 1, device: torch.device | str | None = None) -> torch.Tensor:
+    """User vectors ``[rows, hidden]``: ``encode(tokens, mask)`` of each history, averaged over
+    :func:`set_orders` when the histories are sets and the model reads in order (causal)."""
+    variants = [histories] if ordered or not causal else set_orders(histories, max(1, orders))
+    users = None
+    for rows in variants:
+        tokens, mask = inference_batch(rows, max_len, causal)
+        vectors = encode(tokens.to(device), mask.to(device)) if device else encode(tokens, mask)
+        users = vectors if users is None else users + vectors
+    return users / len(variants)
+
+
+def inference_batch(histories: list[list[int]], max_len: int, causal: bool,
+                    ordered: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokens and mask whose last position represents each user (as listed: see
+    :func:`read_users` for sets)."""
     if causal:
         rows = [h[-max_len:] for h in histories]
     else:

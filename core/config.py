@@ -45,6 +45,10 @@ class ModelConfig:
     intermediate_size: int = 256
     max_len: int = 50
     dropout: float = 0.2
+    # histories without timestamps are sets: a causal backbone reads a user in this many
+    # orders of the set and averages (4 beat 1 on the WSDM t1 hold-out by 0.002 NDCG@10 on
+    # two seeds: benchmarks/results/set_models.md); 1 reads the canonical order only
+    set_orders: int = 4
 
 
 # Adapters (and full fine-tuning) train at 1e-3: on WSDM t1, 5e-3 drove official positives that
@@ -64,6 +68,8 @@ class TrainConfig:
     warmup_ratio: float = 0.05
     grad_accum: int = 1
     patience: int = 5  # epochs without validation NDCG@10 gain before stopping
+    # an epoch repeats the data until it holds this many optimizer steps (small regions)
+    min_epoch_steps: int = 0
     eval_every: int = 1  # epochs
     num_negatives: int = 0  # 0: full softmax; >0: sampled softmax with this many negatives
     mask_prob: float = 0.2  # bert family: Cloze masking probability

@@ -16,6 +16,8 @@ used in training only and never saved: the adapter file is unchanged.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 from dataclasses import dataclass
@@ -86,11 +88,37 @@ def fit_temperature(scores: torch.Tensor, allowed: torch.Tensor, target: torch.T
     return best
 
 
+_CACHE: dict[str, tuple[torch.Tensor, float, float, float]] = {}  # the last teacher fitted
+
+
+def _key(train: dict[str, list[str]], catalogue: list[str], holdout: list[EvalCase]) -> str:
+    text = json.dumps([catalogue, sorted(train.items()),
+                       [(c.user, c.target, c.history) for c in holdout]])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def fit_teacher(train: dict[str, list[str]], catalogue: list[str], holdout: list[EvalCase],
                 share: float) -> tuple[Teacher, dict]:
-    """EASE on ``train`` over ``catalogue`` (lambda and temperature fitted on ``holdout``)."""
+    """EASE on ``train`` over ``catalogue`` (lambda and temperature fitted on ``holdout``).
+
+    The last fit is kept: every method trained on the same data (a benchmark's adapters)
+    reuses it instead of tuning EASE again.
+    """
     if not 0 < share <= 1:
         raise ValueError(f"distill share must be in (0, 1], got {share}")
+    key = _key(train, catalogue, holdout)
+    if key not in _CACHE:
+        _CACHE.clear()
+        _CACHE[key] = _fit(train, catalogue, holdout)
+    weights, lam, temperature, loglik = _CACHE[key]
+    info = {"distill_lambda": lam, "distill_temperature": round(temperature, 5),
+            "distill_holdout_loglik": round(loglik, 4), "distill_share": share}
+    logger.info("teacher: EASE lambda %s, temperature %.4f", lam, temperature)
+    return Teacher(weights, temperature, share), info
+
+
+def _fit(train: dict[str, list[str]], catalogue: list[str], holdout: list[EvalCase]
+         ) -> tuple[torch.Tensor, float, float, float]:
     model, lam, _ = tune_ease(train, catalogue, holdout)
     index = {item: i for i, item in enumerate(catalogue)}
     cases = [c for c in holdout if c.target in index]
@@ -103,7 +131,4 @@ def fit_teacher(train: dict[str, list[str]], catalogue: list[str], holdout: list
         temperature, loglik = fit_temperature(scores, allowed, target)
     else:
         temperature, loglik = 0.05, float("nan")
-    info = {"distill_lambda": lam, "distill_temperature": round(temperature, 5),
-            "distill_holdout_loglik": round(loglik, 4), "distill_share": share}
-    logger.info("teacher: EASE lambda %s, temperature %.4f", lam, temperature)
-    return Teacher(torch.from_numpy(model.b), temperature, share), info
+    return torch.from_numpy(model.b), lam, temperature, loglik

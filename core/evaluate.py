@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Sequence
 
 import torch
 
-from .batching import inference_batch
+from .batching import read_users
 from .metrics import metrics_from_ranks, target_ranks
 from .splits import EvalCase
 
@@ -21,19 +20,9 @@ def task_scores(task, histories: list[list[str]], catalogue: Sequence[str]) -> t
     task.eval()
     device = next(task.parameters()).device
     encoded = [task.vocab.encode(h) for h in histories]
-    # studies of unordered histories (benchmarks/set_models.py) read a user from the listed
-    # order, or average over seeded random orders; the default is the canonical order
-    orders = getattr(task, "inference_orders", 1) if not task.ordered else 1
-    canonical = getattr(task, "canonical_sets", True) and orders == 1
-    users = None
-    for k in range(orders):
-        rng = random.Random(k)
-        rows = encoded if k == 0 else [rng.sample(h, len(h)) for h in encoded]
-        tokens, mask = inference_batch(rows, task.max_len, task.causal, task.ordered,
-                                       canonical)
-        vectors = task.user_vectors(tokens.to(device), mask.to(device))
-        users = vectors if users is None else users + vectors
-    users = users / orders
+    orders = getattr(task, "set_orders", 1)
+    users = read_users(task.user_vectors, encoded, task.max_len, task.causal, task.ordered,
+                       orders, device)
     table, bias = task.output_table()
     scores = (users @ table.T + bias).float().cpu()
     columns = task.vocab.columns(list(catalogue))

@@ -37,7 +37,8 @@ class RecConfig(PretrainedConfig):
 
     def __init__(self, arch: str = "llama", n_items: int = 1, hidden_size: int = 128,
                  num_layers: int = 2, num_heads: int = 2, intermediate_size: int = 256,
-                 max_len: int = 50, dropout: float = 0.2, ordered: bool = True, **kwargs) -> None:
+                 max_len: int = 50, dropout: float = 0.2, ordered: bool = True,
+                 set_orders: int = 4, **kwargs) -> None:
         if arch not in ARCHS:
             raise ValueError(f"unknown backbone architecture {arch!r}; choose one of {ARCHS}")
         if hidden_size % num_heads:
@@ -47,6 +48,9 @@ class RecConfig(PretrainedConfig):
         self.num_layers, self.num_heads = num_layers, num_heads
         self.intermediate_size, self.max_len = intermediate_size, max_len
         self.dropout, self.ordered = dropout, ordered
+        # unordered histories, causal families: user vectors averaged over this many orders
+        # of the set (core/batching.py:set_orders); no weight depends on it
+        self.set_orders = set_orders
         super().__init__(**kwargs)
 
     @property

@@ -63,7 +63,8 @@ def train_backbone(regions: dict[str, RegionData], model_cfg: ModelConfig,
                            hidden_size=model_cfg.hidden_size, num_layers=model_cfg.num_layers,
                            num_heads=model_cfg.num_heads,
                            intermediate_size=model_cfg.intermediate_size,
-                           max_len=model_cfg.max_len, dropout=model_cfg.dropout)
+                           max_len=model_cfg.max_len, dropout=model_cfg.dropout,
+                           set_orders=model_cfg.set_orders)
     task = BackboneTask(model, vocab, train_cfg.num_negatives)
     sequences = [vocab.encode(h) for d in regions.values() for h in d.train.values()]
     sequences = [s for s in sequences if len(s) >= 2]

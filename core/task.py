@@ -23,6 +23,7 @@ class RecTask(Protocol):
     max_len: int
     causal: bool
     ordered: bool
+    set_orders: int  # orders a set history is read in (causal families, unordered data)
 
     def __call__(self, tokens: torch.Tensor, mask: torch.Tensor,
                  targets: torch.Tensor) -> torch.Tensor: ...
@@ -63,6 +64,7 @@ class BackboneTask(ScoringTask):
         self.model, self.vocab, self.num_negatives = model, vocab, num_negatives
         self.max_len = model.config.max_len
         self.causal, self.ordered = model.config.causal, model.config.ordered
+        self.set_orders = model.config.set_orders
 
     def encode(self, tokens: torch.Tensor, mask: torch.Tensor,
                table: torch.Tensor | None = None) -> torch.Tensor:

@@ -77,6 +77,20 @@ def _trainable_state(task: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in task.named_parameters() if p.requires_grad}
 
 
+def epoch_passes(n_sequences: int, cfg: TrainConfig, world: int = 1) -> int:
+    """How many passes over the data one epoch makes: enough for ``cfg.min_epoch_steps``
+    optimizer steps. A small region (200 users: one batch) would otherwise get one step per
+    epoch, and 30 epochs of one step each leave an adapter where it started."""
+    steps = max(1, math.ceil(n_sequences // world / cfg.batch_size))
+    return max(1, math.ceil(cfg.min_epoch_steps / steps))
+
+
+def epoch_steps(n_sequences: int, cfg: TrainConfig, world: int = 1) -> int:
+    """Optimizer steps in one epoch (every pass of it included)."""
+    steps = math.ceil(n_sequences // world / cfg.batch_size)
+    return steps * epoch_passes(n_sequences, cfg, world)
+
+
 def _epoch_loader(sequences: list[list[int]], cfg: TrainConfig, collator: TrainCollator,
                   epoch: int, accelerator: Accelerator) -> DataLoader:
     """This process's shard of a seeded permutation; every rank gets the same batch count.
@@ -86,15 +100,17 @@ def _epoch_loader(sequences: list[list[int]], cfg: TrainConfig, collator: TrainC
     spend most of the compute on padding.
     """
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-    order = torch.randperm(len(sequences), generator=generator).tolist()
     world, rank = accelerator.num_processes, accelerator.process_index
-    per_rank = len(order) // world
-    mine = order[rank * per_rank:(rank + 1) * per_rank]
     window = cfg.batch_size * 50
     batches = []
-    for start in range(0, len(mine), window):
-        chunk = sorted(mine[start:start + window], key=lambda i: len(sequences[i]))
-        batches += [chunk[i:i + cfg.batch_size] for i in range(0, len(chunk), cfg.batch_size)]
+    for _ in range(epoch_passes(len(sequences), cfg, world)):
+        order = torch.randperm(len(sequences), generator=generator).tolist()
+        per_rank = len(order) // world
+        mine = order[rank * per_rank:(rank + 1) * per_rank]
+        for start in range(0, len(mine), window):
+            chunk = sorted(mine[start:start + window], key=lambda i: len(sequences[i]))
+            batches += [chunk[i:i + cfg.batch_size]
+                        for i in range(0, len(chunk), cfg.batch_size)]
     shuffled = torch.randperm(len(batches), generator=generator).tolist()
     collator.rng.seed(cfg.seed * 1000 + epoch * 10 + rank)
     return DataLoader([[sequences[i] for i in batches[b]] for b in shuffled], batch_size=None,
@@ -142,7 +158,7 @@ def fit(task: torch.nn.Module, sequences: list[list[int]], evaluate: Callable[[]
         out.mkdir(parents=True, exist_ok=True)
     set_seed(cfg.seed)
     world = accelerator.num_processes
-    steps_per_epoch = math.ceil(len(sequences) // world / cfg.batch_size)
+    steps_per_epoch = epoch_steps(len(sequences), cfg, world)
     if steps_per_epoch == 0:
         raise ValueError(f"{len(sequences)} training histories are too few for {world} processes")
     optimizer = _optimizer(task, cfg)

@@ -44,8 +44,13 @@ def test_plan_has_three_seeds_at_full_and_tenth_data_one_elsewhere():
     # every first-seed job before any extra seed; extra seeds cheapest (smallest data) first
     first_extra = next(i for i, j in enumerate(jobs) if j["seed"] > 0)
     assert all(j["seed"] > 0 for j in jobs[first_extra:])
-    extra_fractions = [j["data_fraction"] for j in jobs[first_extra:]]
-    assert extra_fractions == sorted(extra_fractions)
+    extra = jobs[first_extra:]
+    # the curve methods' extra seeds first, each group cheapest (smallest data) first
+    curve = [j for j in extra if j["method"] in suite["curve_methods"]]
+    assert extra[:len(curve)] == curve
+    for group in (curve, extra[len(curve):]):
+        fractions = [j["data_fraction"] for j in group]
+        assert fractions == sorted(fractions)
 
 
 def test_settings_name_each_targets_pretraining_markets():

@@ -293,3 +293,20 @@ def test_lr_scales_give_parameter_groups_their_own_rate():
     groups = _optimizer(model, cfg).param_groups
     by_lr = {(g["lr"], g["weight_decay"]): sum(p.numel() for p in g["params"]) for g in groups}
     assert by_lr == {(0.01, 0.1): 9, (0.01, 0.0): 3, (0.1, 0.1): 6, (0.1, 0.0): 2}
+
+
+def test_small_data_epochs_repeat_the_data_up_to_min_epoch_steps(region):
+    task = _task(region)
+    sequences = _sequences(task, region)[:40]  # 40 histories, batch 16: 3 steps a pass
+    plain = fit(task, sequences, lambda: {"ndcg@10": 0.0},
+                replace(CFG, epochs=2, patience=10))
+    assert [h["step"] for h in plain.history] == [3, 6]
+    task = _task(region)
+    longer = fit(task, sequences, lambda: {"ndcg@10": 0.0},
+                 replace(CFG, epochs=2, patience=10, min_epoch_steps=8))
+    assert [h["step"] for h in longer.history] == [9, 18]  # 3 passes of 3 steps an epoch
+    # data big enough for the minimum: unchanged
+    task = _task(region)
+    same = fit(task, sequences, lambda: {"ndcg@10": 0.0},
+               replace(CFG, epochs=1, patience=10, min_epoch_steps=3))
+    assert [h["step"] for h in same.history] == [3]
