@@ -29,8 +29,10 @@ from huggingface_hub.errors import (
 )
 
 try:  # the HTTP client huggingface_hub 2.x is built on; 1.x used httpx
+    import httpx2 as _httpx
     from httpx2 import TransportError
 except ImportError:  # pragma: no cover
+    import httpx as _httpx
     from httpx import TransportError
 
 from .artifacts import (
@@ -59,6 +61,56 @@ _HUB_ONLY = (".gitattributes",)
 
 class HubError(RuntimeError):
     """A hub operation failed; the message says which repository, where, and what to do."""
+
+
+class _BoundedTransport(_httpx.BaseTransport):
+    """Caps each request's connect / read / write / pool timeouts, also for the calls of
+    huggingface_hub that pass ``timeout=None`` (no limit) themselves."""
+
+    def __init__(self, inner: _httpx.BaseTransport, connect: float, read: float) -> None:
+        self.inner = inner
+        self.bounds = {"connect": connect, "read": read, "write": read, "pool": connect}
+
+    def handle_request(self, request: _httpx.Request) -> _httpx.Response:
+        timeout = dict(request.extensions.get("timeout") or {})
+        for key, bound in self.bounds.items():
+            if timeout.get(key) is None or timeout[key] > bound:
+                timeout[key] = bound
+        request.extensions["timeout"] = timeout
+        return self.inner.handle_request(request)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def set_timeouts(connect_s: float | None, read_s: float | None = None) -> None:
+    """Bound every HTTP request huggingface_hub makes in this process: ``connect_s`` seconds
+    to connect, ``read_s`` (default: ``connect_s``) without a byte. ``None``: the client's
+    defaults again (some calls wait forever). Process-wide, as huggingface_hub shares one
+    client; its retries still add up, so callers that need a total deadline set their own
+    (:class:`~regiontune.core.serving.Recommender` does)."""
+    from huggingface_hub import set_client_factory
+
+    try:  # the default client, with the hub's request hooks (offline mode, request ids)
+        from huggingface_hub.utils._http import default_client_factory
+    except ImportError:  # pragma: no cover - a client without it: plain httpx settings
+        def default_client_factory() -> _httpx.Client:
+            return _httpx.Client(follow_redirects=True)
+    if connect_s is None:
+        set_client_factory(default_client_factory)
+        return
+    read_s = connect_s if read_s is None else read_s
+    if not (connect_s > 0 and read_s > 0):
+        raise ValueError(f"hub timeouts must be positive, not {connect_s!r} / {read_s!r}")
+
+    def bounded_client() -> _httpx.Client:
+        base = default_client_factory()
+        transport = _BoundedTransport(_httpx.HTTPTransport(), connect_s, read_s)
+        return _httpx.Client(transport=transport, event_hooks=base.event_hooks,
+                             follow_redirects=True,
+                             timeout=_httpx.Timeout(read_s, connect=connect_s))
+
+    set_client_factory(bounded_client)
 
 
 def validate_repo_id(repo_id: str) -> str:

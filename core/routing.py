@@ -193,6 +193,8 @@ def read_region_files(directory: Path, backbone_fp: str
     """
     if not directory.is_dir():
         raise ArtifactError(f"{directory}: no such adapter directory")
+    if not (directory / ADAPTER_META).is_file():  # before any walk: "/" is refused at once
+        raise ArtifactError(f"{directory}: not an adapter directory (no {ADAPTER_META})")
     refuse_pickles(directory)
     meta = read_json(directory / ADAPTER_META, "region metadata (region.json)")
     recorded = meta.get("backbone_fingerprint")
@@ -204,7 +206,14 @@ def read_region_files(directory: Path, backbone_fp: str
     if method == "adalora" and (directory / LORA_EXPORT / CONFIG).is_file():
         source, served = directory / LORA_EXPORT, "lora"
     config = read_json(source / CONFIG, "adapter config")
-    return meta, served, config, load_safetensors(source / WEIGHTS)
+    tensors = load_safetensors(source / WEIGHTS)
+    bad = sorted(k for k, t in tensors.items()
+                 if t.is_floating_point() and not bool(torch.isfinite(t).all()))
+    if bad:  # served, such weights give NaN scores and arbitrary items
+        raise ArtifactError(f"{source / WEIGHTS}: non-finite (NaN or infinite) values in "
+                            f"{len(bad)} tensor(s), e.g. {bad[:3]}; the adapter is broken: "
+                            "retrain it (lower the learning rate) or restore a good copy")
+    return meta, served, config, tensors
 
 
 def build_entry(region: str, directory: Path, backbone: RecModel, vocab: ItemVocab,

@@ -12,20 +12,26 @@ loaded, replaced and unloaded while requests are served:
   under a short lock, so a request sees the old adapter or the new one;
 * a request counts itself on the entries it uses; a replaced or unloaded adapter is deleted
   from its shared body only once no request uses it any more;
-* a failed load raises :class:`AdapterLoadError` and leaves the serving adapter in place.
+* a failed load raises :class:`AdapterLoadError` and leaves the serving adapter in place;
+* files are read (and hub ids downloaded, within ``hub_deadline_s``) outside the load lock:
+  only the swap takes it, so a slow download never holds up other loads or unloads.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
 import logging
 import re
+import shutil
 import tempfile
 import threading
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +48,8 @@ logger = logging.getLogger(__name__)
 REGION_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*(@[A-Za-z0-9_.-]+)?")
 UNKNOWN_REGION_MODES = ("backbone", "error")
+MAX_WARNED_REGIONS = 1000  # unknown regions named in a warning (then: silence, not a leak)
+HUB_WORKERS = 2  # concurrent hub downloads; more wait (within their deadline)
 
 
 class ServingError(Exception):
@@ -92,10 +100,12 @@ class Recommender:
 
     def __init__(self, backbone: RecModel, vocab: ItemVocab, meta: dict[str, Any],
                  backbone_dir: str | Path | None = None, unknown_region: str = "backbone",
-                 cache_dir: str | Path | None = None) -> None:
+                 cache_dir: str | Path | None = None, hub_deadline_s: float = 120.0) -> None:
         if unknown_region not in UNKNOWN_REGION_MODES:
             raise ValueError(f"unknown_region={unknown_region!r}: use one of "
                              f"{UNKNOWN_REGION_MODES}")
+        if not hub_deadline_s > 0:
+            raise ValueError(f"hub_deadline_s must be positive, not {hub_deadline_s!r}")
         for p in backbone.parameters():
             p.requires_grad_(False)
         self.backbone, self.vocab, self.meta = backbone.eval(), vocab, meta
@@ -103,6 +113,10 @@ class Recommender:
         self.backbone_dir = Path(backbone_dir) if backbone_dir is not None else None
         self.unknown_region = unknown_region
         self._cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self._own_cache: Path | None = None  # made here (temporary): removed by close()
+        self.hub_deadline_s = hub_deadline_s
+        self._hub_pool: ThreadPoolExecutor | None = None
+        self._warned: set[str] = set()
         cfg = backbone.config
         self._shape = (cfg.max_len, cfg.causal, cfg.ordered)
         self._base = backbone_entry(backbone, vocab, str(backbone_dir or ""))
@@ -116,14 +130,32 @@ class Recommender:
 
     @classmethod
     def from_dirs(cls, backbone_dir: str | Path, adapter_dirs: Iterable[str | Path] = (),
-                  unknown_region: str = "backbone", cache_dir: str | Path | None = None
-                  ) -> Recommender:
-        """Load a backbone directory and every adapter directory (region from region.json)."""
+                  unknown_region: str = "backbone", cache_dir: str | Path | None = None,
+                  hub_deadline_s: float = 120.0) -> Recommender:
+        """Load a backbone directory and every adapter directory (region from region.json).
+
+        Two directories claiming one region are an :class:`AdapterLoadError` (before anything
+        is loaded): one would silently replace the other.
+        """
+        claims: dict[str, list[Path]] = defaultdict(list)
+        for directory in map(Path, adapter_dirs):
+            region = read_json(directory / ADAPTER_META, "region metadata").get("region")
+            if not isinstance(region, str):
+                raise AdapterLoadError(f"{directory / ADAPTER_META} names no region (\"region\" "
+                                       f"is {region!r}); add it, or load the adapter under a "
+                                       "name of your choice")
+            claims[region].append(directory)
+        clashes = {r: dirs for r, dirs in claims.items() if len(dirs) > 1}
+        if clashes:
+            listed = "; ".join(f"{r!r}: {', '.join(map(str, dirs))}"
+                               for r, dirs in sorted(clashes.items()))
+            raise AdapterLoadError(f"several adapter directories claim one region ({listed}): "
+                                   "keep one per region, or serve the others under names of "
+                                   "their own (--adapter NAME=DIR)")
         backbone, vocab, meta = load_backbone(backbone_dir)
-        rec = cls(backbone, vocab, meta, backbone_dir, unknown_region, cache_dir)
-        for directory in adapter_dirs:
-            region = read_json(Path(directory) / ADAPTER_META, "region metadata").get("region")
-            rec.load(str(region), directory)
+        rec = cls(backbone, vocab, meta, backbone_dir, unknown_region, cache_dir, hub_deadline_s)
+        for region, (directory,) in claims.items():
+            rec.load(region, directory)
         return rec
 
     # ------------------------------------------------------------ adapter management
@@ -131,18 +163,20 @@ class Recommender:
     def load(self, region: str, path_or_hub_id: str | Path) -> dict[str, Any]:
         """Load (or replace) ``region``'s adapter from a directory or a hub id ``org/name``."""
         check_region(region)
-        with self._load_lock:
-            try:
-                directory = self._resolve(path_or_hub_id)
+        try:  # outside the load lock: reading, downloading, building take their time
+            with self._fetched(path_or_hub_id) as (directory, hub_id):
                 entry = build_entry(region, directory, self.backbone, self.vocab,
                                     self.fingerprint, self._shared)
-            except Exception as err:  # any failure: the old adapter keeps serving
-                logger.warning("loading %s for region %s failed: %s", path_or_hub_id, region, err)
-                raise AdapterLoadError(f"cannot load the adapter of region {region!r} from "
-                                       f"{path_or_hub_id}: {err}") from err
-            if entry.meta.get("region") not in (None, region):
-                logger.debug("serving %s's adapter (%s) as region %s", entry.meta.get("region"),
-                            directory, region)
+                if hub_id:  # the download folder goes away: name the source instead
+                    entry.path = str(path_or_hub_id)
+        except Exception as err:  # any failure: the old adapter keeps serving
+            logger.warning("loading %s for region %s failed: %s", path_or_hub_id, region, err)
+            raise AdapterLoadError(f"cannot load the adapter of region {region!r} from "
+                                   f"{path_or_hub_id}: {err}") from err
+        if entry.meta.get("region") not in (None, region):
+            logger.debug("serving %s's adapter (%s) as region %s", entry.meta.get("region"),
+                         entry.path, region)
+        with self._load_lock:  # the swap alone
             old = self._swap(region, entry)
         trim_heap()
         logger.info("region %s: %s adapter %s (%s)", region, "replaced" if old else "loaded",
@@ -184,22 +218,63 @@ class Recommender:
         for entry in dead:
             entry.release()
 
-    def _resolve(self, source: str | Path) -> Path:
-        """A local adapter directory, or a hub id ``org/name[@revision]`` pulled to the cache."""
+    @contextlib.contextmanager
+    def _fetched(self, source: str | Path) -> Iterator[tuple[Path, bool]]:
+        """(directory, pulled from the hub): a local adapter directory as it is, or a hub id
+        ``org/name[@revision]`` downloaded to a fresh temporary folder, removed on exit (the
+        adapter is in memory by then)."""
         path = Path(source)
         if path.exists() or isinstance(source, Path) or not HUB_ID.fullmatch(str(source)):
-            return path
-        from .hub import pull  # imported lazily: serving from disk never needs the hub client
-
-        repo_id, _, revision = str(source).partition("@")
-        if self._cache_dir is None:
-            self._cache_dir = Path(tempfile.mkdtemp(prefix="regiontune-serving-"))
-        out = self._cache_dir / repo_id.replace("/", "--") / (revision or "main")
+            yield path, False
+            return
+        folder = Path(tempfile.mkdtemp(prefix="pull-", dir=self._cache_root()))
         try:
-            return pull(repo_id, out, revision=revision or None, backbone_dir=self.backbone_dir)
+            yield self._download(str(source), folder), True
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def _cache_root(self) -> Path:
+        if self._cache_dir is None:
+            self._own_cache = Path(tempfile.mkdtemp(prefix="regiontune-serving-"))
+            self._cache_dir = self._own_cache
+        self._cache_dir.mkdir(parents=True, exist_ok=True)
+        return self._cache_dir
+
+    def _download(self, source: str, folder: Path) -> Path:
+        """Pull a hub id into ``folder`` in a worker thread; give up after ``hub_deadline_s``
+        (the worker, bounded by the hub client's timeouts, cleans up when it ends)."""
+        from . import hub  # imported lazily: serving from disk never needs the hub client
+
+        repo_id, _, revision = source.partition("@")
+        out = folder / repo_id.replace("/", "--") / (revision or "main")
+        with self._state_lock:
+            if self._hub_pool is None:
+                self._hub_pool = ThreadPoolExecutor(HUB_WORKERS, thread_name_prefix="hub-pull")
+            pool = self._hub_pool
+        future = pool.submit(hub.pull, repo_id, out, revision=revision or None,
+                             backbone_dir=self.backbone_dir)
+        try:
+            return future.result(timeout=self.hub_deadline_s)
+        except FutureTimeout:
+            if not future.cancel():  # still running: its files go when it ends
+                future.add_done_callback(lambda _: shutil.rmtree(folder, ignore_errors=True))
+            raise ArtifactError(f"pulling {source} from the hub did not finish within "
+                                f"{self.hub_deadline_s:g} s (hub_deadline_s): the hub is slow "
+                                "or unreachable; retry later, or raise the deadline") from None
         except Exception as err:
             raise ArtifactError(f"{source} is no local directory, and pulling it as a hub id "
                                 f"failed: {err}") from err
+
+    def close(self) -> None:
+        """Stop pending hub downloads and remove the temporary download folder (if this
+        recommender made it). Serving from memory goes on; a later hub load starts afresh."""
+        with self._state_lock:
+            pool, self._hub_pool = self._hub_pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+        if self._own_cache is not None:
+            shutil.rmtree(self._own_cache, ignore_errors=True)
+            self._own_cache = self._cache_dir = None
 
     def regions(self) -> list[dict[str, Any]]:
         """One dict per loaded region: region, method, path, fingerprint_ok, n_items, ..."""
@@ -238,11 +313,25 @@ class Recommender:
             entries = [snapshot.get(r) for r in regions]
             missing = sorted({r for r, e in zip(regions, entries, strict=True) if e is None})
             if missing and self.unknown_region == "error":
-                raise UnknownRegionError(f"no adapter loaded for region(s) {missing}")
+                shown = ", ".join(map(repr, missing[:10]))
+                more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+                raise UnknownRegionError(f"no adapter loaded for region(s) {shown}{more}")
+            if missing and snapshot:
+                self._warn_unknown(missing)
             entries = [e or self._base for e in entries]
             for entry in set(entries):
                 self._in_flight[entry] += 1
         return entries
+
+    def _warn_unknown(self, missing: list[str]) -> None:
+        """A WARNING the first time each unknown region is served by the bare backbone while
+        adapters are loaded (a mistyped region would otherwise get plausible answers)."""
+        new = [r for r in missing if r not in self._warned]
+        if new and len(self._warned) < MAX_WARNED_REGIONS:
+            self._warned.update(new)
+            logger.warning("no adapter for region(s) %s: served by the un-adapted backbone "
+                           "(unknown_region='backbone'); check the name if that is a typo",
+                           ", ".join(map(repr, new[:10])))
 
     def _release(self, entries: list) -> None:
         with self._state_lock:
