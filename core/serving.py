@@ -39,7 +39,7 @@ import torch
 
 from .artifacts import ADAPTER_META, ArtifactError, read_json
 from .backbone import load_backbone
-from .batching import inference_batch
+from .batching import read_users
 from .model import RecModel
 from .routing import ItemBatch, RegionEntry, SharedBody, backbone_entry, build_entry
 from .vocab import ItemVocab
@@ -118,7 +118,7 @@ class Recommender:
         self._hub_pool: ThreadPoolExecutor | None = None
         self._warned: set[str] = set()
         cfg = backbone.config
-        self._shape = (cfg.max_len, cfg.causal, cfg.ordered)
+        self._shape = (cfg.max_len, cfg.causal, cfg.ordered, cfg.set_orders)
         self._base = backbone_entry(backbone, vocab, str(backbone_dir or ""))
         self._shared = {m: SharedBody(m, backbone) for m in ("lora", "bottleneck")}
         self._snapshot: dict[str, Any] = {}
@@ -392,7 +392,7 @@ def plan_groups(entries: list[RegionEntry]) -> list[tuple[SharedBody | RegionEnt
 
 
 def user_vectors(entries: list[RegionEntry], tokens: list[list[int]], max_len: int,
-                 causal: bool, ordered: bool, items: ItemBatch | None = None
+                 causal: bool, ordered: bool, orders: int = 1, items: ItemBatch | None = None
                  ) -> tuple[torch.Tensor, int]:
     """User vectors ``[rows, hidden]`` and the number of transformer forward passes run.
 
@@ -400,6 +400,8 @@ def user_vectors(entries: list[RegionEntry], tokens: list[list[int]], max_len: i
     routed to its own adapter. Causal rows without any known item have nothing to encode:
     their vector is zero, so they are ranked by the region's item bias (popularity).
     ``items``: the :class:`ItemBatch` of ``entries`` when the caller has built it already.
+    Unordered histories are read as evaluation reads them (``core.batching.read_users``:
+    averaged over ``orders`` orders of the set), so served and evaluated scores agree.
     """
     hidden = entries[0].hidden if entries else 0
     users = torch.zeros(len(entries), hidden)
@@ -409,14 +411,19 @@ def user_vectors(entries: list[RegionEntry], tokens: list[list[int]], max_len: i
         items = ItemBatch(entries)
     for group, rows in plan_groups([entries[i] for i in live]):
         rows = [live[r] for r in rows]
-        ids, mask = inference_batch([tokens[r] for r in rows], max_len, causal, ordered)
-        embeds = items.embed(torch.tensor(rows), ids)
-        if isinstance(group, SharedBody):
-            out = group.encode(embeds, mask, [entries[r].name for r in rows])
-        else:
-            out = group.body(inputs_embeds=embeds, attention_mask=mask).last_hidden_state[:, -1]
+        reads = []
+
+        def encode(ids: torch.Tensor, mask: torch.Tensor, rows=rows, group=group,
+                   reads=reads) -> torch.Tensor:
+            reads.append(1)
+            embeds = items.embed(torch.tensor(rows), ids)
+            if isinstance(group, SharedBody):
+                return group.encode(embeds, mask, [entries[r].name for r in rows])
+            return group.body(inputs_embeds=embeds, attention_mask=mask).last_hidden_state[:, -1]
+
+        out = read_users(encode, [tokens[r] for r in rows], max_len, causal, ordered, orders)
         users[rows] = out.float()
-        passes += 1
+        passes += len(reads)
     return users, passes
 
 

@@ -467,3 +467,29 @@ def test_unload(tiny_backbone_dir, adapters):
         rec.replace("west", adapters["lora"][0])
     rec.load("west", adapters["lora"][0])
     assert all(r["adapted"] for r in rec.recommend(h, ["west", "delta"]))
+
+
+def test_set_histories_are_served_as_evaluated_whatever_their_listed_order(tiny_regions,
+                                                                           tmp_path):
+    """An unordered backbone (data without timestamps): the server reads a history in the
+    orders of its set, as evaluation does -- same scores for any listing of the set."""
+    from regiontune.core.backbone import save_backbone
+    from regiontune.core.model import build_backbone
+    from regiontune.core.vocab import ItemVocab
+
+    data = tiny_regions["west"]
+    torch.manual_seed(0)
+    vocab = ItemVocab(sorted(data.catalogue))
+    model = build_backbone(len(vocab), arch="llama", ordered=False, hidden_size=16,
+                           num_layers=2, num_heads=2, intermediate_size=32, max_len=20)
+    assert model.config.set_orders > 1
+    save_backbone(model, vocab, {"regions": ["west"]}, tmp_path / "bb")
+    task = make_adapter(tmp_path / "bb", data, "lora", tmp_path / "west", 3)
+    rec = Recommender.from_dirs(tmp_path / "bb")
+    rec.load("west", tmp_path / "west")
+    history = sorted(max(data.train.values(), key=len))[:6]
+    listings = [history, history[::-1], history[3:] + history[:3]]
+    results = rec.recommend(listings, ["west"] * 3, k=10_000, exclude_seen=False)
+    for result in results:
+        assert_matches(result, task, history)
+    assert rec.stats()["forward_passes"] == model.config.set_orders  # one batch, 4 reads
