@@ -147,10 +147,12 @@ class _Log:
 def fit(task: torch.nn.Module, sequences: list[list[int]], evaluate: Callable[[], dict],
         cfg: TrainConfig, out_dir: str | Path | None = None, resume: bool = False,
         step_hooks: tuple[StepHook, ...] = (), accelerator: Accelerator | None = None,
-        desc: str = "train") -> FitResult:
+        desc: str = "train", eval_at_start: bool = False) -> FitResult:
     """Train ``task`` on token ``sequences``; ``evaluate()`` returns validation metrics.
 
-    At the end the task holds the weights of the best validation epoch.
+    At the end the task holds the weights of the best validation epoch. ``eval_at_start``:
+    the starting weights are a candidate too (epoch 0) -- an adapter starts as the backbone,
+    so training can never end below the un-adapted backbone on the hold-out.
     """
     accelerator = accelerator or make_accelerator(cfg)
     out = Path(out_dir) if out_dir else None
@@ -177,6 +179,9 @@ def fit(task: torch.nn.Module, sequences: list[list[int]], evaluate: Callable[[]
         _clear_run(out)  # a fresh run must not inherit an older run's best weights or log
     accelerator.wait_for_everyone()
     best = (_load_best(out, task) if resuming else None) or _trainable_state(task)
+    if eval_at_start and not resuming:
+        state["best"] = evaluate().get("ndcg@10", 0.0)
+        logger.info("%s epoch 0 (start): valid ndcg@10 %.4f", desc, state["best"])
     collator = TrainCollator(task.max_len, task.causal, task.ordered, cfg.mask_prob, cfg.seed)
     history: list[dict] = []
     stopped = "epochs"

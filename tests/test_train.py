@@ -310,3 +310,15 @@ def test_small_data_epochs_repeat_the_data_up_to_min_epoch_steps(region):
     same = fit(task, sequences, lambda: {"ndcg@10": 0.0},
                replace(CFG, epochs=1, patience=10, min_epoch_steps=3))
     assert [h["step"] for h in same.history] == [3]
+
+
+def test_eval_at_start_keeps_the_starting_weights_when_training_only_hurts(region):
+    task = _task(region)
+    start = _weights(task)
+    metrics = iter([0.50, 0.40, 0.45, 0.30])  # epoch 0 (start), then epochs 1-3
+
+    result = fit(task, _sequences(task, region), lambda: {"ndcg@10": next(metrics)},
+                 replace(CFG, epochs=3, patience=5), eval_at_start=True)
+    assert result.best_epoch == 0 and result.best_metric == pytest.approx(0.50)
+    assert result.epochs_run == 3
+    assert all(torch.equal(v, start[k]) for k, v in _weights(task).items())
