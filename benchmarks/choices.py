@@ -37,6 +37,9 @@ VARIANTS = {
     "lora-distill0.8": ("lora", {"distill": 0.8}, {}),
     "lora-minsteps20": ("lora", {}, {"min_epoch_steps": 20}),
     "lora-distill0.5-minsteps20": ("lora", {"distill": 0.5}, {"min_epoch_steps": 20}),
+    "lora-lr3e-3": ("lora", {}, {"lr": 0.003}),
+    "lora-distill0.5-lr3e-3": ("lora", {"distill": 0.5}, {"lr": 0.003}),
+    "lora-lr3e-3-minsteps20": ("lora", {}, {"lr": 0.003, "min_epoch_steps": 20}),
     "full": ("full", {}, {}),
     "full-distill0.5": ("full", {"distill": 0.5}, {}),
 }
