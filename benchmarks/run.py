@@ -56,20 +56,19 @@ def _deep_update(base: dict, extra: dict) -> dict:
     return out
 
 
-# after the first seed: the methods the bars read (benchmarks/suites/*.yaml: curve_methods)
-# get their extra seeds before the other adapters do
 def _priority(job: dict[str, Any], curve_methods: tuple = ()) -> tuple:
-    """Headline points first (all data, first seed), then the scarce-data points that say
-    whether transfer pays (10%, 25%), the rest of the curve, and only then more seeds --
-    smallest fraction first: those jobs are the cheapest, so an interrupted run holds the
-    most complete multi-seed points; the curve methods' extra seeds before the others'.
-    Within each, the new-region setting before all-regions."""
+    """The points a suite's claims read first, so an interrupted run holds them: every
+    method with all the data (first seed), the 10% point (first seed), the curve methods'
+    other seeds at those two fractions, then 25%, the rest of the curve, and last the other
+    methods' extra seeds. Within a tier the new-region setting before all-regions, cheapest
+    (smallest data) first among extra seeds."""
     fraction, seed = job["data_fraction"], job["seed"]
-    order = {1.0: 0, 0.1: 1, 0.25: 2}.get(fraction, 3)
+    curve = job["method"] in curve_methods
     if seed == 0:
-        return (False, 0, order, job.get("setting") != "new-region")
-    return (True, job["method"] not in curve_methods, fraction,
-            job.get("setting") != "new-region")
+        tier = {1.0: 0, 0.1: 1, 0.25: 3}.get(fraction, 4)
+    else:
+        tier = 2 if curve and fraction in (0.1, 1.0) else (4 if curve else 5)
+    return (tier, job.get("setting") != "new-region", fraction if seed else 0)
 
 
 def plan(suite: dict[str, Any]) -> list[dict[str, Any]]:

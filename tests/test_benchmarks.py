@@ -41,16 +41,23 @@ def test_plan_has_three_seeds_at_full_and_tenth_data_one_elsewhere():
     # headline points come first, new-region before all-regions, so an interrupted run has them
     head = 3 * len(suite["methods"])
     assert all(j["data_fraction"] == 1.0 and j["setting"] == "new-region" for j in jobs[:head])
-    # every first-seed job before any extra seed; extra seeds cheapest (smallest data) first
+    assert all(j["seed"] == 0 for j in jobs[:2 * head])
+    # then the 10% point, then the other seeds of the curve methods at 100% and 10% -- before
+    # any other fraction
     first_extra = next(i for i, j in enumerate(jobs) if j["seed"] > 0)
-    assert all(j["seed"] > 0 for j in jobs[first_extra:])
-    extra = jobs[first_extra:]
-    # the curve methods' extra seeds first, each group cheapest (smallest data) first
-    curve = [j for j in extra if j["method"] in suite["curve_methods"]]
-    assert extra[:len(curve)] == curve
-    for group in (curve, extra[len(curve):]):
-        fractions = [j["data_fraction"] for j in group]
-        assert fractions == sorted(fractions)
+    before = jobs[:first_extra]
+    assert {j["data_fraction"] for j in before} == {0.1, 1.0}
+    extra_block = []
+    for j in jobs[first_extra:]:
+        if j["data_fraction"] not in (0.1, 1.0):
+            break
+        extra_block.append(j)
+    assert extra_block and all(j["seed"] > 0 and j["method"] in suite["curve_methods"]
+                               for j in extra_block)
+    # the other methods' extra seeds come last
+    others = [i for i, j in enumerate(jobs) if j["seed"] > 0
+              and j["method"] not in suite["curve_methods"]]
+    assert others == list(range(len(jobs) - len(others), len(jobs)))
 
 
 def test_settings_name_each_targets_pretraining_markets():
