@@ -124,7 +124,7 @@ def train_region(backbone: RecModel, vocab: ItemVocab, data: RegionData, adapt_c
                  lambda: evaluate_task(task, data.catalogue, data.valid[:VALID_CASES]),
                  train_cfg, work, resume, step_hooks=method.step_hooks(task.body),
                  accelerator=accelerator, desc=f"adapt {data.region} ({adapt_cfg.method})",
-                 eval_at_start=True)
+                 eval_at_start=adapt_cfg.start_as_candidate)
     task.teacher = None  # training only
     calibration = (calibrate_unseen(task, data.catalogue, data.train, data.valid[:VALID_CASES])
                    if adapt_cfg.calibrate_unseen else {})

@@ -115,6 +115,9 @@ class AdaptConfig:
     # distillation from a target-only EASE teacher (core/distill.py): the teacher's share of
     # the training target; 0 turns it off. Training only: the saved adapter is unchanged.
     distill: float = 0.0
+    # the starting point (the un-adapted backbone) competes with every epoch on the hold-out:
+    # an adapter never ends below the backbone it adapts
+    start_as_candidate: bool = True
 
 
 def _coerce(value: str, target_type: Any) -> Any:
