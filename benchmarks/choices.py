@@ -23,7 +23,7 @@ from pathlib import Path
 from benchmarks.jobs import Context, adapter_job
 from benchmarks.markdown import table
 from benchmarks.meta import run_meta
-from benchmarks.run import RESULTS, _configs, _write, load_suite
+from benchmarks.run import RESULTS, _configs, append_record, load_suite
 from regiontune.core.adapt import VALID_CASES
 from regiontune.core.config import AdaptConfig
 
@@ -74,9 +74,7 @@ def run(variants: list[str], setting: str, regions: list[str], fractions: list[f
                               **{k: record[k] for k in ("ndcg@10", "train_seconds",
                                                         "best_epoch", "epochs_run",
                                                         "train_users")}}
-                    results["records"].append(record)
-                    _write(results, out)
-                    log.info("%s", record)
+                    append_record(results, out, record)
     write_markdown(results, out.with_suffix(".md"))
     return results
 

@@ -131,6 +131,13 @@ def _write(results: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def append_record(results: dict, path: Path, record: dict) -> None:
+    """Add one finished job's record and save at once (a study resumes from the file)."""
+    results["records"].append(record)
+    _write(results, path)
+    log.info("%s", record)
+
+
 def _configs(suite: dict) -> tuple[DataConfig, ModelConfig, dict[str, TrainConfig]]:
     data = from_dict(DataConfig, suite["data"])
     model = from_dict(ModelConfig, suite["model"])
