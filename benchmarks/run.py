@@ -203,6 +203,26 @@ def run_suite(name: str, quick: bool = False, out: Path | None = None,
     return out
 
 
+def merge_results(name: str, others: list[Path], out: Path | None = None,
+                  quick: bool = False) -> Path:
+    """Add the records of other results files (runs of the same suite in parallel
+    processes, each with its own ``--out``) to the suite's file; a job already there wins."""
+    suite = load_suite(name, quick)
+    out = Path(out) if out else RESULTS / f"{suite['suite']}.json"
+    results = json.loads(out.read_text()) if out.is_file() else {"suite": suite["suite"],
+                                                                  "records": []}
+    done = {_key(r) for r in results["records"]}
+    for other in others:
+        for record in json.loads(Path(other).read_text())["records"]:
+            if _key(record) not in done:
+                results["records"].append(record)
+                done.add(_key(record))
+    results["meta"] = run_meta(suite)
+    _write(results, out)
+    write_report(results, out.parent, out.stem)
+    return out
+
+
 def _split(text: str | None) -> list[str] | None:
     return [x for x in text.split(",") if x] if text else None
 
@@ -222,6 +242,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-dir", help="override the suite's data directory")
     parser.add_argument("--work-dir", help="where backbones are cached (default runs/bench)")
     parser.add_argument("--budget-minutes", type=float, help="start no job after this long")
+    parser.add_argument("--merge", type=Path, action="append", metavar="JSON",
+                        help="add the records of another results file of this suite (a run "
+                        "in a parallel process with its own --out) and rewrite the report; "
+                        "runs no job")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     for noisy in ("accelerate", "regiontune", "httpx"):
@@ -230,6 +254,10 @@ def main(argv: list[str] | None = None) -> None:
         from benchmarks.cost import main as cost_main
 
         cost_main(["--quick"] if args.quick else [])
+        return
+    if args.merge:
+        path = merge_results(args.suite, args.merge, args.out, args.quick)
+        print(f"results: {path}  report: {path.with_suffix('.md')}")
         return
     path = run_suite(args.suite, args.quick, args.out, _split(args.methods),
                      _split(args.regions), args.cpu, args.data_dir, args.work_dir,

@@ -149,3 +149,20 @@ def test_baselines_fit_on_the_jobs_share_of_the_users(tiny_regions):
     # fewer users: other counts, other figure (the test cases are the same)
     assert half["eval_users"] == full["eval_users"]
     assert (half["ndcg@10"], other["ndcg@10"]) != (full["ndcg@10"], full["ndcg@10"])
+
+
+def test_merge_adds_other_runs_records_once(tmp_path):
+    from benchmarks.run import merge_results
+
+    base = {"setting": "new-region", "region": "island", "method": "ease",
+            "data_fraction": 1.0, "seed": 0, "ndcg@10": 0.5}
+    mine = tmp_path / "mine.json"
+    mine.write_text(json.dumps({"suite": "wsdm-quick", "records": [base]}))
+    other = tmp_path / "other.json"
+    clash = {**base, "ndcg@10": 0.9}  # the same job: the file's own record wins
+    new = {**base, "setting": "all-regions", "method": "lora", "ndcg@10": 0.6}
+    other.write_text(json.dumps({"suite": "wsdm-quick", "records": [clash, new]}))
+    merge_results("wsdm", [other, other], mine, quick=True)
+    records = json.loads(mine.read_text())["records"]
+    assert [(r["method"], r["ndcg@10"]) for r in records] == [("ease", 0.5), ("lora", 0.6)]
+    assert (tmp_path / "mine.md").is_file()
