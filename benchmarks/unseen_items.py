@@ -21,7 +21,6 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
-from benchmarks.cold_items import warm_cold
 from benchmarks.markdown import table
 from benchmarks.meta import run_meta
 from benchmarks.run import RESULTS, add_backbone_option, load_suite
@@ -36,6 +35,18 @@ from regiontune.core.unseen import calibrate_unseen, trained_items
 log = logging.getLogger("benchmarks")
 OUT = RESULTS / "unseen_items.json"
 MODES = ("negatives", "ignore", "calibrate")
+
+
+def warm_cold(task, data: RegionData, seen: set[str]) -> dict:
+    """Official NDCG@10 on all test cases, on those whose positive is in ``seen`` (warm)
+    and on the others (cold), with the number of users of each."""
+    record = {}
+    for name, cases in (("all", data.test),
+                        ("warm", [c for c in data.test if c.target in seen]),
+                        ("cold", [c for c in data.test if c.target not in seen])):
+        metrics = evaluate_task(task, data.catalogue, cases)
+        record[f"{name}_users"], record[f"{name}_ndcg@10"] = metrics["users"], metrics["ndcg@10"]
+    return record
 
 
 def _record(task, data: RegionData, sub: RegionData, seen: set[str], stats: dict,

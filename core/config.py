@@ -53,7 +53,8 @@ class ModelConfig:
 
 # Adapters train at 3e-3: on the WSDM t1 hold-out (new-region backbone, all data) LoRA scored
 # 0.652 against 0.643 at 1e-3 (benchmarks/results/choices.md). 1e-3 was chosen before the data
-# held both training files, when 5e-3 sank never-trained positives to NDCG 0.0 (cold_items.md).
+# held both training files, when 5e-3 sank never-trained positives to NDCG 0.0 (a study since
+# removed: git history, benchmarks/cold_items.py).
 ADAPT_LR = 3e-3
 
 
