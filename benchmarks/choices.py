@@ -40,6 +40,7 @@ VARIANTS = {
     "lora-lr3e-3": ("lora", {}, {"lr": 0.003}),
     "lora-distill0.5-lr3e-3": ("lora", {"distill": 0.5}, {"lr": 0.003}),
     "lora-lr3e-3-minsteps20": ("lora", {}, {"lr": 0.003, "min_epoch_steps": 20}),
+    "lora-nocalib": ("lora", {"calibrate_unseen": False}, {}),
     "full": ("full", {}, {}),
     "full-distill0.5": ("full", {"distill": 0.5}, {}),
 }
