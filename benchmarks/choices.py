@@ -16,14 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 from benchmarks.jobs import Context, adapter_job
 from benchmarks.markdown import table
 from benchmarks.meta import run_meta
-from benchmarks.run import RESULTS, _configs, append_record, load_suite
+from benchmarks.run import RESULTS, _configs, append_record, configure_logging, load_suite
 from regiontune.core.adapt import VALID_CASES
 from regiontune.core.config import AdaptConfig
 
@@ -104,9 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fractions", default="1.0")
     parser.add_argument("--seeds", default="0")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
-    for noisy in ("accelerate", "regiontune", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    configure_logging()
     run(args.variants.split(","), args.setting, args.regions.split(","),
         [float(f) for f in args.fractions.split(",")], [int(s) for s in args.seeds.split(",")])
 

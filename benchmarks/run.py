@@ -223,6 +223,13 @@ def merge_results(name: str, others: list[Path], out: Path | None = None,
     return out
 
 
+def configure_logging() -> None:
+    """Benchmark entry points: INFO lines with times on stdout, library chatter at WARNING."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
+    for noisy in ("accelerate", "regiontune", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
 def _split(text: str | None) -> list[str] | None:
     return [x for x in text.split(",") if x] if text else None
 
@@ -247,9 +254,7 @@ def main(argv: list[str] | None = None) -> None:
                         "in a parallel process with its own --out) and rewrite the report; "
                         "runs no job")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
-    for noisy in ("accelerate", "regiontune", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    configure_logging()
     if args.suite == "cost":
         from benchmarks.cost import main as cost_main
 

@@ -22,14 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
 from benchmarks.markdown import table
 from benchmarks.meta import run_meta
-from benchmarks.run import RESULTS, _configs, append_record, load_suite
+from benchmarks.run import RESULTS, _configs, append_record, configure_logging, load_suite
 from regiontune.core.evaluate import evaluate_task
 from regiontune.core.pretrain import train_backbone
 from regiontune.core.recipes import load_regions
@@ -114,9 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--variants", help=f"subset of {', '.join(VARIANTS)}")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
-    for noisy in ("accelerate", "regiontune", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    configure_logging()
     run(args.regions.split(","), [int(s) for s in args.seeds.split(",")],
         only=args.variants.split(",") if args.variants else None)
 

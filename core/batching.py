@@ -96,7 +96,7 @@ def read_users(encode: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
 
 
 def inference_batch(histories: list[list[int]], max_len: int, causal: bool,
-                    ordered: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """Tokens and mask whose last position represents each user (as listed: see
     :func:`read_users` for sets)."""
     if causal:

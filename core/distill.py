@@ -60,8 +60,9 @@ class Teacher:
             seen = _one_hot(tokens, n).cumsum(1)[keep] > 0
         else:  # the unmasked items of the row, at each of its masked positions
             visible = torch.where(tokens >= N_SPECIAL, tokens, torch.zeros_like(tokens))
-            said = rows[visible].sum(1)[keep.nonzero()[:, 0]]
-            seen = (_one_hot(visible, n).sum(1) > 0)[keep.nonzero()[:, 0]]
+            row_of = keep.nonzero()[:, 0]  # the row of each masked position
+            said = rows[visible].sum(1)[row_of]
+            seen = (_one_hot(visible, n).sum(1) > 0)[row_of]
         logits = said / self.temperature
         logits = logits.masked_fill(seen | torch.isinf(bias)[None, :], float("-inf"))
         return torch.softmax(logits, dim=1)

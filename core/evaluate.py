@@ -20,9 +20,8 @@ def task_scores(task, histories: list[list[str]], catalogue: Sequence[str]) -> t
     task.eval()
     device = next(task.parameters()).device
     encoded = [task.vocab.encode(h) for h in histories]
-    orders = getattr(task, "set_orders", 1)
     users = read_users(task.user_vectors, encoded, task.max_len, task.causal, task.ordered,
-                       orders, device)
+                       task.set_orders, device)
     table, bias = task.output_table()
     scores = (users @ table.T + bias).float().cpu()
     columns = task.vocab.columns(list(catalogue))

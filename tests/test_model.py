@@ -83,7 +83,7 @@ def test_left_padding_does_not_change_the_user_vector(arch):
 def _perm_vectors(model: RecModel, rows: list[list[int]]) -> torch.Tensor:
     task = BackboneTask(model, ItemVocab(ITEMS))
     with torch.no_grad():
-        return task.user_vectors(*inference_batch(rows, 10, task.causal, ordered=False))
+        return task.user_vectors(*inference_batch(rows, 10, task.causal))
 
 
 def test_unordered_bert_is_permutation_invariant():
