@@ -7,7 +7,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from regiontune.core.model import RecModel
+from regiontune.model.recmodel import RecModel
 
 
 class AdapterMethod(Protocol):

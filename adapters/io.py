@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from regiontune.core.artifacts import (
+from regiontune.artifacts import (
     ADAPTER_META,
     ArtifactError,
     BackboneMismatchError,
@@ -26,8 +26,8 @@ from regiontune.core.artifacts import (
     refuse_pickles,
     write_json,
 )
-from regiontune.core.model import RecModel
-from regiontune.core.vocab import ItemVocab
+from regiontune.model.recmodel import RecModel
+from regiontune.model.vocab import ItemVocab
 
 from .base import get_method
 from .item_side import ItemSide
@@ -71,7 +71,7 @@ def save_adapter(task: RegionTask, method_name: str, adapter_name: str, meta: di
     """Write the adapter of ``task``; returns the metadata written to ``region.json``.
 
     ``dtype`` other than float32 halves the weights file (see ``round_trainable``)."""
-    from regiontune.core.cards import write_card
+    from regiontune.artifacts.cards import write_card
 
     method = get_method(method_name)
     torch_dtype = weights_dtype(dtype, method_name)

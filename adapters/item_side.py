@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from regiontune.core.model import N_SPECIAL
-from regiontune.core.vocab import ItemVocab
+from regiontune.model.recmodel import N_SPECIAL
+from regiontune.model.vocab import ItemVocab
 
 PREFIX = "regiontune.item_side."
 

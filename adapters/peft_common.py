@@ -10,7 +10,7 @@ from peft import PeftConfig, PeftModel, get_peft_model
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
 
-from regiontune.core.model import RecModel
+from regiontune.model.recmodel import RecModel
 
 # Which sub-modules of each backbone family hold the attention and MLP projections.
 ATTENTION = {"llama": ["q_proj", "k_proj", "v_proj", "o_proj"], "gpt2": ["c_attn", "attn.c_proj"],

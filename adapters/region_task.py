@@ -1,6 +1,6 @@
 """A region's model: frozen backbone + method-specific adapter + item-side part.
 
-It implements the same task interface as the backbone (see ``regiontune.core.task``), over
+It implements the same task interface as the backbone (see ``regiontune.model.task``), over
 the region's catalogue, so the one training loop and the one evaluation serve both.
 """
 
@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from regiontune.core.model import N_SPECIAL, RecModel
-from regiontune.core.task import ScoringTask
+from regiontune.model.recmodel import N_SPECIAL, RecModel
+from regiontune.model.task import ScoringTask
 
 from .item_side import ItemSide, region_vocab
 

@@ -23,8 +23,8 @@ from benchmarks.jobs import Context, adapter_job
 from benchmarks.markdown import table
 from benchmarks.meta import run_meta
 from benchmarks.run import RESULTS, _configs, append_record, configure_logging, load_suite
-from regiontune.core.adapt import VALID_CASES
-from regiontune.core.config import AdaptConfig
+from regiontune.config import AdaptConfig
+from regiontune.training.adapt import VALID_CASES
 
 log = logging.getLogger("benchmarks")
 OUT = RESULTS / "choices.json"

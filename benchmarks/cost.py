@@ -25,8 +25,8 @@ import gc, json, sys, psutil, torch
 torch.set_num_threads(1)
 mode, backbone, adapter, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 rss = lambda: psutil.Process().memory_info().rss
-from regiontune.core.backbone import load_backbone
-from regiontune.core.serving import Recommender
+from regiontune.model.backbone import load_backbone
+from regiontune.serving.recommender import Recommender
 gc.collect(); before = rss()
 if mode == "adapters":
     rec = Recommender.from_dirs(backbone)
@@ -48,9 +48,9 @@ def _measure(mode: str, backbone: Path, adapter: Path, n: int) -> dict:
 
 def _tiny_artifacts(work: Path) -> tuple[Path, Path]:
     """For --quick: a small synthetic backbone and one LoRA adapter."""
-    from regiontune.core.adapt import adapt
-    from regiontune.core.config import AdaptConfig, DataConfig, ModelConfig, TrainConfig
-    from regiontune.core.pretrain import pretrain
+    from regiontune.config import AdaptConfig, DataConfig, ModelConfig, TrainConfig
+    from regiontune.training.adapt import adapt
+    from regiontune.training.pretrain import pretrain
 
     train = TrainConfig(epochs=1, progress=False)
     pretrain(DataConfig(synthetic_scale=0.1, regions=["north", "south"]),

@@ -7,8 +7,8 @@ timeout ${1:-170} python3 - <<'PY' 2>&1 | grep -v -i warn | tail -20 | tee "$OUT
 import json, os, logging
 logging.basicConfig(level=logging.INFO, format="%(message)s")
 logging.getLogger("accelerate").setLevel(logging.WARNING)
-from regiontune.core.config import DataConfig, ModelConfig, TrainConfig
-from regiontune.core.pretrain import pretrain
+from regiontune.config import DataConfig, ModelConfig, TrainConfig
+from regiontune.training.pretrain import pretrain
 meta = pretrain(DataConfig(recipe="wsdm22-xmrec", data_dir=".gpu/data/wsdm22-xmrec",
                            regions=["s1", "s2", "s3", "t1", "t2"]),
                 ModelConfig(), TrainConfig(epochs=12, progress=False), "/tmp/bb5")

@@ -16,18 +16,18 @@ from safetensors.torch import save_file
 
 from benchmarks.meta import PeakRSS
 from regiontune.adapters import count_trainable, save_adapter
-from regiontune.core.adapt import train_region
-from regiontune.core.artifacts import BACKBONE_META, read_json
-from regiontune.core.backbone import load_backbone
-from regiontune.core.baselines import fit_baseline
-from regiontune.core.config import AdaptConfig, DataConfig, ModelConfig, TrainConfig
-from regiontune.core.evaluate import ScoreFn, case_ranks, task_scores
-from regiontune.core.metrics import metrics_from_ranks
-from regiontune.core.pretrain import pretrain, train_backbone
-from regiontune.core.recipes import load_regions
-from regiontune.core.splits import RegionData, subsample_users
-from regiontune.core.task import BackboneTask
-from regiontune.core.unseen import trained_items
+from regiontune.artifacts import BACKBONE_META, read_json
+from regiontune.config import AdaptConfig, DataConfig, ModelConfig, TrainConfig
+from regiontune.data.recipes import load_regions
+from regiontune.data.splits import RegionData, subsample_users
+from regiontune.evaluation.baselines import fit_baseline
+from regiontune.evaluation.evaluate import ScoreFn, case_ranks, task_scores
+from regiontune.evaluation.metrics import metrics_from_ranks
+from regiontune.model.backbone import load_backbone
+from regiontune.model.task import BackboneTask
+from regiontune.training.adapt import train_region
+from regiontune.training.pretrain import pretrain, train_backbone
+from regiontune.training.unseen import trained_items
 
 log = logging.getLogger("benchmarks")
 BASELINE_METHODS = ("popularity", "itemknn", "ease")

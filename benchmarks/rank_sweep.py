@@ -34,10 +34,10 @@ from benchmarks.jobs import adapter_job  # noqa: E402
 from benchmarks.markdown import table  # noqa: E402
 from benchmarks.meta import run_meta  # noqa: E402
 from benchmarks.run import RESULTS, _write, add_backbone_option, load_suite  # noqa: E402
-from regiontune.core.adapt import build_region_task  # noqa: E402
-from regiontune.core.backbone import load_backbone  # noqa: E402
-from regiontune.core.config import AdaptConfig, DataConfig, TrainConfig, from_dict  # noqa: E402
-from regiontune.core.recipes import load_regions  # noqa: E402
+from regiontune.config import AdaptConfig, DataConfig, TrainConfig, from_dict  # noqa: E402
+from regiontune.data.recipes import load_regions  # noqa: E402
+from regiontune.model.backbone import load_backbone  # noqa: E402
+from regiontune.training.adapt import build_region_task  # noqa: E402
 
 log = logging.getLogger("benchmarks")
 OUT = RESULTS / "rank_sweep.json"

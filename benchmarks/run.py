@@ -27,7 +27,7 @@ import yaml
 from benchmarks import jobs
 from benchmarks.meta import run_meta
 from benchmarks.report import write_report
-from regiontune.core.config import DataConfig, ModelConfig, TrainConfig, from_dict
+from regiontune.config import DataConfig, ModelConfig, TrainConfig, from_dict
 
 log = logging.getLogger("benchmarks")
 SUITES = Path(__file__).parent / "suites"

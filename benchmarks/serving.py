@@ -32,13 +32,13 @@ from safetensors.torch import load_file, save_file
 from benchmarks.meta import run_meta
 from benchmarks.report import write_report
 from regiontune.adapters import save_adapter
-from regiontune.core.adapt import train_region
-from regiontune.core.backbone import load_backbone
-from regiontune.core.config import AdaptConfig, DataConfig, ModelConfig, TrainConfig
-from regiontune.core.pretrain import pretrain
-from regiontune.core.recipes import load_regions
-from regiontune.core.server import create_app
-from regiontune.core.serving import Recommender, trim_heap
+from regiontune.config import AdaptConfig, DataConfig, ModelConfig, TrainConfig
+from regiontune.data.recipes import load_regions
+from regiontune.model.backbone import load_backbone
+from regiontune.serving.app import create_app
+from regiontune.serving.recommender import Recommender, trim_heap
+from regiontune.training.adapt import train_region
+from regiontune.training.pretrain import pretrain
 
 log = logging.getLogger(__name__)
 SIZES = (1, 10, 100)

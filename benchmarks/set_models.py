@@ -29,9 +29,9 @@ from pathlib import Path
 from benchmarks.markdown import table
 from benchmarks.meta import run_meta
 from benchmarks.run import RESULTS, _configs, append_record, configure_logging, load_suite
-from regiontune.core.evaluate import evaluate_task
-from regiontune.core.pretrain import train_backbone
-from regiontune.core.recipes import load_regions
+from regiontune.data.recipes import load_regions
+from regiontune.evaluation.evaluate import evaluate_task
+from regiontune.training.pretrain import train_backbone
 
 log = logging.getLogger("benchmarks")
 OUT = RESULTS / "set_models.json"

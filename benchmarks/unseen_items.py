@@ -4,7 +4,7 @@ Three ways, one training run each (the last two share one): ``negatives`` -- suc
 in the training softmax and get pushed down at every step; ``ignore`` -- left out of the
 softmax, their score level is whatever the backbone and the shared adapter weights give;
 ``calibrate`` -- left out, then one offset for all of them fitted on the early-stopping
-hold-out (``regiontune.core.unseen``). Official NDCG@10 split by whether the positive occurs
+hold-out (``regiontune.training.unseen``). Official NDCG@10 split by whether the positive occurs
 in the (sub-sampled) training data, next to the hold-out figure.
 
     python -m benchmarks.unseen_items --regions t1,t2 --fractions 0.25,1.0
@@ -24,13 +24,13 @@ from pathlib import Path
 from benchmarks.markdown import table
 from benchmarks.meta import run_meta
 from benchmarks.run import RESULTS, add_backbone_option, load_suite
-from regiontune.core.adapt import VALID_CASES, train_region
-from regiontune.core.backbone import load_backbone
-from regiontune.core.config import AdaptConfig, DataConfig, TrainConfig, from_dict
-from regiontune.core.evaluate import evaluate_task
-from regiontune.core.recipes import load_regions
-from regiontune.core.splits import RegionData, subsample_users
-from regiontune.core.unseen import calibrate_unseen, trained_items
+from regiontune.config import AdaptConfig, DataConfig, TrainConfig, from_dict
+from regiontune.data.recipes import load_regions
+from regiontune.data.splits import RegionData, subsample_users
+from regiontune.evaluation.evaluate import evaluate_task
+from regiontune.model.backbone import load_backbone
+from regiontune.training.adapt import VALID_CASES, train_region
+from regiontune.training.unseen import calibrate_unseen, trained_items
 
 log = logging.getLogger("benchmarks")
 OUT = RESULTS / "unseen_items.json"

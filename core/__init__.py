@@ -1,1 +1,3 @@
-"""Core of regiontune: data, backbone, training, evaluation, serving, hub, CLI."""
+"""regiontune: one frozen recommender backbone, one small adapter per region."""
+
+__version__ = "0.1.0"

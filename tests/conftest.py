@@ -6,10 +6,10 @@ import logging
 
 import pytest
 
-from regiontune.core.backbone import load_backbone
-from regiontune.core.config import DataConfig, ModelConfig, TrainConfig
-from regiontune.core.pretrain import pretrain
-from regiontune.core.recipes import load_regions
+from regiontune.config import DataConfig, ModelConfig, TrainConfig
+from regiontune.data.recipes import load_regions
+from regiontune.model.backbone import load_backbone
+from regiontune.training.pretrain import pretrain
 
 TINY_DATA = DataConfig(synthetic_scale=0.06, seed=1)
 TINY_MODEL = ModelConfig(arch="llama", hidden_size=16, num_layers=1, num_heads=2,

@@ -26,14 +26,13 @@ from regiontune.adapters import (
 )
 from regiontune.adapters.io import CONFIG, LORA_EXPORT, WEIGHTS
 from regiontune.adapters.item_side import PREFIX as ITEM_PREFIX
-from regiontune.core import cards
-from regiontune.core.adapt import adapt, build_region_task, region_sequences, train_region
-from regiontune.core.artifacts import ArtifactError, BackboneMismatchError
-from regiontune.core.backbone import backbone_fingerprint, load_backbone
-from regiontune.core.config import AdaptConfig
-from regiontune.core.data import DataError
-from regiontune.core.evaluate import task_scores
-from regiontune.core.train import fit
+from regiontune.artifacts import ArtifactError, BackboneMismatchError, cards
+from regiontune.config import AdaptConfig
+from regiontune.data.loading import DataError
+from regiontune.evaluation.evaluate import task_scores
+from regiontune.model.backbone import backbone_fingerprint, load_backbone
+from regiontune.training.adapt import adapt, build_region_task, region_sequences, train_region
+from regiontune.training.loop import fit
 from tests.conftest import TINY_DATA, TINY_TRAIN
 
 ALL = sorted(METHODS)
@@ -520,7 +519,7 @@ def load_backbone_copy(tiny_backbone):
 
 def test_auto_item_rank_keeps_the_adapter_within_budget(tiny_backbone, island):
     """Bigger catalogues get a smaller item rank; an explicit rank is used as given."""
-    from regiontune.core.adapt import auto_item_rank
+    from regiontune.training.adapt import auto_item_rank
 
     backbone, vocab, _ = tiny_backbone
     cfg = AdaptConfig(method="lora", region=REGION, item_budget=0.25)
@@ -585,7 +584,7 @@ def test_auto_item_rank_keeps_the_saved_file_within_budget(tiny_backbone, island
 
 
 def test_float16_doubles_the_auto_item_rank_budget(tiny_backbone, island):
-    from regiontune.core.adapt import auto_item_rank
+    from regiontune.training.adapt import auto_item_rank
 
     backbone, vocab, _ = tiny_backbone
     ranks = {}

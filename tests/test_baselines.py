@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from regiontune.core.baselines import (
+from regiontune.data.splits import EvalCase, RegionData
+from regiontune.evaluation.baselines import (
     BASELINES,
     EASE,
     ItemKNN,
@@ -16,7 +17,6 @@ from regiontune.core.baselines import (
     fit_baseline,
     tune_ease,
 )
-from regiontune.core.splits import EvalCase, RegionData
 
 # a/b co-occur twice, a/c once, d is alone.
 TRAIN = {"u1": ["a", "b"], "u2": ["a", "b"], "u3": ["a", "c"], "u4": ["d"]}

@@ -10,7 +10,7 @@ import pytest
 from benchmarks.jobs import never_trained
 from benchmarks.run import load_suite, plan, run_suite, settings
 from benchmarks.unseen_items import MODES, run_modes, to_markdown
-from regiontune.core.splits import EvalCase, RegionData
+from regiontune.data.splits import EvalCase, RegionData
 
 RECORD_FIELDS = {"suite", "dataset", "protocol", "setting", "region", "method", "seed",
                  "data_fraction",

@@ -11,8 +11,8 @@ import typer.main
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from regiontune.core.cli import app
-from regiontune.core.config import ADAPT_LR, TrainConfig
+from regiontune.cli.main import app
+from regiontune.config import ADAPT_LR, TrainConfig
 
 runner = CliRunner()
 TINY = ["--set", "model.hidden_size=16", "--set", "model.intermediate_size=32",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import typer
 
-from regiontune.core.cli_common import load_configs
-from regiontune.core.config import (
+from regiontune.cli.common import load_configs
+from regiontune.config import (
     AdaptConfig,
     DataConfig,
     ModelConfig,

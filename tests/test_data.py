@@ -9,9 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from regiontune.core.config import DataConfig
-from regiontune.core.data import DataError, handle_duplicates, load_file, load_files
-from regiontune.core.recipes import SYNTHETIC_REGIONS, load_regions, synthetic_frame
+from regiontune.config import DataConfig
+from regiontune.data.loading import DataError, handle_duplicates, load_file, load_files
+from regiontune.data.recipes import SYNTHETIC_REGIONS, load_regions, synthetic_frame
 
 # the shared real data sits beside the project (../shared/data); REGIONTUNE_DATA overrides it
 DATA = Path(os.environ.get("REGIONTUNE_DATA",
@@ -279,7 +279,7 @@ def test_duplicates_keep():
 
 
 def test_duplicates_drop_counts(caplog):
-    caplog.set_level(logging.INFO, logger="regiontune.core.data")
+    caplog.set_level(logging.INFO, logger="regiontune.data.loading")
     frame = pd.concat([_dups(), _dups().iloc[[0]]], ignore_index=True)
     out = handle_duplicates(frame, "drop")
     # (a, u1, i1) appears 3 times: the first is kept; (b, u1, i1) is another region

@@ -8,12 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from regiontune.core.adapt import train_region
-from regiontune.core.backbone import load_backbone
-from regiontune.core.config import AdaptConfig, TrainConfig
-from regiontune.core.distill import Teacher, fit_temperature
-from regiontune.core.model import MASK, N_SPECIAL, PAD
-from regiontune.core.objective import item_loss
+from regiontune.config import AdaptConfig, TrainConfig
+from regiontune.model.backbone import load_backbone
+from regiontune.model.objective import item_loss
+from regiontune.model.recmodel import MASK, N_SPECIAL, PAD
+from regiontune.training.adapt import train_region
+from regiontune.training.distill import Teacher, fit_temperature
 
 N = 5
 

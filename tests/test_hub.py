@@ -12,9 +12,9 @@ import torch
 from huggingface_hub import HfApi
 from safetensors.torch import save_file
 
-from regiontune.core.artifacts import ArtifactError, BackboneMismatchError, write_json
-from regiontune.core.cards import adapter_card, backbone_card, write_card
-from regiontune.core.hub import HubError, pull, push, validate_repo_id
+from regiontune.artifacts import ArtifactError, BackboneMismatchError, write_json
+from regiontune.artifacts.cards import adapter_card, backbone_card, write_card
+from regiontune.hub.client import HubError, pull, push, validate_repo_id
 
 try:
     from hubserver import HubServer
@@ -287,10 +287,10 @@ def test_real_adapter_round_trip_gives_identical_scores(hub_server, tmp_path, ti
                                                          tiny_regions):
     """A trained adapter pushed and pulled back scores exactly like the original."""
     from regiontune.adapters import load_adapter, save_adapter
-    from regiontune.core.adapt import train_region
-    from regiontune.core.backbone import load_backbone
-    from regiontune.core.config import AdaptConfig, TrainConfig
-    from regiontune.core.evaluate import task_scores
+    from regiontune.config import AdaptConfig, TrainConfig
+    from regiontune.evaluation.evaluate import task_scores
+    from regiontune.model.backbone import load_backbone
+    from regiontune.training.adapt import train_region
 
     endpoint, token = hub_server
     backbone, vocab, meta = load_backbone(tiny_backbone_dir)

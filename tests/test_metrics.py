@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from regiontune.core.evaluate import case_ranks, evaluate_scorer
-from regiontune.core.metrics import metrics_from_ranks, target_ranks
-from regiontune.core.splits import EvalCase
+from regiontune.data.splits import EvalCase
+from regiontune.evaluation.evaluate import case_ranks, evaluate_scorer
+from regiontune.evaluation.metrics import metrics_from_ranks, target_ranks
 
 CATALOGUE = ["a", "b", "c", "d", "e"]
 # one fixed score row for every user: a > b > c > d > e
@@ -199,7 +199,7 @@ def test_a_flat_candidate_list_never_favours_the_positive():
 
 
 def test_baselines_give_a_history_they_cannot_read_no_advantage():
-    from regiontune.core.baselines import EASE, ItemKNN, Popularity
+    from regiontune.evaluation.baselines import EASE, ItemKNN, Popularity
 
     catalogue = [f"i{j}" for j in range(120)]
     train = {f"u{k}": [catalogue[k % 7], catalogue[(k + 1) % 7]] for k in range(30)}

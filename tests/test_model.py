@@ -9,14 +9,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from regiontune.core import cards
-from regiontune.core.artifacts import ArtifactError
-from regiontune.core.backbone import WEIGHTS, backbone_fingerprint, load_backbone, save_backbone
-from regiontune.core.batching import inference_batch, set_orders
-from regiontune.core.evaluate import task_scores
-from regiontune.core.model import ARCHS, MASK, N_SPECIAL, RecConfig, RecModel, build_backbone
-from regiontune.core.task import BackboneTask
-from regiontune.core.vocab import ItemVocab
+from regiontune.artifacts import ArtifactError, cards
+from regiontune.evaluation.evaluate import task_scores
+from regiontune.model.backbone import WEIGHTS, backbone_fingerprint, load_backbone, save_backbone
+from regiontune.model.batching import inference_batch, set_orders
+from regiontune.model.recmodel import ARCHS, MASK, N_SPECIAL, RecConfig, RecModel, build_backbone
+from regiontune.model.task import BackboneTask
+from regiontune.model.vocab import ItemVocab
 
 SIZES = dict(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, max_len=10,
              dropout=0.1)

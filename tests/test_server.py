@@ -11,8 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from regiontune.adapters.io import WEIGHTS
-from regiontune.core.server import create_app
-from regiontune.core.serving import Recommender
+from regiontune.serving.app import create_app
+from regiontune.serving.recommender import Recommender
 
 try:
     from test_serving import histories, make_adapter, perturbed_copy
@@ -370,7 +370,7 @@ def test_no_roots_means_hub_ids_only(dirs, monkeypatch):
         shutil.copytree(dirs["west_b"], out)
         return out
 
-    monkeypatch.setattr("regiontune.core.hub.pull", fake_pull)
+    monkeypatch.setattr("regiontune.hub.client.pull", fake_pull)
     r = client.put("/v1/regions/west", json={"path": "acme/west@v2"}, headers=AUTH)
     assert r.status_code == 200 and r.json()["path"] == "acme/west@v2"
     assert calls == ["acme/west"]
@@ -420,8 +420,8 @@ def test_unknown_region_404_says_how_to_allow_it(dirs):
 def test_serve_refuses_unknown_regions_by_default():
     import inspect
 
-    from regiontune.core.cli_ops import serve as cli_serve
-    from regiontune.core.server import serve
+    from regiontune.cli.ops import serve as cli_serve
+    from regiontune.serving.app import serve
 
     assert inspect.signature(serve).parameters["unknown_region"].default == "error"
     assert inspect.signature(cli_serve).parameters["unknown_region"].default.default == "error"
@@ -432,7 +432,7 @@ def test_silent_hub_answered_within_a_second(dirs, monkeypatch):
     timeouts lowered, the PUT is a 422 within a second; nothing is left behind."""
     import socket
 
-    from regiontune.core.hub import set_timeouts
+    from regiontune.hub.client import set_timeouts
 
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
@@ -461,7 +461,7 @@ def test_hub_timeouts_bound_every_request(tmp_path, monkeypatch):
     """set_timeouts caps the calls huggingface_hub makes without a timeout of its own."""
     import socket
 
-    from regiontune.core.hub import HubError, pull, set_timeouts
+    from regiontune.hub.client import HubError, pull, set_timeouts
 
     for name in ("HF_HUB_OFFLINE", "HF_TOKEN", "HF_ENDPOINT"):
         monkeypatch.delenv(name, raising=False)
@@ -500,8 +500,8 @@ def test_serve_entry_point_defaults(dirs, monkeypatch):
     loads local adapters from its roots only, and applies the limits given."""
     import uvicorn
 
-    from regiontune.core.server import ServingLimits, serve
-    from regiontune.core.serving import AdapterLoadError
+    from regiontune.serving.app import ServingLimits, serve
+    from regiontune.serving.recommender import AdapterLoadError
 
     with pytest.raises(AdapterLoadError, match="claim one region"):
         serve(dirs["backbone"], dirs["root"])  # west, west_b and corrupt all claim "west"

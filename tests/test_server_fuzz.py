@@ -17,14 +17,14 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from regiontune.core.server import (
+from regiontune.serving.app import (
     BatchResponse,
     ErrorResponse,
     Recommendation,
     RegionInfo,
     create_app,
 )
-from regiontune.core.serving import Recommender
+from regiontune.serving.recommender import Recommender
 
 try:
     from test_serving import histories, make_adapter
@@ -51,7 +51,7 @@ def fuzz(tiny_backbone_dir, tiny_regions, tmp_path_factory):
         def no_hub(*args, **kw):
             raise RuntimeError("no hub in the fuzz test")
 
-        mp.setattr("regiontune.core.hub.pull", no_hub)
+        mp.setattr("regiontune.hub.client.pull", no_hub)
         app = create_app(rec, admin_token=TOKEN, adapter_roots=[root], **LIMITS)
         items = sorted({i for h in histories(tiny_regions["west"], 6) for i in h})
         yield TestClient(app), items, app

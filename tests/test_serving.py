@@ -15,16 +15,16 @@ from safetensors.torch import load_file, save_file
 
 from regiontune.adapters import load_adapter, save_adapter
 from regiontune.adapters.io import WEIGHTS
-from regiontune.core.adapt import train_region
-from regiontune.core.backbone import load_backbone
-from regiontune.core.config import AdaptConfig, TrainConfig
-from regiontune.core.evaluate import task_scores
-from regiontune.core.serving import (
+from regiontune.config import AdaptConfig, TrainConfig
+from regiontune.evaluation.evaluate import task_scores
+from regiontune.model.backbone import load_backbone
+from regiontune.serving.recommender import (
     AdapterLoadError,
     InvalidRequestError,
     Recommender,
     UnknownRegionError,
 )
+from regiontune.training.adapt import train_region
 
 # method -> training region (small regions: fast); served under the method's name
 METHOD_REGIONS = {"lora": "west", "bottleneck": "delta", "ia3": "alpine", "adalora": "island",
@@ -291,7 +291,7 @@ def test_hub_id_is_pulled_then_loaded(rec, adapters, monkeypatch, tmp_path):
         shutil.copytree(adapters["ia3"][0], out)
         return Path(out)
 
-    monkeypatch.setattr("regiontune.core.hub.pull", fake_pull)
+    monkeypatch.setattr("regiontune.hub.client.pull", fake_pull)
     info = rec.load("hubbed", "acme/ia3-adapter@v1")
     assert calls == [("acme/ia3-adapter", "v1", rec.backbone_dir)]
     assert info["method"] == "ia3" and info["path"] == "acme/ia3-adapter@v1"
@@ -306,7 +306,7 @@ def test_hub_id_is_pulled_then_loaded(rec, adapters, monkeypatch, tmp_path):
         (Path(out) / "partial.bin").write_bytes(b"x")  # half a download
         raise RuntimeError("hub unreachable")
 
-    monkeypatch.setattr("regiontune.core.hub.pull", failing_pull)
+    monkeypatch.setattr("regiontune.hub.client.pull", failing_pull)
     with pytest.raises(AdapterLoadError, match="no local directory.*hub unreachable"):
         rec.load("hubbed", "acme/missing")
     assert not any(cache.iterdir())  # cleaned on failure too
@@ -329,7 +329,7 @@ def test_hub_deadline_outside_the_load_lock(tiny_backbone_dir, adapters, monkeyp
         (Path(out) / "late.bin").write_bytes(b"x")
         raise RuntimeError("finally failed")
 
-    monkeypatch.setattr("regiontune.core.hub.pull", stuck_pull)
+    monkeypatch.setattr("regiontune.hub.client.pull", stuck_pull)
     errors = []
 
     def put() -> None:
@@ -393,7 +393,7 @@ def test_two_folders_claiming_one_region_is_an_error(tiny_backbone_dir, adapters
 
 
 def test_unknown_region_on_the_backbone_warns_once(rec, caplog):
-    caplog.set_level(logging.WARNING, logger="regiontune.core.serving")
+    caplog.set_level(logging.WARNING, logger="regiontune.serving.recommender")
     rec.recommend([["x"], ["y"]], ["wset", "wset"])
     rec.recommend([["x"]], ["wset"])
     warnings = [r for r in caplog.records if "wset" in r.getMessage()]
@@ -473,9 +473,9 @@ def test_set_histories_are_served_as_evaluated_whatever_their_listed_order(tiny_
                                                                            tmp_path):
     """An unordered backbone (data without timestamps): the server reads a history in the
     orders of its set, as evaluation does -- same scores for any listing of the set."""
-    from regiontune.core.backbone import save_backbone
-    from regiontune.core.model import build_backbone
-    from regiontune.core.vocab import ItemVocab
+    from regiontune.model.backbone import save_backbone
+    from regiontune.model.recmodel import build_backbone
+    from regiontune.model.vocab import ItemVocab
 
     data = tiny_regions["west"]
     torch.manual_seed(0)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from regiontune.core.data import DataError
-from regiontune.core.splits import (
+from regiontune.data.loading import DataError
+from regiontune.data.splits import (
     histories,
     leave_last_out,
     random_holdout,

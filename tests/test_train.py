@@ -16,13 +16,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from regiontune.core.config import TrainConfig
-from regiontune.core.evaluate import evaluate_task
-from regiontune.core.model import build_backbone
-from regiontune.core.objective import item_loss
-from regiontune.core.task import BackboneTask
-from regiontune.core.train import CHECKPOINT, LOG_FILE, fit
-from regiontune.core.vocab import ItemVocab
+from regiontune.config import TrainConfig
+from regiontune.evaluation.evaluate import evaluate_task
+from regiontune.model.objective import item_loss
+from regiontune.model.recmodel import build_backbone
+from regiontune.model.task import BackboneTask
+from regiontune.model.vocab import ItemVocab
+from regiontune.training.loop import CHECKPOINT, LOG_FILE, fit
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = TrainConfig(epochs=4, batch_size=16, lr=5e-3, patience=10, progress=False, seed=3)
@@ -236,7 +236,7 @@ def test_every_trainable_parameter_gets_a_gradient(region, arch):
     """DDP requires it: a trainable parameter without gradient breaks data-parallel runs."""
     task = _task(region, arch)
     seqs = _sequences(task, region)[:8]
-    from regiontune.core.batching import TrainCollator
+    from regiontune.model.batching import TrainCollator
 
     batch = TrainCollator(task.max_len, task.causal, task.ordered)(seqs)
     task(batch.tokens, batch.mask, batch.targets).backward()
@@ -286,7 +286,7 @@ def test_two_process_data_parallel(ddp_run):
 
 
 def test_lr_scales_give_parameter_groups_their_own_rate():
-    from regiontune.core.train import _optimizer
+    from regiontune.training.loop import _optimizer
 
     model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 2))
     cfg = TrainConfig(lr=0.01, weight_decay=0.1, lr_scales={"1.": 10.0})

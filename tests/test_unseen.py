@@ -8,12 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from regiontune.core.adapt import train_region
-from regiontune.core.backbone import load_backbone
-from regiontune.core.config import AdaptConfig
-from regiontune.core.evaluate import task_scores
-from regiontune.core.splits import EvalCase
-from regiontune.core.unseen import calibrate_unseen, fit_offset, log_mass_ratio, unseen_mask
+from regiontune.config import AdaptConfig
+from regiontune.data.splits import EvalCase
+from regiontune.evaluation.evaluate import task_scores
+from regiontune.model.backbone import load_backbone
+from regiontune.training.adapt import train_region
+from regiontune.training.unseen import calibrate_unseen, fit_offset, log_mass_ratio, unseen_mask
 from tests.conftest import TINY_TRAIN
 
 REGION = "island"

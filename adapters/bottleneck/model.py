@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from regiontune.core.model import RecModel
+from regiontune.model.recmodel import RecModel
 
 from ..base import register
 from .config import BottleneckConfig

@@ -2,7 +2,7 @@
 
 Run as ``ACCELERATE_USE_CPU=1 python -m torch.distributed.run --nproc_per_node 2
 tests/scripts/ddp_train.py OUT``. Every rank builds the same tiny synthetic data and backbone
-(fixed seed), trains it with :func:`regiontune.core.train.fit` under ``Accelerator(cpu=True)``
+(fixed seed), trains it with :func:`regiontune.training.loop.fit` under ``Accelerator(cpu=True)``
 and writes its final trainable weights to ``OUT/rank{N}.safetensors``; rank 0 also writes
 ``OUT/initial.safetensors`` and ``OUT/info.json``.
 A run that raises writes ``error{N}.txt`` instead of weights, so the test shows the cause.
@@ -19,12 +19,12 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import save_file
 
-from regiontune.core.config import DataConfig, TrainConfig
-from regiontune.core.model import build_backbone
-from regiontune.core.recipes import load_regions
-from regiontune.core.task import BackboneTask
-from regiontune.core.train import fit
-from regiontune.core.vocab import ItemVocab
+from regiontune.config import DataConfig, TrainConfig
+from regiontune.data.recipes import load_regions
+from regiontune.model.recmodel import build_backbone
+from regiontune.model.task import BackboneTask
+from regiontune.model.vocab import ItemVocab
+from regiontune.training.loop import fit
 
 
 def trainable(task: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -1,0 +1,211 @@
+"""Model cards (README.md) for backbones and region adapters, as ``huggingface_hub`` ModelCards.
+
+The YAML front matter is what the Hub indexes (library, base model, tags); the text says what
+the artefact is, how well it does and how to load it. Every key of the metadata may be missing:
+a card is still written, with the known parts only.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import ModelCard, ModelCardData
+
+# First line of the text of every generated card: `regiontune push` regenerates a README.md
+# holding it and leaves a hand-written one (without it) alone.
+CARD_MARKER = "<!-- regiontune:generated-card -->"
+PEFT_METHODS = ("lora", "adalora", "ia3")
+
+_ADAPTER_USAGE = """\
+## How to use
+
+With regiontune (the backbone is the frozen model the adapter was trained on):
+
+```bash
+regiontune recommend --model BACKBONE --adapter {dir} --region {region} --history ITEM,ITEM
+```
+
+```python
+from regiontune.adapters import load_adapter
+from regiontune.model.backbone import load_backbone
+from regiontune.evaluation.evaluate import task_scores
+
+backbone, vocab, meta = load_backbone("BACKBONE")
+task = load_adapter("{dir}", backbone, vocab, meta["fingerprint"])  # checks the fingerprint
+scores = task_scores(task, [["ITEM", "ITEM"]], task.vocab.items)
+```
+"""
+
+_PEFT_USAGE = """
+With plain PEFT (`{method}` is a PEFT method: `adapter_config.json` and
+`adapter_model.safetensors` load as a standard PEFT adapter):
+
+```python
+from peft import PeftModel
+from regiontune.model.backbone import load_backbone
+
+backbone, vocab, meta = load_backbone("BACKBONE")
+model = PeftModel.from_pretrained(backbone, "{dir}")
+```
+
+PEFT applies the transformer-side weights only. The item-side part (per-item regional biases,
+the low-rank item-embedding delta and the rows of items new to this region, stored under
+`regiontune.item_side.*`) is applied by regiontune, so use regiontune for recommendations.
+"""
+
+_BACKBONE_USAGE = """\
+## How to use
+
+Train one small adapter per region on top of this frozen backbone, or recommend directly:
+
+```bash
+regiontune recommend --model {dir} --region REGION --history ITEM,ITEM
+```
+
+```python
+from regiontune.model.backbone import load_backbone
+
+model, vocab, meta = load_backbone("{dir}")  # checks the weights against the fingerprint
+```
+"""
+
+
+def _fmt(value: Any) -> str:
+    """One table cell: floats to 4 decimals, ints with separators, pipes escaped."""
+    if isinstance(value, bool) or value is None:
+        text = str(value)
+    elif isinstance(value, float):
+        text = f"{value:.4f}"
+    elif isinstance(value, int):
+        text = f"{value:,}"
+    elif isinstance(value, (list, tuple)):
+        text = ", ".join(str(v) for v in value)
+    else:
+        text = str(value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _size(n_bytes: Any) -> str:
+    if not isinstance(n_bytes, (int, float)) or isinstance(n_bytes, bool):
+        return _fmt(n_bytes)
+    size = float(n_bytes)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{int(size)} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"  # unreachable; keeps type checkers happy
+
+
+def _table(rows: list[tuple[str, Any]], head: tuple[str, str] = ("", "")) -> str:
+    """A two-column markdown table of the rows whose value is known."""
+    lines = [f"| {head[0]} | {head[1]} |", "|---|---|"]
+    lines += [f"| {key} | {_fmt(value)} |" for key, value in rows if value not in (None, "")]
+    return "\n".join(lines) + "\n"
+
+
+def _metrics_table(metrics: Any, protocol: Any) -> str:
+    if not isinstance(metrics, dict) or not metrics:
+        return "No evaluation recorded.\n"
+    lead = f"Protocol: {_fmt(protocol)}.\n\n" if protocol else ""
+    return lead + _table([(name, value) for name, value in metrics.items()], ("Metric", "Value"))
+
+
+def _card(data: ModelCardData, text: str) -> ModelCard:
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{CARD_MARKER}\n{text}")
+
+
+def adapter_card(meta: dict[str, Any]) -> ModelCard:
+    """The card of a region adapter, from its ``region.json``."""
+    region = str(meta.get("region") or "unknown")
+    method = str(meta.get("method") or "adapter")
+    tags = ["recommendation", "region-adapter", method, "regiontune"]
+    machine = {"kind": "adapter", "region": region, "method": method,
+               "backbone_fingerprint": meta.get("backbone_fingerprint")}
+    data = ModelCardData(library_name="regiontune", base_model=meta.get("backbone_repo") or None,
+                         tags=tags, regiontune={k: v for k, v in machine.items() if v is not None})
+    catalogue, new_items = meta.get("catalogue"), meta.get("new_items")
+    items = f"{len(catalogue):,} items" if isinstance(catalogue, (list, dict)) else None
+    if items and isinstance(new_items, (list, dict)):
+        items += f" ({len(new_items):,} new to this region)"
+    backbone = meta.get("backbone_repo") or "a regiontune backbone"
+    seconds = meta.get("train_seconds")
+    facts = [
+        ("Region", f"`{region}`"), ("Method", f"`{method}`"), ("Data set", meta.get("dataset")),
+        ("Backbone", f"{backbone} (fingerprint `{meta.get('backbone_fingerprint', '?')}`)"),
+        ("Trainable parameters", meta.get("trainable_params")),
+        ("Adapter file size", _size(meta["adapter_bytes"]) if "adapter_bytes" in meta else None),
+        ("Weights dtype", meta.get("weights_dtype")),
+        ("Item-side rank", meta.get("item_rank")),
+        ("Region catalogue", items),
+        ("Training time", f"{seconds:.1f} s" if isinstance(seconds, (int, float)) else seconds),
+    ]
+    kind = f"A `{method}` adapter" if meta.get("method") else "An adapter"
+    text = (f"# regiontune adapter: region `{region}`\n\n"
+            f"{kind} that specialises a frozen regiontune recommendation backbone "
+            f"to region **{region}**.\n\n{_table(facts)}\n## Evaluation\n\n"
+            f"{_metrics_table(meta.get('metrics'), meta.get('protocol'))}\n"
+            + _ADAPTER_USAGE.format(dir="ADAPTER_DIR", region=region))
+    if method.lower() in PEFT_METHODS:
+        text += _PEFT_USAGE.format(method=method, dir="ADAPTER_DIR")
+    return _card(data, text)
+
+
+def _region_metrics(metrics: Any) -> str:
+    """``{region: {metric: value}}`` as one table, a row per region."""
+    if not isinstance(metrics, dict) or not metrics:
+        return "No evaluation recorded.\n"
+    rows = {region: values for region, values in metrics.items() if isinstance(values, dict)}
+    if not rows:
+        return _table(list(metrics.items()), ("Metric", "Value"))
+    names = list(dict.fromkeys(name for values in rows.values() for name in values))
+    lines = ["| Region | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for region, values in rows.items():
+        cells = [_fmt(values[name]) if name in values else "" for name in names]
+        lines.append(f"| {_fmt(region)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _flat(section: Any) -> list[tuple[str, Any]]:
+    """Scalar entries of a dict (nested dicts and long lists would not fit a table cell)."""
+    if not isinstance(section, dict):
+        return []
+    return [(str(k), v) for k, v in section.items()
+            if not isinstance(v, dict) and not (isinstance(v, (list, tuple)) and len(v) > 20)]
+
+
+def backbone_card(meta: dict[str, Any]) -> ModelCard:
+    """The card of a backbone, from its ``regiontune.json``."""
+    regions = meta.get("regions") or []
+    regions = [str(r) for r in regions] if isinstance(regions, (list, tuple)) else [str(regions)]
+    tags = ["recommendation", "regiontune", "backbone"]
+    data = ModelCardData(library_name="regiontune", tags=tags,
+                         regiontune={"kind": "backbone", "fingerprint": meta.get("fingerprint"),
+                                     "regions": regions})
+    config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    model_cfg = config.get("model", config)
+    text = (f"# regiontune backbone\n\nA sequential recommendation transformer pretrained on "
+            f"{', '.join(f'`{r}`' for r in regions) or 'unknown regions'}; it stays frozen while "
+            "small per-region adapters specialise it.\n\n"
+            + _table([("Fingerprint", f"`{meta.get('fingerprint', '?')}`"),
+                      ("Pretraining regions", ", ".join(regions) or None),
+                      ("Items", meta.get("n_items"))] + _flat(meta.get("data")))
+            + "\n## Model\n\n" + _table(_flat(model_cfg), ("Setting", "Value"))
+            + ("\n## Data statistics\n\n" + _table(_flat(meta.get("stats")), ("Statistic", "Value"))
+               if _flat(meta.get("stats")) else "")
+            + "\n## Evaluation\n\n" + _region_metrics(meta.get("metrics")) + "\n"
+            + _BACKBONE_USAGE.format(dir="BACKBONE_DIR"))
+    return _card(data, text)
+
+
+def write_card(directory: str | Path, meta: dict[str, Any], kind: str) -> Path:
+    """Write ``README.md`` (the model card) of a ``kind`` ("adapter" or "backbone") directory."""
+    if kind not in ("adapter", "backbone"):
+        raise ValueError(f"unknown artefact kind {kind!r}: expected 'adapter' or 'backbone'")
+    card = adapter_card(meta) if kind == "adapter" else backbone_card(meta)
+    path = Path(directory) / "README.md"
+    tmp = path.with_name(f".README.md.tmp-{os.getpid()}")
+    card.save(tmp)
+    os.replace(tmp, path)  # a reader never sees a half-written card
+    return path

@@ -1,0 +1,1 @@
+"""The ``regiontune`` command: one module per command group."""

@@ -1,0 +1,127 @@
+"""Shared pieces of the ``regiontune`` command: the Typer app, options, config plumbing."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import typer
+
+from regiontune.config import (
+    AdaptConfig,
+    DataConfig,
+    ModelConfig,
+    TrainConfig,
+    apply_overrides,
+    from_dict,
+    load_yaml,
+)
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=(
+    "Cross-region recommendation: pretrain one backbone on many regions, give each region a "
+    "small adapter, serve them all from one process, publish them to a hub."))
+logger = logging.getLogger("regiontune")
+
+DATA_HELP = "Data recipe: synthetic (built in), wsdm22-xmrec, ml-100k, or files (see --file)."
+SET_HELP = ("Override any setting, SECTION.KEY=VALUE, e.g. train.lr=1e-3 model.arch=gpt2 "
+            "data.duplicates=drop (sections: data, model, train, adapt). Repeatable.")
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "accelerate", "urllib3", "huggingface_hub", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def load_configs(config: Path | None, sets: list[str],
+                 defaults: dict[str, dict] | None = None) -> dict:
+    """The command's ``defaults``, then sections from the YAML file, then CLI overrides."""
+    raw = load_yaml(config) if config else {}
+    classes = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig,
+               "adapt": AdaptConfig}
+    unknown = sorted(set(raw) - set(classes))
+    if unknown:
+        raise typer.BadParameter(f"unknown config sections {unknown}; use {sorted(classes)}")
+    defaults = defaults or {}
+    out = {name: from_dict(cls, {**defaults.get(name, {}), **(raw.get(name) or {})})
+           for name, cls in classes.items()}
+    for item in sets:
+        section, _, rest = item.partition(".")
+        if section not in out or not rest:
+            raise typer.BadParameter(f"--set {item!r}: use SECTION.KEY=VALUE with SECTION in "
+                                     f"{sorted(out)}")
+        apply_overrides(out[section], [rest])
+    return out
+
+
+def data_config(cfg: DataConfig, data: str | None, data_dir: Path | None, files: list[str],
+          columns: list[str], regions: str | None) -> DataConfig:
+    if data:
+        cfg.recipe = data
+    if data_dir:
+        cfg.data_dir = str(data_dir)
+    if files:
+        cfg.files, cfg.recipe = list(files), "files"
+    for item in columns:
+        ours, _, theirs = item.partition("=")
+        cfg.columns[ours] = theirs
+    if regions:
+        cfg.regions = [r.strip() for r in regions.split(",") if r.strip()]
+    return cfg
+
+
+def fail(err: Exception) -> None:
+    """Known errors end with a message and exit code 2, never a traceback."""
+    typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+KNOWN_ERRORS = (ValueError, FileNotFoundError, KeyError, RuntimeError)
+ConfigOpt = typer.Option(None, "--config", "-c", help="YAML file with data/model/train/adapt "
+                         "sections.", exists=True, dir_okay=False)
+SetOpt = typer.Option([], "--set", help=SET_HELP)
+DataOpt = typer.Option(None, "--data", help=DATA_HELP)
+DataDirOpt = typer.Option(None, "--data-dir", help="Directory holding the recipe's files.")
+FileOpt = typer.Option([], "--file", help="Interaction file (CSV/TSV/Parquet/JSONL), or "
+                       "REGION=PATH for a file without a region column. Repeatable.")
+ColumnsOpt = typer.Option([], "--columns", help="Column mapping OURS=YOURS, e.g. user=userId. "
+                          "Ours: user, item, region, timestamp, rating. Repeatable.")
+VerboseOpt = typer.Option(False, "--verbose", "-v", help="Debug logging.")
+
+
+def parse_options(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"--option {item!r}: use KEY=VALUE")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def backbone_data(backbone: Path, cfg: DataConfig) -> DataConfig:
+    """Without --data, use the data settings the backbone was pretrained with."""
+    from regiontune.artifacts import BACKBONE_META, read_json
+
+    saved = read_json(backbone / BACKBONE_META, "backbone metadata").get("config", {})
+    if "data" not in saved:
+        return cfg
+    merged = from_dict(DataConfig, saved["data"])
+    merged.regions = cfg.regions
+    return merged
+
+
+def print_metrics(metrics: dict, k: int = 10) -> None:
+    """A table of per-region metrics (the keys ``ndcg@k``, ``hr@k``, ``mrr``)."""
+    if not metrics:
+        return
+    typer.echo(f"{'region':<12} {'protocol':<14} {f'NDCG@{k}':>8} {f'HR@{k}':>7} {'MRR':>7} "
+               f"{'users':>6}")
+    for region, m in sorted(metrics.items()):
+        typer.echo(f"{region:<12} {m.get('protocol', ''):<14} {m.get(f'ndcg@{k}', 0):>8.4f} "
+                   f"{m.get(f'hr@{k}', 0):>7.4f} {m.get('mrr', 0):>7.4f} {m.get('users', 0):>6}")

@@ -1,0 +1,1 @@
+"""Data: reading interaction files, the named recipes, per-region splits."""

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, ranking a task's candidates, classic baselines."""

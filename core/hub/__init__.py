@@ -1,0 +1,1 @@
+"""The model hub: push and pull backbones and adapters."""

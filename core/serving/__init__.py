@@ -1,0 +1,1 @@
+"""Serving: one process, one backbone, hot-swapped region adapters; the HTTP app."""

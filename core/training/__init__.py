@@ -1,0 +1,1 @@
+"""Training: the one Accelerate loop, pretraining a backbone, adapting it to a region."""
