@@ -1,7 +1,13 @@
-"""The adapter-method protocol and the registry (one line registers a method)."""
+"""The adapter-method protocol and the registry (one line registers a method).
+
+Everything a method knows lives in its folder (``adapters/<method>/``): its options, how it
+attaches to the backbone, what it saves, and -- for methods whose rows can mix in one forward
+pass -- its routed serving form. Training, serving and the hub ask the method, never its name.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -9,13 +15,20 @@ from torch import nn
 
 from regiontune.model.recmodel import RecModel
 
+from .routing import RoutedForm
+
 
 class AdapterMethod(Protocol):
     """What a method provides; the item-side part is common to all and lives elsewhere."""
 
     name: str
     peft_loadable: bool  # the saved adapter loads with plain ``peft.PeftModel.from_pretrained``
-    mixed_batches: bool  # one forward pass can route each row to a different adapter
+    copies_backbone: bool  # the "adapter" is a whole trained copy of the backbone (full FT)
+    routed: RoutedForm | None  # the mixed-batch serving form, None when rows cannot mix
+
+    @property
+    def mixed_batches(self) -> bool:
+        """One forward pass can route each row to a different adapter of this method."""
 
     def default_options(self, arch: str) -> dict[str, Any]:
         """Method options (rank, targets, ...) at their defaults for a backbone family."""
@@ -33,12 +46,45 @@ class AdapterMethod(Protocol):
     def adapter_config(self, body: nn.Module, name: str) -> dict[str, Any]:
         """The content of ``adapter_config.json``."""
 
+    def save_extras(self, body: nn.Module, name: str, directory: Path, config: dict[str, Any],
+                    extra_tensors: dict[str, torch.Tensor], dtype: torch.dtype
+                    ) -> dict[str, Any]:
+        """Write any further files of the adapter into ``directory`` (being written
+        atomically); returns entries to add to the region metadata."""
+
+    def serving_form(self, directory: Path) -> tuple[str, Path]:
+        """(method, folder) to serve a saved adapter as: another registered method's form
+        when the folder ships one (AdaLoRA's plain-LoRA export), else (own name, folder)."""
+
     def load(self, backbone: RecModel, config: dict[str, Any], tensors: dict[str, torch.Tensor],
              name: str, body: nn.Module | None = None) -> nn.Module:
         """Add a saved adapter ``name`` to ``body`` (or to a new body on ``backbone``)."""
 
     def step_hooks(self, body: nn.Module) -> tuple:
         """Callables ``hook(task, step)`` run after each optimizer step."""
+
+
+class MethodDefaults:
+    """Defaults of the optional protocol members, for methods to inherit."""
+
+    peft_loadable = False
+    copies_backbone = False
+    routed: RoutedForm | None = None
+
+    @property
+    def mixed_batches(self) -> bool:
+        return self.routed is not None
+
+    def save_extras(self, body: nn.Module, name: str, directory: Path, config: dict[str, Any],
+                    extra_tensors: dict[str, torch.Tensor], dtype: torch.dtype
+                    ) -> dict[str, Any]:
+        return {}
+
+    def serving_form(self, directory: Path) -> tuple[str, Path]:
+        return self.name, directory
+
+    def step_hooks(self, body: nn.Module) -> tuple:
+        return ()
 
 
 METHODS: dict[str, AdapterMethod] = {}

@@ -12,6 +12,9 @@ from torch import nn
 
 from regiontune.model.recmodel import RecModel
 
+from .base import MethodDefaults
+from .routing import RoutedForm
+
 # Which sub-modules of each backbone family hold the attention and MLP projections.
 ATTENTION = {"llama": ["q_proj", "k_proj", "v_proj", "o_proj"], "gpt2": ["c_attn", "attn.c_proj"],
              "bert": ["query", "key", "value", "attention.output.dense"]}
@@ -29,15 +32,16 @@ def targets(arch: str, parts: str = "attention,mlp") -> list[str] | str:
     return names
 
 
-class PeftMethod:
+class PeftMethod(MethodDefaults):
     """A PEFT tuner behind the :class:`AdapterMethod` protocol."""
 
     peft_loadable = True
 
     def __init__(self, name: str, build: Callable[[dict[str, Any], str, int], PeftConfig],
-                 defaults: Callable[[str], dict[str, Any]], mixed_batches: bool) -> None:
+                 defaults: Callable[[str], dict[str, Any]],
+                 routed: RoutedForm | None = None) -> None:
         self.name, self._build, self._defaults = name, build, defaults
-        self.mixed_batches = mixed_batches
+        self.routed = routed
 
     def default_options(self, arch: str) -> dict[str, Any]:
         return self._defaults(arch)
@@ -76,6 +80,3 @@ class PeftMethod:
         for p in body.parameters():  # loaded for inference: nothing trains by accident
             p.requires_grad_(False)
         return body
-
-    def step_hooks(self, body: nn.Module) -> tuple:
-        return ()

@@ -7,6 +7,7 @@ a plain LoRA adapter (per-module ranks) that mixed-region serving can route.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,7 +16,10 @@ from peft.tuners.adalora import AdaLoraLayer
 from torch import nn
 
 from ..base import register
+from ..folder import CONFIG, write_files
 from ..peft_common import PeftMethod, targets
+
+LORA_EXPORT = "lora_export"  # the plain-LoRA copy, served in mixed-region batches
 
 
 def adalora_defaults(arch: str) -> dict:
@@ -58,6 +62,21 @@ class AdaLoraMethod(PeftMethod):
         body.peft_config[name].rank_pattern = rank_pattern(body, name)
         return super().weights(body, name)
 
+    def save_extras(self, body: nn.Module, name: str, directory: Path, config: dict[str, Any],
+                    extra_tensors: dict[str, torch.Tensor], dtype: torch.dtype
+                    ) -> dict[str, Any]:
+        """Ship the adapter also as plain LoRA (``lora_export/``) and record the kept ranks."""
+        lora_config, tensors = export_lora(body, name)
+        lora_config["base_model_name_or_path"] = config.get("base_model_name_or_path")
+        (directory / LORA_EXPORT).mkdir()
+        write_files(directory / LORA_EXPORT, lora_config, {**tensors, **extra_tensors}, dtype)
+        return {"rank_pattern": {k: int(sum(v)) for k, v in config["rank_pattern"].items()}}
+
+    def serving_form(self, directory: Path) -> tuple[str, Path]:
+        if (directory / LORA_EXPORT / CONFIG).is_file():
+            return "lora", directory / LORA_EXPORT
+        return self.name, directory
+
 
 def export_lora(body: nn.Module, name: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """An equivalent plain LoRA (``adapter_config`` dict, tensors) with per-module ranks."""
@@ -80,5 +99,4 @@ def export_lora(body: nn.Module, name: str) -> tuple[dict[str, Any], dict[str, t
     return {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}, tensors
 
 
-ADALORA = register(AdaLoraMethod("adalora", adalora_config, adalora_defaults,
-                                 mixed_batches=False))
+ADALORA = register(AdaLoraMethod("adalora", adalora_config, adalora_defaults))

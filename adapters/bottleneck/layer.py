@@ -1,30 +1,17 @@
 """The bottleneck layer: wraps an output projection, adds down -> act -> up as a residual.
 
-Several named adapters can live in one layer; a context variable routes each batch row to
-its own adapter, so one forward pass serves a batch that mixes regions.
+Several named adapters can live in one layer; :func:`regiontune.adapters.routing.route` routes
+each batch row to its own adapter, so one forward pass serves a batch that mixes regions.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-from collections.abc import Iterator
-
 import torch
 from torch import nn
 
-_ROUTE: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("route", default=None)
+from ..routing import current_route
+
 ACT = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
-
-
-@contextlib.contextmanager
-def route(adapter_names: list[str] | None) -> Iterator[None]:
-    """Within the block, row ``i`` of a batch goes through adapter ``adapter_names[i]``."""
-    token = _ROUTE.set(adapter_names)
-    try:
-        yield
-    finally:
-        _ROUTE.reset(token)
 
 
 class Bottleneck(nn.Module):
@@ -55,13 +42,16 @@ class BottleneckLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         out = self.base_layer(x, *args, **kwargs)
-        names = _ROUTE.get()
-        if names is None:
+        route = current_route()
+        if route is None:
             return out + self.bottleneck[self.active](out) if self.active else out
+        unique, index, _ = route
         delta = torch.zeros_like(out)
-        for name in set(names):
+        for j, name in enumerate(unique):
             if name not in self.bottleneck:
                 continue  # rows of regions without an adapter get the plain backbone
-            rows = torch.tensor([i for i, n in enumerate(names) if n == name], device=out.device)
+            if index is None:  # every row takes this one adapter
+                return out + self.bottleneck[name](out)
+            rows = (index == j).nonzero()[:, 0].to(out.device)
             delta[rows] = self.bottleneck[name](out[rows])
         return out + delta

@@ -10,9 +10,11 @@ from torch import nn
 
 from regiontune.model.recmodel import RecModel
 
-from ..base import register
+from ..base import MethodDefaults, register
+from ..routing import route
 from .config import BottleneckConfig
-from .layer import BottleneckLayer, route
+from .layer import BottleneckLayer
+from .routed import ROUTED_BOTTLENECK
 
 
 class BottleneckModel(nn.Module):
@@ -70,10 +72,9 @@ class BottleneckModel(nn.Module):
                     {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
 
 
-class BottleneckMethod:
+class BottleneckMethod(MethodDefaults):
     name = "bottleneck"
-    peft_loadable = False
-    mixed_batches = True
+    routed = ROUTED_BOTTLENECK
 
     def default_options(self, arch: str) -> dict[str, Any]:
         return {"reduction_factor": 16, "non_linearity": "relu", "placement": "houlsby",
@@ -106,9 +107,6 @@ class BottleneckMethod:
         for p in body.parameters():
             p.requires_grad_(False)
         return body
-
-    def step_hooks(self, body: nn.Module) -> tuple:
-        return ()
 
 
 BOTTLENECK = register(BottleneckMethod())

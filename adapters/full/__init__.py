@@ -13,15 +13,14 @@ from torch import nn
 
 from regiontune.model.recmodel import RecConfig, RecModel
 
-from ..base import register
+from ..base import MethodDefaults, register
 
 PREFIX = "backbone."
 
 
-class FullMethod:
+class FullMethod(MethodDefaults):
     name = "full"
-    peft_loadable = False
-    mixed_batches = False
+    copies_backbone = True
 
     def default_options(self, arch: str) -> dict[str, Any]:
         return {}
@@ -52,9 +51,6 @@ class FullMethod:
         for p in model.parameters():
             p.requires_grad_(False)
         return model
-
-    def step_hooks(self, body: nn.Module) -> tuple:
-        return ()
 
 
 FULL = register(FullMethod())

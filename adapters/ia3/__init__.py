@@ -23,4 +23,4 @@ def ia3_config(options: dict, arch: str, total_steps: int) -> IA3Config:
                      fan_in_fan_out=arch == "gpt2")
 
 
-IA3 = register(PeftMethod("ia3", ia3_config, ia3_defaults, mixed_batches=False))
+IA3 = register(PeftMethod("ia3", ia3_config, ia3_defaults))

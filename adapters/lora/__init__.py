@@ -6,6 +6,7 @@ from peft import LoraConfig
 
 from ..base import register
 from ..peft_common import PeftMethod, targets
+from .routed import ROUTED_LORA
 
 
 def lora_defaults(arch: str) -> dict:
@@ -19,4 +20,4 @@ def lora_config(options: dict, arch: str, total_steps: int) -> LoraConfig:
                       fan_in_fan_out=arch == "gpt2")  # GPT-2 uses Conv1D (transposed weights)
 
 
-LORA = register(PeftMethod("lora", lora_config, lora_defaults, mixed_batches=True))
+LORA = register(PeftMethod("lora", lora_config, lora_defaults, routed=ROUTED_LORA))

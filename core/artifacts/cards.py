@@ -16,7 +16,6 @@ from huggingface_hub import ModelCard, ModelCardData
 # First line of the text of every generated card: `regiontune push` regenerates a README.md
 # holding it and leaves a hand-written one (without it) alone.
 CARD_MARKER = "<!-- regiontune:generated-card -->"
-PEFT_METHODS = ("lora", "adalora", "ia3")
 
 _ADAPTER_USAGE = """\
 ## How to use
@@ -147,7 +146,7 @@ def adapter_card(meta: dict[str, Any]) -> ModelCard:
             f"to region **{region}**.\n\n{_table(facts)}\n## Evaluation\n\n"
             f"{_metrics_table(meta.get('metrics'), meta.get('protocol'))}\n"
             + _ADAPTER_USAGE.format(dir="ADAPTER_DIR", region=region))
-    if method.lower() in PEFT_METHODS:
+    if meta.get("peft_loadable"):
         text += _PEFT_USAGE.format(method=method, dir="ADAPTER_DIR")
     return _card(data, text)
 

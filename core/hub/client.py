@@ -35,6 +35,7 @@ except ImportError:  # pragma: no cover
     import httpx as _httpx
     from httpx import TransportError
 
+from regiontune.adapters.folder import AdapterFolder
 from regiontune.artifacts import (
     ADAPTER_META,
     BACKBONE_META,
@@ -252,15 +253,6 @@ def _backbone_fingerprint(backbone_dir: str | Path) -> str:
     return str(meta["fingerprint"])
 
 
-def _check_backbone(tmp: Path, backbone_fp: str, where: str) -> None:
-    adapter_fp = read_json(tmp / ADAPTER_META, "adapter metadata").get("backbone_fingerprint")
-    if not adapter_fp:
-        raise ArtifactError(f"{where}: {ADAPTER_META} records no backbone_fingerprint, so it "
-                            "cannot be checked against the backbone")
-    if adapter_fp != backbone_fp:
-        raise BackboneMismatchError(str(adapter_fp), backbone_fp, where)
-
-
 def pull(repo_id: str, out: str | Path, *, revision: str | None = None,
          token: str | None = None, endpoint: str | None = None,
          backbone_dir: str | Path | None = None) -> Path:
@@ -295,7 +287,13 @@ def pull(repo_id: str, out: str | Path, *, revision: str | None = None,
         refuse_pickles(tmp)
         kind = artifact_kind(tmp)
         if backbone_fp is not None and kind == "adapter":
-            _check_backbone(tmp, backbone_fp, where)
+            try:  # the metadata only: the files are checked again where they are loaded
+                AdapterFolder.read(tmp, backbone_fp, weights=False)
+            except BackboneMismatchError as err:  # named by the repository, not the temp dir
+                raise BackboneMismatchError(err.adapter_fingerprint, backbone_fp,
+                                            where) from None
+            except ArtifactError as err:
+                raise ArtifactError(str(err).replace(str(tmp), where)) from None
         elif backbone_fp is not None:
             logger.info("%s is a backbone: backbone_dir %s not used", where, backbone_dir)
         meta_path = tmp / _meta_file(kind)

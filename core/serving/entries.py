@@ -10,6 +10,7 @@ each such region gets its own body and its own sub-batch.
 from __future__ import annotations
 
 import itertools
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -20,31 +21,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from regiontune.adapters import ItemSide, get_method
-from regiontune.adapters.io import CONFIG, LORA_EXPORT, WEIGHTS
+from regiontune.adapters import AdapterFolder, AdapterMethod, ItemSide, get_method
+from regiontune.adapters.io import build_item_side
 from regiontune.adapters.item_side import PREFIX as ITEM_SIDE_PREFIX
-from regiontune.adapters.routing import (
-    BASE,
-    SHARED_METHODS,
-    RoutedBottleneck,
-    RoutedLora,
-    freeze,
-    internal_name,
-    parse_bottleneck,
-    parse_lora,
-    route,
-    shared_clone,
-)
-from regiontune.artifacts import (
-    ADAPTER_META,
-    ArtifactError,
-    BackboneMismatchError,
-    load_safetensors,
-    read_json,
-    refuse_pickles,
-)
+from regiontune.adapters.routing import BASE, freeze, route, shared_clone
 from regiontune.model.recmodel import N_SPECIAL, RecModel
 from regiontune.model.vocab import ItemVocab
+
+_VERSIONS = itertools.count(1)
+
+
+def internal_name(region: str) -> str:
+    """A unique adapter name per load (module keys may not hold '.'; never ``__base__``)."""
+    return f"{re.sub(r'[^A-Za-z0-9_]', '_', region)}_v{next(_VERSIONS)}"
 
 
 class SharedBody:
@@ -55,34 +44,28 @@ class SharedBody:
     adapters no request can route to (not yet published, or retired and unused).
     """
 
-    def __init__(self, method: str, backbone: RecModel) -> None:
-        if method not in SHARED_METHODS:
-            raise ValueError(f"{method} adapters cannot share a body")
-        self.method, self.lock = method, threading.Lock()
+    def __init__(self, method: AdapterMethod, backbone: RecModel) -> None:
+        if method.routed is None:
+            raise ValueError(f"{method.name} adapters cannot share a body")
+        self.method, self.form, self.lock = method.name, method.routed, threading.Lock()
         self.model = shared_clone(backbone).eval()
-        self.layer_type = RoutedLora if method == "lora" else RoutedBottleneck
+        self.layer_type = self.form.layer_type
         self.names: set[str] = set()
 
     def add(self, name: str, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
         """Add adapter ``name``; on failure the body is left as it was."""
         with self.lock, torch.no_grad():
             # validated first: nothing below can fail
-            if self.method == "lora":
-                for path, adapter in parse_lora(self.model, config, tensors).items():
-                    self._layer(path).add(name, *adapter)
-            else:
-                act, parsed = parse_bottleneck(self.model, config, tensors)
-                for path, parts in parsed.items():
-                    self._layer(path).add(name, parts, act)
+            for path, args in self.form.parse(self.model, config, tensors).items():
+                self._layer(path).add(name, *args)
             self.names.add(name)
 
-    def _layer(self, path: str) -> RoutedLora | RoutedBottleneck:
+    def _layer(self, path: str) -> nn.Module:
         """The routed layer at ``path``, wrapping the plain one on first use."""
         layer = self.model.get_submodule(path)
         if not isinstance(layer, self.layer_type):
             parent, _, child = path.rpartition(".")
-            layer = (RoutedLora(layer) if self.method == "lora"
-                     else RoutedBottleneck(layer, self.model.config.hidden_size))
+            layer = self.form.wrap(layer, self.model)
             setattr(self.model.get_submodule(parent), child, layer)
         return layer
 
@@ -184,71 +167,39 @@ def backbone_entry(backbone: RecModel, vocab: ItemVocab, path: str = "") -> Regi
                        body=backbone)
 
 
-def read_region_files(directory: Path, backbone_fp: str
-                      ) -> tuple[dict, str, dict, dict[str, torch.Tensor]]:
-    """(region meta, method to serve as, adapter config, tensors); fingerprint checked first.
-
-    AdaLoRA adapters are served as their exported plain LoRA when they ship one.
-    """
-    if not directory.is_dir():
-        raise ArtifactError(f"{directory}: no such adapter directory")
-    if not (directory / ADAPTER_META).is_file():  # before any walk: "/" is refused at once
-        raise ArtifactError(f"{directory}: not an adapter directory (no {ADAPTER_META})")
-    refuse_pickles(directory)
-    meta = read_json(directory / ADAPTER_META, "region metadata (region.json)")
-    recorded = meta.get("backbone_fingerprint")
-    if recorded != backbone_fp:
-        raise BackboneMismatchError(str(recorded), backbone_fp, str(directory))
-    method = str(meta.get("method", "?"))
-    get_method(method)  # unknown method: a clear error before reading weights
-    source, served = directory, method
-    if method == "adalora" and (directory / LORA_EXPORT / CONFIG).is_file():
-        source, served = directory / LORA_EXPORT, "lora"
-    config = read_json(source / CONFIG, "adapter config")
-    tensors = load_safetensors(source / WEIGHTS)
-    bad = sorted(k for k, t in tensors.items()
-                 if t.is_floating_point() and not bool(torch.isfinite(t).all()))
-    if bad:  # served, such weights give NaN scores and arbitrary items
-        raise ArtifactError(f"{source / WEIGHTS}: non-finite (NaN or infinite) values in "
-                            f"{len(bad)} tensor(s), e.g. {bad[:3]}; the adapter is broken: "
-                            "retrain it (lower the learning rate) or restore a good copy")
-    return meta, served, config, tensors
-
-
 def build_entry(region: str, directory: Path, backbone: RecModel, vocab: ItemVocab,
                 backbone_fp: str, shared: dict[str, SharedBody]) -> RegionEntry:
     """Load an adapter directory into a new entry (shared bodies get a new adapter)."""
-    meta, served, config, tensors = read_region_files(directory, backbone_fp)
-    item_side = ItemSide(meta["catalogue"], vocab, backbone.config.hidden_size,
-                         int(meta.get("item_rank", 0)), bool(meta.get("item_bias", True)))
-    item_side.load(tensors)
+    folder = AdapterFolder.read(directory, backbone_fp, serving=True)
+    item_side = build_item_side(folder, vocab, backbone.config.hidden_size)
     factors = _item_factors(item_side)
     # catalogue strings shared with the backbone vocabulary: only new items cost their own
     region_vocab = ItemVocab([vocab.items[vocab.index[i]] if i in vocab.index else i
                               for i in item_side.catalogue])
     name = internal_name(region)
-    method = get_method(served)
-    if served in shared:
+    method = get_method(folder.method)
+    if folder.method in shared:
         base = backbone  # shared bodies hold the backbone's weights
-        body = shared[served]
-        body.add(name, config, tensors)  # last step that can fail: nothing left half-added
+        body = shared[folder.method]
+        body.add(name, folder.config, folder.tensors)  # last step that can fail
         own = None
     else:
         with torch.no_grad():
-            start = backbone if served == "full" else shared_clone(backbone)
-            own = freeze(method.load(start, config, tensors, name, None))
+            start = backbone if method.copies_backbone else shared_clone(backbone)
+            own = freeze(method.load(start, folder.config, folder.tensors, name, None))
         base = method.base_of(own)
     embed, bias = _base_tables(base)
+    meta = folder.meta
     # the catalogue lives in the vocabulary: do not keep a second copy in the metadata
     small_meta = {k: v for k, v in meta.items() if k not in ("catalogue", "new_items")}
     small_meta["n_new_items"] = len(meta.get("new_items") or [])
-    entry = RegionEntry(region, meta["method"], served, str(directory), name,
+    entry = RegionEntry(region, folder.trained_method, folder.method, str(directory), name,
                         region_vocab, embed, bias, **factors,
                         shared=body if own is None else None, body=own, meta=small_meta,
                         fingerprint_ok=meta.get("backbone_fingerprint") == backbone_fp)
     # what this region holds in memory: adapter weights (unpadded) + its low-rank item side
     small_meta["tensor_bytes"] = entry.item_bytes() + sum(
-        t.nbytes for k, t in tensors.items() if not k.startswith(ITEM_SIDE_PREFIX))
+        t.nbytes for k, t in folder.tensors.items() if not k.startswith(ITEM_SIDE_PREFIX))
     return entry
 
 

@@ -43,7 +43,7 @@ def build_region_task(backbone: RecModel, vocab: ItemVocab, catalogue: list[str]
     scale = float(backbone.item_table()[0].detach().std())
     rank = adapt_cfg.item_rank
     if rank < 0:
-        rank = auto_item_rank(backbone, body if adapt_cfg.method != "full" else None,
+        rank = auto_item_rank(backbone, None if method.copies_backbone else body,
                               len(catalogue), adapt_cfg)
     item_side = ItemSide(catalogue, vocab, backbone.config.hidden_size, rank,
                          adapt_cfg.item_bias, scale=scale)

@@ -24,7 +24,7 @@ from regiontune.model.task import BackboneTask
 from regiontune.model.vocab import ItemVocab
 from regiontune.training.loop import CHECKPOINT, LOG_FILE, fit
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CFG = TrainConfig(epochs=4, batch_size=16, lr=5e-3, patience=10, progress=False, seed=3)
 SIZES = dict(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, max_len=12,
              dropout=0.1)

@@ -15,7 +15,7 @@ from regiontune.data.recipes import SYNTHETIC_REGIONS, load_regions, synthetic_f
 
 # the shared real data sits beside the project (../shared/data); REGIONTUNE_DATA overrides it
 DATA = Path(os.environ.get("REGIONTUNE_DATA",
-                           Path(__file__).resolve().parents[2] / "shared" / "data"))
+                           Path(__file__).resolve().parents[3] / "shared" / "data"))
 ML100K = DATA / "ml-100k"
 WSDM = DATA / "wsdm22-xmrec"
 needs_ml100k = pytest.mark.skipif(not (ML100K / "ml-100k.inter").is_file(),

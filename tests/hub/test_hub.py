@@ -15,11 +15,7 @@ from safetensors.torch import save_file
 from regiontune.artifacts import ArtifactError, BackboneMismatchError, write_json
 from regiontune.artifacts.cards import adapter_card, backbone_card, write_card
 from regiontune.hub.client import HubError, pull, push, validate_repo_id
-
-try:
-    from hubserver import HubServer
-except ImportError:  # tests/ turned into a package
-    from tests.hubserver import HubServer
+from tests.hubserver import HubServer
 
 TOKEN = "hf_testsecrettoken0123456789"
 WRONG = "not-the-right-token-4242"
@@ -51,7 +47,8 @@ def make_adapter(root: Path, fp: str = "sha256:aaa", value: float = 1.0) -> Path
                "base_model.model.q_proj.lora_B.weight": torch.arange(16.0).reshape(8, 2)},
               str(directory / "adapter_model.safetensors"))
     write_json(directory / "region.json", {
-        "kind": "adapter", "region": "de", "method": "lora", "dataset": "synthetic",
+        "kind": "adapter", "region": "de", "method": "lora", "peft_loadable": True,
+        "dataset": "synthetic",
         "protocol": "leave-one-out, full ranking", "backbone_fingerprint": fp,
         "metrics": {"ndcg@10": 0.61, "hr@10": 0.8, "mrr": 0.5}, "trainable_params": 32,
         "adapter_bytes": (directory / "adapter_model.safetensors").stat().st_size,
