@@ -12,6 +12,7 @@ from peft.utils import get_peft_model_state_dict
 from safetensors.torch import load_file
 
 from regiontune.adapters import (
+    AdapterFolder,
     ItemSide,
     RegionTask,
     get_method,
@@ -135,3 +136,14 @@ def test_adalora_adapter_loads_with_load_adapter(adalora_trained, tiny_backbone_
 
 # -- mixed-region batches ---------------------------------------------------------------------
 
+
+
+def test_adalora_folder_is_served_as_its_lora_export(adalora_trained, tiny_backbone_dir):
+    fingerprint = json.loads((adalora_trained["dir"] / "region.json").read_text())[
+        "backbone_fingerprint"]
+    served = AdapterFolder.read(adalora_trained["dir"], fingerprint, serving=True)
+    assert (served.method, served.trained_method) == ("lora", "adalora")
+    assert served.source == adalora_trained["dir"] / LORA_EXPORT
+    assert served.config["peft_type"] == "LORA"
+    trained = AdapterFolder.read(adalora_trained["dir"], fingerprint)
+    assert trained.method == "adalora" and trained.config["peft_type"] == "ADALORA"

@@ -14,6 +14,7 @@ from peft.utils import get_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
 from regiontune.adapters import (
+    METHODS,
     AdapterFolder,
     RegionTask,
     load_adapter,
@@ -195,3 +196,35 @@ def test_plain_peft_loads_peft_adapters(saved, tiny_backbone_dir):
     torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
 
 
+
+
+def test_folder_reads_metadata_alone_and_refuses_a_folder_without_fingerprint(saved, tmp_path):
+    folder = AdapterFolder.read(saved["dir"], saved["fingerprint"], weights=False)
+    assert folder.trained_method == saved["method"] and folder.region == REGION
+    assert folder.tensors == {} and folder.config == {}
+    copy = tmp_path / "copy"
+    shutil.copytree(saved["dir"], copy)
+    meta = json.loads((copy / "region.json").read_text())
+    del meta["backbone_fingerprint"]
+    (copy / "region.json").write_text(json.dumps(meta))
+    AdapterFolder.read(copy)  # without a backbone to check against, it reads
+    with pytest.raises(ArtifactError, match="records no backbone_fingerprint"):
+        AdapterFolder.read(copy, saved["fingerprint"])
+
+
+def test_folder_records_whether_plain_peft_loads_it(saved):
+    assert saved["meta"]["peft_loadable"] is METHODS[saved["method"]].peft_loadable
+
+
+@pytest.mark.parametrize("method", ["lora", "bottleneck"])
+def test_non_finite_weights_are_refused_at_save_and_nothing_is_written(tiny_backbone, island,
+                                                                       tmp_path, method):
+    backbone, vocab, meta = tiny_backbone
+    task = build_region_task(backbone, vocab, island.catalogue,
+                             AdaptConfig(method=method, region=REGION), total_steps=10)
+    with torch.no_grad():
+        next(p for n, p in task.body.named_parameters() if p.requires_grad).fill_(float("nan"))
+    with pytest.raises(ValueError, match="non-finite"):
+        save_adapter(task, method, REGION, {"region": REGION,
+                     "backbone_fingerprint": meta["fingerprint"]}, tmp_path / "a")
+    assert list(tmp_path.iterdir()) == []
