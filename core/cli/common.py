@@ -1,11 +1,16 @@
-"""Shared pieces of the ``regiontune`` command: the Typer app, options, config plumbing."""
+"""Shared pieces of the ``regiontune`` command: the Typer app, the ``command`` wrapper, options,
+config plumbing."""
 
 from __future__ import annotations
 
-import json
+import functools
+import inspect
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
+import click
 import typer
 
 from regiontune.config import (
@@ -79,6 +84,31 @@ def fail(err: Exception) -> None:
 
 
 KNOWN_ERRORS = (ValueError, FileNotFoundError, KeyError, RuntimeError)
+# Click's and Typer's own exits and aborts are RuntimeErrors too: they pass through untouched.
+_PASS_THROUGH = (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.Abort)
+F = TypeVar("F", bound=Callable[..., None])
+
+
+def command(fn: F) -> F:
+    """Wrap a command body (apply it under ``@app.command()``): set up logging from its
+    ``verbose`` argument, then run it; a known error (``KNOWN_ERRORS``, the hub's errors
+    included) ends with ``error: ...`` and exit code 2, never a traceback. ``functools.wraps``
+    keeps the signature, annotations and docstring Typer builds the options and help from."""
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs) -> None:
+        setup_logging(signature.bind_partial(*args, **kwargs).arguments.get("verbose") is True)
+        try:
+            fn(*args, **kwargs)
+        except _PASS_THROUGH:
+            raise
+        except KNOWN_ERRORS as err:
+            fail(err)
+
+    return wrapper  # type: ignore[return-value]
+
+
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML file with data/model/train/adapt "
                          "sections.", exists=True, dir_okay=False)
 SetOpt = typer.Option([], "--set", help=SET_HELP)
@@ -89,19 +119,6 @@ FileOpt = typer.Option([], "--file", help="Interaction file (CSV/TSV/Parquet/JSO
 ColumnsOpt = typer.Option([], "--columns", help="Column mapping OURS=YOURS, e.g. user=userId. "
                           "Ours: user, item, region, timestamp, rating. Repeatable.")
 VerboseOpt = typer.Option(False, "--verbose", "-v", help="Debug logging.")
-
-
-def parse_options(items: list[str]) -> dict:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise typer.BadParameter(f"--option {item!r}: use KEY=VALUE")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
 
 
 def backbone_data(backbone: Path, cfg: DataConfig) -> DataConfig:

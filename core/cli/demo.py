@@ -1,4 +1,6 @@
-"""The end-to-end demo on the built-in synthetic regions (a few minutes on a laptop CPU)."""
+"""``regiontune demo``: the end-to-end demo on the built-in synthetic regions (a few minutes on
+a laptop CPU). The training and evaluation modules are imported when the demo runs, so the
+command line starts without them."""
 
 from __future__ import annotations
 
@@ -6,14 +8,10 @@ import logging
 import time
 from pathlib import Path
 
+import typer
+
+from regiontune.cli.common import VerboseOpt, app, command
 from regiontune.config import AdaptConfig, DataConfig, ModelConfig, TrainConfig
-from regiontune.data.recipes import load_regions
-from regiontune.evaluation.baselines import Popularity
-from regiontune.evaluation.evaluate import evaluate_scorer, evaluate_task
-from regiontune.model.backbone import load_backbone
-from regiontune.model.task import BackboneTask
-from regiontune.training.adapt import adapt
-from regiontune.training.pretrain import pretrain
 
 logger = logging.getLogger(__name__)
 BIG = ["north", "south", "east", "west"]
@@ -21,14 +19,36 @@ SMALL = ["island", "alpine", "delta"]
 DEMO_MODEL = ModelConfig(hidden_size=64, intermediate_size=128, max_len=30, dropout=0.2)
 
 
+@app.command()
+@command
+def demo(out: Path = typer.Option(Path("runs/demo"), "--out", help="Where to write the "
+                                  "backbone and adapters."),
+         epochs: int = typer.Option(15, "--epochs", help="Maximum epochs per training run."),
+         verbose: bool = VerboseOpt) -> None:
+    """Pretrain on the big synthetic regions, adapt LoRA to the small ones, compare."""
+    rows = run_demo(out, epochs)
+    typer.echo(format_table(rows))
+    typer.echo(f"backbone: {out / 'backbone'}  adapters: {out / 'adapters'}/<region>")
+
+
 def popularity_metrics(data) -> dict:
     """NDCG@10 of ranking the region's items by training popularity."""
+    from regiontune.evaluation.baselines import Popularity
+    from regiontune.evaluation.evaluate import evaluate_scorer
+
     scorer = Popularity().fit(data.train, data.catalogue)
     return evaluate_scorer(scorer.score, data.catalogue, data.test)
 
 
 def run_demo(out: Path, epochs: int = 15, progress: bool = True) -> list[dict]:
     """Pretrain on the big regions, evaluate everywhere, adapt LoRA to the small ones."""
+    from regiontune.data.recipes import load_regions
+    from regiontune.evaluation.evaluate import evaluate_task
+    from regiontune.model.backbone import load_backbone
+    from regiontune.model.task import BackboneTask
+    from regiontune.training.adapt import adapt
+    from regiontune.training.pretrain import pretrain
+
     started = time.perf_counter()
     train = TrainConfig(epochs=epochs, patience=3, progress=progress)
     pretrain(DataConfig(regions=BIG), DEMO_MODEL, train, out / "backbone")

@@ -1,0 +1,59 @@
+"""``regiontune serve``: every region from one process over HTTP."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+from regiontune.cli.common import VerboseOpt, app, command
+
+
+@app.command()
+@command
+def serve(backbone: Path = typer.Option(..., "--backbone", help="Backbone directory."),
+          adapters: Path = typer.Option(None, "--adapters", help="Directory whose "
+                                        "sub-directories are adapters; all are served, and "
+                                        "admin PUT may load others from it."),
+          adapter: list[str] = typer.Option([], "--adapter", help="REGION=SOURCE: one more "
+                                            "adapter, SOURCE a directory or a hub id "
+                                            "org/name[@revision]. Repeatable."),
+          adapter_root: list[Path] = typer.Option([], "--adapter-root", help="A directory "
+                                                  "admin PUT may load local adapters from "
+                                                  "(besides --adapters). Repeatable."),
+          host: str = typer.Option("127.0.0.1", "--host"),
+          port: int = typer.Option(8000, "--port"),
+          unknown_region: str = typer.Option("error", "--unknown-region", help="error: a "
+                                             "region without an adapter gets a 404; backbone: "
+                                             "served by the un-adapted backbone (a WARNING "
+                                             "names each such region once)."),
+          max_body_bytes: int = typer.Option(2 * 2**20, "--max-body-bytes", min=1,
+                                             help="Larger request bodies get a 413."),
+          max_history: int = typer.Option(200, "--max-history", min=1,
+                                          help="Items per history."),
+          max_item_chars: int = typer.Option(256, "--max-item-chars", min=1,
+                                             help="Characters per item id."),
+          max_batch: int = typer.Option(256, "--max-batch", min=1,
+                                        help="Requests per batch."),
+          max_k: int = typer.Option(1000, "--max-k", min=1, help="Items per answer."),
+          hub_timeout: float = typer.Option(10.0, "--hub-timeout", min=0.001, help="Seconds a "
+                                            "hub request may wait to connect or for a byte."),
+          hub_deadline: float = typer.Option(120.0, "--hub-deadline", min=0.001, help="Seconds "
+                                             "a whole hub download may take (then a 422)."),
+          verbose: bool = VerboseOpt) -> None:
+    """Serve every region from one process over HTTP.
+
+    Admin routes (PUT/DELETE /v1/regions/...) require the token in REGIONTUNE_ADMIN_TOKEN.
+    """
+    from regiontune.serving.app import ServingLimits
+    from regiontune.serving.app import serve as run
+
+    pairs = [tuple(a.split("=", 1)) for a in adapter]
+    if any(len(p) != 2 for p in pairs):
+        raise ValueError("--adapter takes REGION=SOURCE")
+    limits = ServingLimits(max_body_bytes=max_body_bytes, max_history=max_history,
+                           max_item_chars=max_item_chars, max_batch=max_batch, max_k=max_k)
+    run(backbone, adapters, host, port, os.environ.get("REGIONTUNE_ADMIN_TOKEN"),
+        unknown_region, pairs, adapter_roots=adapter_root, limits=limits,
+        hub_timeout_s=hub_timeout, hub_deadline_s=hub_deadline)

@@ -1,0 +1,112 @@
+"""``regiontune pretrain`` and ``regiontune adapt``: train a backbone, then a region's adapter."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from regiontune.cli.common import (
+    ColumnsOpt,
+    ConfigOpt,
+    DataDirOpt,
+    DataOpt,
+    FileOpt,
+    SetOpt,
+    VerboseOpt,
+    app,
+    backbone_data,
+    command,
+    data_config,
+    load_configs,
+    print_metrics,
+)
+from regiontune.config import ADAPT_LR
+
+
+def parse_options(items: list[str]) -> dict:
+    """``--option KEY=VALUE`` items; a VALUE that parses as JSON is taken as such."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"--option {item!r}: use KEY=VALUE")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+@app.command()
+@command
+def pretrain(out: Path = typer.Option(..., "--out", help="Backbone directory to write."),
+             regions: str = typer.Option(None, "--regions", help="Comma-separated regions to "
+                                         "pretrain on (default: all)."),
+             data: str = DataOpt, data_dir: Path = DataDirOpt, file: list[str] = FileOpt,
+             columns: list[str] = ColumnsOpt, arch: str = typer.Option(None, "--arch",
+             help="Backbone family: llama, gpt2 (causal) or bert (bidirectional)."),
+             epochs: int = typer.Option(None, "--epochs", help="Maximum epochs."),
+             resume: bool = typer.Option(False, "--resume", help="Continue from the last "
+                                         "checkpoint of an interrupted run."),
+             config: Path = ConfigOpt, set_: list[str] = SetOpt, verbose: bool = VerboseOpt
+             ) -> None:
+    """Pretrain a backbone on the pooled data of several regions."""
+    from regiontune.training.pretrain import pretrain as run
+
+    cfg = load_configs(config, set_)
+    data_cfg = data_config(cfg["data"], data, data_dir, file, columns, regions)
+    if arch:
+        cfg["model"].arch = arch
+    if epochs:
+        cfg["train"].epochs = epochs
+    meta = run(data_cfg, cfg["model"], cfg["train"], out, resume=resume)
+    print_metrics(meta.get("metrics", {}))
+    typer.echo(f"backbone written to {out} ({meta.get('fingerprint')})")
+
+
+@app.command()
+@command
+def adapt(backbone: Path = typer.Option(..., "--backbone", help="Backbone directory."),
+          region: str = typer.Option(..., "--region", help="Region to adapt to."),
+          out: Path = typer.Option(..., "--out", help="Adapter directory to write."),
+          method: str = typer.Option("lora", "--method", help="lora, adalora, ia3, "
+                                     "bottleneck or full."),
+          option: list[str] = typer.Option([], "--option", "-o", help="Method option KEY=VALUE"
+                                           ", e.g. r=16, lora_alpha=32, targets=attention, "
+                                           "reduction_factor=8, init_r=12. Repeatable."),
+          item_rank: int = typer.Option(None, "--item-rank", help="Rank of the item-embedding "
+                                        "delta (0 disables it)."),
+          fraction: float = typer.Option(1.0, "--fraction", help="Seeded share of the region's "
+                                         "training users, e.g. 0.1 (evaluation uses all)."),
+          weights_dtype: str = typer.Option(None, "--weights-dtype", help="auto (default: "
+                                            "float16 for adapters, float32 for full), float32,"
+                                            " float16 or bfloat16. Half precision halves the "
+                                            "file and doubles the auto item rank."),
+          data: str = DataOpt, data_dir: Path = DataDirOpt, file: list[str] = FileOpt,
+          columns: list[str] = ColumnsOpt,
+          epochs: int = typer.Option(None, "--epochs", help="Maximum epochs."),
+          resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run."),
+          config: Path = ConfigOpt, set_: list[str] = SetOpt, verbose: bool = VerboseOpt) -> None:
+    """Train a region's adapter on the frozen backbone and save it (PEFT layout)."""
+    from regiontune.training.adapt import adapt as run
+
+    cfg = load_configs(config, set_, defaults={"train": {"lr": ADAPT_LR}})
+    data_cfg = data_config(cfg["data"], data, data_dir, file, columns, None)
+    if not (data or file or config):
+        data_cfg = backbone_data(backbone, data_cfg)
+    adapt_cfg = cfg["adapt"]
+    adapt_cfg.method, adapt_cfg.region, adapt_cfg.fraction = method, region, fraction
+    adapt_cfg.options.update(parse_options(option))
+    if item_rank is not None:
+        adapt_cfg.item_rank = item_rank
+    if weights_dtype is not None:
+        adapt_cfg.weights_dtype = weights_dtype
+    if epochs:
+        cfg["train"].epochs = epochs
+    meta = run(backbone, data_cfg, adapt_cfg, cfg["train"], out, resume=resume)
+    print_metrics({region: {**meta.get("metrics", {}), "protocol": meta.get("protocol", "")}})
+    typer.echo(f"adapter ({method}, {meta['trainable_params']:,} trainable parameters, "
+               f"{meta['adapter_bytes'] / 1024:.0f} KiB, {meta['train_seconds']:.0f} s) "
+               f"written to {out}")
