@@ -22,387 +22,40 @@ checked before any work and published in the OpenAPI schema. One status per kind
 # limits are configurable) and FastAPI reads route annotations as objects.
 
 import hmac
-import json
 import logging
-import math
 import os
-import threading
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException
 from fastapi import Path as PathParam
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
-from fastapi.routing import APIRoute
+from fastapi.responses import PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    StrictBool,
-    StrictInt,
-    StrictStr,
-    StringConstraints,
-    create_model,
-)
 
 from regiontune.artifacts import ADAPTER_META
-from regiontune.serving.recommender import (
-    HUB_ID,
-    AdapterLoadError,
-    InvalidRequestError,
-    Recommender,
-    UnknownRegionError,
-    check_region,
+from regiontune.serving.errors import UnknownRegionError, check_region
+from regiontune.serving.fetch import HUB_ID
+from regiontune.serving.http_errors import StrictJSONRoute, add_error_handlers, clip
+from regiontune.serving.middleware import BodyLimitMiddleware, Metrics, MetricsMiddleware
+from regiontune.serving.recommender import Recommender
+from regiontune.serving.schemas import (
+    MAX_UNKNOWN_ECHO,
+    REGION_PATTERN,
+    BatchResponse,
+    LoadRequest,
+    Recommendation,
+    RegionInfo,
+    ServingLimits,
+    error_doc,
+    request_models,
 )
 
+__all__ = ["ServingLimits", "adapter_dirs", "adapter_source", "create_app", "public_path",
+           "serve"]
 logger = logging.getLogger(__name__)
-REGION_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 TOKEN_ENV = "REGIONTUNE_ADMIN_TOKEN"
-MAX_UNKNOWN_ECHO = 20  # unknown history items echoed back per answer (all are counted)
-MAX_ERRORS = 20  # validation errors listed per answer (the rest are counted)
 
-
-@dataclass(frozen=True)
-class ServingLimits:
-    """Per-request bounds, enforced before any work (defaults sized for one CPU process)."""
-
-    max_body_bytes: int = 2 * 2**20  # 413 past this; a full batch of long histories fits
-    max_history: int = 200  # items per history (the backbone reads at most max_len anyway)
-    max_item_chars: int = 256  # characters per item id
-    max_batch: int = 256  # requests per batch (scores: batch x catalogue floats)
-    max_k: int = 1000  # items returned per request
-
-    def __post_init__(self) -> None:
-        for name, value in self.__dict__.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"serving limit {name} must be a positive integer, not "
-                                 f"{value!r}")
-
-
-# ---------------------------------------------------------------- strict JSON
-
-class _BadJSON(ValueError):
-    """JSON that parses in Python but that the API refuses (non-finite numbers, ...)."""
-
-
-def _no_constant(name: str) -> Any:
-    raise _BadJSON(f"{name} is not a JSON number: send finite numbers only")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise _BadJSON(f"number {_clip(text, 40)} overflows a 64-bit float: send finite "
-                       "numbers only")
-    return value
-
-
-def _check_strings(value: Any) -> None:
-    """Every string (keys too) must be encodable: a ``\\ud800`` escape alone is not text."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            strings = [item]
-        elif isinstance(item, list):
-            stack.extend(item)
-            continue
-        elif isinstance(item, dict):
-            stack.extend(item.values())
-            strings = list(item)
-        else:
-            continue
-        for s in strings:
-            if not s.isascii():
-                try:
-                    s.encode("utf-8")
-                except UnicodeEncodeError as err:
-                    raise _BadJSON("strings must be valid Unicode: a lone surrogate escape "
-                                   "(\\ud800-\\udfff without its pair) was sent") from err
-
-
-def strict_json(body: bytes | str) -> Any:
-    """Parse a request body as JSON the way the API accepts it.
-
-    Refused (as :class:`json.JSONDecodeError`, which FastAPI answers with a 422): malformed
-    JSON, ``NaN`` / ``Infinity`` / numbers that overflow a float (Python's parser takes them,
-    JSON does not, and they cannot be sent back), integers past Python's digit limit, invalid
-    UTF-8, nesting deep enough to exhaust the parser, lone surrogates.
-    """
-    try:
-        value = json.loads(body, parse_constant=_no_constant, parse_float=_finite_float)
-        _check_strings(value)
-    except json.JSONDecodeError:
-        raise
-    except (ValueError, RecursionError) as err:  # _BadJSON, digit limit, UnicodeDecodeError
-        reason = str(err) if isinstance(err, ValueError) else "nested too deeply"
-        raise json.JSONDecodeError(_clip(reason, 200), "", 0) from err
-    return value
-
-
-class _StrictJSONRequest(Request):
-    async def json(self) -> Any:
-        if not hasattr(self, "_json"):
-            self._json = strict_json(await self.body())
-        return self._json
-
-
-class StrictJSONRoute(APIRoute):
-    """A route whose JSON body is parsed by :func:`strict_json`."""
-
-    def get_route_handler(self):
-        handler = super().get_route_handler()
-
-        async def strict(request: Request):
-            return await handler(_StrictJSONRequest(request.scope, request.receive))
-
-        return strict
-
-
-class BodyLimitMiddleware:
-    """Pure ASGI middleware: a body over ``max_bytes`` is answered 413 before it is read in
-    full (a ``Content-Length`` over the limit: before any of it is read); the body is
-    otherwise read here and replayed to the app."""
-
-    def __init__(self, app, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            await self._too_large(send)
-            return
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away: pass that on
-                pending = [message]
-                break
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                await self._too_large(send)
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                pending = [{"type": "http.request", "body": b"".join(chunks),
-                            "more_body": False}]
-                break
-
-        async def replay():
-            return pending.pop() if pending else await receive()
-
-        await self.app(scope, replay, send)
-
-    async def _too_large(self, send) -> None:
-        body = json.dumps({"detail": f"request body larger than {self.max_bytes} bytes "
-                                     "(the server's max_body_bytes): send less, e.g. split "
-                                     "a batch"}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body})
-
-
-def _clip(text: Any, limit: int) -> str:
-    text = text if isinstance(text, str) else repr(text)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
-
-
-def validation_errors(errors: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Pydantic / FastAPI errors as sent back: location, message, type; the client's input
-    is never echoed (it may be megabytes), long keys and messages are clipped."""
-    out = []
-    for err in errors[:MAX_ERRORS]:
-        msg = str(err.get("msg", "invalid"))
-        ctx = err.get("ctx") or {}
-        if err.get("type") == "json_invalid" and ctx.get("error"):
-            msg = f"{msg}: {ctx['error']}"
-        loc = [part if isinstance(part, int) and not isinstance(part, bool) else
-               _clip(str(part), 64) for part in err.get("loc", ())]
-        out.append({"loc": loc, "msg": _clip(msg, 300), "type": str(err.get("type", "?"))})
-    if len(errors) > MAX_ERRORS:
-        out.append({"loc": [], "msg": f"... and {len(errors) - MAX_ERRORS} more errors",
-                    "type": "too_many_errors"})
-    return out
-
-
-# ---------------------------------------------------------------- schema
-
-def _region(value: str) -> str:
-    try:
-        return check_region(value)
-    except InvalidRequestError as err:
-        raise ValueError(str(err)) from None
-
-
-Region = Annotated[StrictStr, Field(pattern=REGION_PATTERN, description="region name: 1-64 "
-                                    "letters, digits, '_', '-' or '.', without '..'"),
-                   AfterValidator(_region)]
-
-
-def request_models(limits: ServingLimits) -> tuple[type[BaseModel], type[BaseModel]]:
-    """The request body models under ``limits`` (so that the OpenAPI schema states them)."""
-    item = Annotated[StrictStr, StringConstraints(max_length=limits.max_item_chars)]
-    one = create_model(
-        "RecommendRequest", __config__=ConfigDict(extra="forbid"),
-        __doc__="One user's request.",
-        region=(Region, ...),
-        history=(list[item], Field(default_factory=list, max_length=limits.max_history,
-                                   description=f"item ids, oldest first (at most "
-                                               f"{limits.max_history}, each at most "
-                                               f"{limits.max_item_chars} characters)")),
-        k=(StrictInt, Field(10, ge=1, le=limits.max_k, description="number of items to "
-                                                                    "return")),
-        exclude_seen=(StrictBool, Field(True, description="never recommend history items")))
-    batch = create_model(
-        "BatchRequest", __config__=ConfigDict(extra="forbid"),
-        __doc__="Several users, possibly of several regions: served in as few forward passes "
-                "as can be.",
-        requests=(list[one], Field(min_length=1, max_length=limits.max_batch)))
-    return one, batch
-
-
-class Recommendation(BaseModel):
-    region: str
-    items: list[str]
-    scores: list[float]
-    adapted: bool = Field(description="false when the un-adapted backbone served the region")
-    unknown_items: list[str] = Field(description=f"history items the region does not know "
-                                                 f"(the first {MAX_UNKNOWN_ECHO})")
-    unknown_count: int = Field(0, description="how many history items the region does not "
-                                              "know")
-
-
-class BatchResponse(BaseModel):
-    results: list[Recommendation]
-
-
-class LoadRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    path: StrictStr = Field(min_length=1, max_length=4096,
-                            description="adapter directory (relative to an adapter root, or "
-                                        "absolute inside one) or hub id ORG/NAME[@REVISION]")
-
-
-class RegionInfo(BaseModel):
-    region: str
-    method: str
-    served_as: str
-    path: str = Field(description="relative to its adapter root, a hub id, or the folder's "
-                                  "name: never an absolute server path")
-    fingerprint_ok: bool
-    n_items: int
-    new_items: int
-    internal_name: str
-    tensor_bytes: int | None = Field(None, description="adapter weights + low-rank item side")
-    loaded_at: str
-
-
-class ErrorItem(BaseModel):
-    loc: list[str | int]
-    msg: str
-    type: str
-
-
-class ErrorResponse(BaseModel):
-    detail: str | list[ErrorItem]
-
-
-def _error(description: str) -> dict[str, Any]:
-    return {"model": ErrorResponse, "description": description}
-
-
-# ---------------------------------------------------------------- metrics
-
-class Metrics:
-    """Requests by route and status, a latency histogram per route; Prometheus text out."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.requests: dict[tuple[str, str, int], int] = {}
-        self.buckets: dict[str, list[int]] = {}
-        self.sums: dict[str, float] = {}
-        self.counts: dict[str, int] = {}
-
-    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
-        with self.lock:
-            key = (method, route, status)
-            self.requests[key] = self.requests.get(key, 0) + 1
-            counts = self.buckets.setdefault(route, [0] * len(LATENCY_BUCKETS))
-            for i, bound in enumerate(LATENCY_BUCKETS):
-                if seconds <= bound:
-                    counts[i] += 1
-            self.sums[route] = self.sums.get(route, 0.0) + seconds
-            self.counts[route] = self.counts.get(route, 0) + 1
-
-    def render(self, recommender: Recommender) -> str:
-        stats = recommender.stats()
-        lines = ["# HELP regiontune_http_requests_total HTTP requests by route and status.",
-                 "# TYPE regiontune_http_requests_total counter"]
-        with self.lock:
-            for (method, route, status), n in sorted(self.requests.items()):
-                lines.append(f'regiontune_http_requests_total{{method="{method}",'
-                             f'route="{route}",status="{status}"}} {n}')
-            lines += ["# HELP regiontune_http_request_duration_seconds Request latency.",
-                      "# TYPE regiontune_http_request_duration_seconds histogram"]
-            for route in sorted(self.buckets):
-                name = "regiontune_http_request_duration_seconds"
-                for bound, n in zip(LATENCY_BUCKETS, self.buckets[route], strict=True):
-                    lines.append(f'{name}_bucket{{route="{route}",le="{bound}"}} {n}')
-                lines.append(f'{name}_bucket{{route="{route}",le="+Inf"}} {self.counts[route]}')
-                lines.append(f'{name}_sum{{route="{route}"}} {self.sums[route]:.6f}')
-                lines.append(f'{name}_count{{route="{route}"}} {self.counts[route]}')
-        lines += ["# HELP regiontune_adapters_loaded Region adapters currently served.",
-                  "# TYPE regiontune_adapters_loaded gauge",
-                  f"regiontune_adapters_loaded {stats['adapters_loaded']}",
-                  "# HELP regiontune_forward_passes_total Transformer forward passes run.",
-                  "# TYPE regiontune_forward_passes_total counter",
-                  f"regiontune_forward_passes_total {stats.get('forward_passes', 0)}",
-                  "# HELP regiontune_recommendations_total Rows (users) served.",
-                  "# TYPE regiontune_recommendations_total counter",
-                  f"regiontune_recommendations_total {stats.get('requests', 0)}"]
-        return "\n".join(lines) + "\n"
-
-
-class MetricsMiddleware:
-    """Pure ASGI middleware: labels by route *template* (never the raw, client-chosen path)."""
-
-    def __init__(self, app, metrics: Metrics) -> None:
-        self.app, self.metrics = app, metrics
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        status = {"code": 500}
-        started = time.perf_counter()
-
-        async def send_wrapper(message) -> None:
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
-            self.metrics.observe(scope.get("method", "?"), route, status["code"],
-                                 time.perf_counter() - started)
-
-
-# ---------------------------------------------------------------- the app
 
 def create_app(recommender: Recommender, admin_token: str | None = None, max_history: int = 200,
                max_k: int = 1000, max_batch: int = 256, max_body_bytes: int = 2 * 2**20,
@@ -429,42 +82,18 @@ def create_app(recommender: Recommender, admin_token: str | None = None, max_his
                    "NaN and Infinity are not JSON and are refused (422).")
     app = FastAPI(title="regiontune", version="1", description=description)
     app.router.route_class = StrictJSONRoute
+    add_error_handlers(app)
     app.state.limits = limits
     metrics = Metrics()
     app.add_middleware(BodyLimitMiddleware, max_bytes=limits.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts the 413s too
     bearer = HTTPBearer(auto_error=False, description=f"the admin token (${TOKEN_ENV}); "
                         "required on admin routes when the server has one")
-    too_large = _error(f"body larger than {limits.max_body_bytes} bytes")
-    invalid = _error("invalid request: malformed JSON, NaN/Infinity, wrong type, a limit "
-                     "exceeded, or a bad region name")
-    unknown = _error("no adapter loaded for the region (when unknown regions are refused)")
+    too_large = error_doc(f"body larger than {limits.max_body_bytes} bytes")
+    invalid = error_doc("invalid request: malformed JSON, NaN/Infinity, wrong type, a limit "
+                        "exceeded, or a bad region name")
+    unknown = error_doc("no adapter loaded for the region (when unknown regions are refused)")
     read_errors = {413: too_large, 422: invalid, 404: unknown}
-
-    def run(requests: list) -> list[dict[str, Any]]:
-        # exclude_seen may differ per request: group so each call is one mixed pass
-        out: list[dict[str, Any] | None] = [None] * len(requests)
-        for flag in (True, False):
-            rows = [i for i, r in enumerate(requests) if r.exclude_seen is flag]
-            if not rows:
-                continue
-            k = max(requests[i].k for i in rows)
-            try:
-                got = recommender.recommend([requests[i].history for i in rows],
-                                            [requests[i].region for i in rows], k, flag)
-            except UnknownRegionError as err:
-                raise HTTPException(404, f"{err}; this server refuses regions without an "
-                                         "adapter (start it with --unknown-region backbone "
-                                         "to serve them un-adapted)") from err
-            except InvalidRequestError as err:
-                raise HTTPException(422, str(err)) from err
-            for i, result in zip(rows, got, strict=True):
-                kk, unknown_items = requests[i].k, result["unknown_items"]
-                out[i] = {**result, "items": result["items"][:kk],
-                          "scores": result["scores"][:kk],
-                          "unknown_items": unknown_items[:MAX_UNKNOWN_ECHO],
-                          "unknown_count": len(unknown_items)}
-        return out
 
     def require_admin(credentials: Annotated[HTTPAuthorizationCredentials | None,
                                              Depends(bearer)]) -> None:
@@ -476,32 +105,18 @@ def create_app(recommender: Recommender, admin_token: str | None = None, max_his
             raise HTTPException(401, "admin route: send Authorization: Bearer <token>",
                                 headers={"WWW-Authenticate": "Bearer"})
 
-    def path_region(region: str) -> str:
-        try:
-            return check_region(region)
-        except InvalidRequestError as err:
-            raise HTTPException(422, str(err)) from err
-
     def public(info: dict[str, Any]) -> dict[str, Any]:
         return {**info, "path": public_path(info["path"], roots)}
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, err: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": validation_errors(err.errors())}, status_code=422)
-
-    @app.exception_handler(AdapterLoadError)
-    async def _load_failed(request: Request, err: AdapterLoadError) -> JSONResponse:
-        return JSONResponse({"detail": _clip(str(err), 2000)}, status_code=422)
 
     @app.post("/v1/recommend", response_model=Recommendation, responses=read_errors)
     def recommend(body: RecommendRequest) -> dict[str, Any]:
         """Top-k items of one region's catalogue for one history."""
-        return run([body])[0]
+        return answer(recommender, [body])[0]
 
     @app.post("/v1/recommend/batch", response_model=BatchResponse, responses=read_errors)
     def recommend_batch(body: BatchRequest) -> dict[str, Any]:
         """Several requests (any regions) answered together."""
-        return {"results": run(body.requests)}
+        return {"results": answer(recommender, body.requests)}
 
     @app.get("/v1/regions", response_model=list[RegionInfo])
     def regions() -> list[dict[str, Any]]:
@@ -511,27 +126,28 @@ def create_app(recommender: Recommender, admin_token: str | None = None, max_his
     admin = [Depends(require_admin)]
     RegionPath = Annotated[str, PathParam(pattern=REGION_PATTERN, max_length=64,
                                           description="region name")]
-    unauthorised = _error("missing or wrong bearer token")
+    unauthorised = error_doc("missing or wrong bearer token")
 
     @app.put("/v1/regions/{region}", response_model=RegionInfo, dependencies=admin,
-             responses={401: unauthorised, 403: _error("local path outside the adapter roots"),
+             responses={401: unauthorised,
+                        403: error_doc("local path outside the adapter roots"),
                         413: too_large,
-                        422: _error("invalid request, or the adapter cannot be loaded (the "
-                                    "old one keeps serving)")})
+                        422: error_doc("invalid request, or the adapter cannot be loaded (the "
+                                       "old one keeps serving)")})
     def put_region(region: RegionPath, body: LoadRequest) -> dict[str, Any]:
         """Load or replace a region's adapter; on failure the old one keeps serving (422)."""
-        path_region(region)
+        check_region(region)  # 422 (add_error_handlers)
         source = adapter_source(body.path, roots)
         info = recommender.load(region, source)
         logger.info("admin: region %s now served from %s", region, body.path)
         return public(info)
 
     @app.delete("/v1/regions/{region}", dependencies=admin,
-                responses={401: unauthorised, 404: _error("region not loaded"),
+                responses={401: unauthorised, 404: error_doc("region not loaded"),
                            422: invalid})
     def delete_region(region: RegionPath) -> dict[str, str]:
         """Unload a region's adapter."""
-        path_region(region)
+        check_region(region)  # 422 (add_error_handlers)
         try:
             recommender.unload(region)
         except UnknownRegionError as err:
@@ -545,10 +161,37 @@ def create_app(recommender: Recommender, admin_token: str | None = None, max_his
 
     @app.get("/metrics", response_class=PlainTextResponse)
     def prometheus() -> PlainTextResponse:
-        return PlainTextResponse(metrics.render(recommender),
+        return PlainTextResponse(metrics.render(recommender.stats()),
                                  media_type="text/plain; version=0.0.4")
 
     return app
+
+
+def answer(recommender: Recommender, requests: list) -> list[dict[str, Any]]:
+    """Recommendations for validated requests, in their order, each cut to its own ``k``.
+
+    ``exclude_seen`` may differ per request: grouped so that each call is one mixed pass.
+    404 for a region without an adapter when the recommender refuses those."""
+    out: list[dict[str, Any] | None] = [None] * len(requests)
+    for flag in (True, False):
+        rows = [i for i, r in enumerate(requests) if r.exclude_seen is flag]
+        if not rows:
+            continue
+        k = max(requests[i].k for i in rows)
+        try:
+            got = recommender.recommend([requests[i].history for i in rows],
+                                        [requests[i].region for i in rows], k, flag)
+        except UnknownRegionError as err:
+            raise HTTPException(404, f"{err}; this server refuses regions without an "
+                                     "adapter (start it with --unknown-region backbone "
+                                     "to serve them un-adapted)") from err
+        for i, result in zip(rows, got, strict=True):
+            kk, unknown_items = requests[i].k, result["unknown_items"]
+            out[i] = {**result, "items": result["items"][:kk],
+                      "scores": result["scores"][:kk],
+                      "unknown_items": unknown_items[:MAX_UNKNOWN_ECHO],
+                      "unknown_count": len(unknown_items)}
+    return out
 
 
 def adapter_source(text: str, roots: list[Path] | None) -> str | Path:
@@ -570,16 +213,16 @@ def adapter_source(text: str, roots: list[Path] | None) -> str | Path:
                 if real.is_dir():
                     return real
         except (OSError, RuntimeError) as err:  # a symlink loop, a name too long
-            raise HTTPException(422, f"cannot resolve path {_clip(text, 200)!r}: "
+            raise HTTPException(422, f"cannot resolve path {clip(text, 200)!r}: "
                                      f"{type(err).__name__}") from err
     if not given.is_absolute() and HUB_ID.fullmatch(text):
         return text
     if not inside:
         hint = ("start the server with --adapter-root DIR to allow local adapters" if not roots
                 else "give a path relative to an adapter root, or a hub id ORG/NAME")
-        raise HTTPException(403, f"path {_clip(text, 200)!r} is outside the adapter roots: "
+        raise HTTPException(403, f"path {clip(text, 200)!r} is outside the adapter roots: "
                                  f"{hint}")
-    raise HTTPException(422, f"no adapter directory {_clip(text, 200)!r} under the adapter "
+    raise HTTPException(422, f"no adapter directory {clip(text, 200)!r} under the adapter "
                              "roots: check the name (GET /v1/regions shows the loaded ones)")
 
 

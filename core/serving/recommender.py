@@ -13,33 +13,30 @@ loaded, replaced and unloaded while requests are served:
 * a request counts itself on the entries it uses; a replaced or unloaded adapter is deleted
   from its shared body only once no request uses it any more;
 * a failed load raises :class:`AdapterLoadError` and leaves the serving adapter in place;
-* files are read (and hub ids downloaded, within ``hub_deadline_s``) outside the load lock:
-  only the swap takes it, so a slow download never holds up other loads or unloads.
+* files are read (and hub ids downloaded, within ``hub_deadline_s``:
+  :class:`~regiontune.serving.fetch.AdapterFetcher`) outside the load lock: only the swap
+  takes it, so a slow download never holds up other loads or unloads.
+
+The HTTP layer answers each error of :mod:`regiontune.serving.errors` with its status.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import ctypes.util
 import functools
 import logging
-import re
-import shutil
-import tempfile
 import threading
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from regiontune.artifacts import ADAPTER_META, ArtifactError, read_json
+from regiontune.adapters import METHODS
+from regiontune.artifacts import ADAPTER_META, read_json
 from regiontune.model.backbone import load_backbone
-from regiontune.model.batching import read_users
 from regiontune.model.recmodel import RecModel
 from regiontune.model.vocab import ItemVocab
 from regiontune.serving.entries import (
@@ -49,38 +46,22 @@ from regiontune.serving.entries import (
     backbone_entry,
     build_entry,
 )
+from regiontune.serving.errors import (
+    AdapterLoadError,
+    InvalidRequestError,
+    ServingError,
+    UnknownRegionError,
+    check_region,
+)
+from regiontune.serving.fetch import AdapterFetcher
+from regiontune.serving.forward import top_k, user_vectors
 
+# the errors are defined in regiontune.serving.errors; importable from here as before
+__all__ = ["AdapterLoadError", "InvalidRequestError", "Recommender", "ServingError",
+           "UnknownRegionError", "check_region", "trim_heap"]
 logger = logging.getLogger(__name__)
-REGION_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*(@[A-Za-z0-9_.-]+)?")
 UNKNOWN_REGION_MODES = ("backbone", "error")
 MAX_WARNED_REGIONS = 1000  # unknown regions named in a warning (then: silence, not a leak)
-HUB_WORKERS = 2  # concurrent hub downloads; more wait (within their deadline)
-
-
-class ServingError(Exception):
-    """Base class of the errors a recommender raises on a bad call."""
-
-
-class InvalidRequestError(ServingError, ValueError):
-    """A malformed request (bad region name, k, lengths)."""
-
-
-class UnknownRegionError(ServingError, LookupError):
-    """No adapter is loaded for the region and the recommender refuses to guess."""
-
-
-class AdapterLoadError(ServingError, ArtifactError):
-    """An adapter could not be loaded; whatever served the region before still does."""
-
-
-def check_region(region: Any) -> str:
-    """A region name: letters, digits, ``_``, ``-``, ``.``; no ``..`` (names reach paths)."""
-    if not isinstance(region, str) or not REGION_NAME.fullmatch(region) or ".." in region \
-            or region.strip(".") == "":
-        raise InvalidRequestError(f"invalid region name {region!r}: use 1-64 letters, digits, "
-                                  "'_', '-' or '.', without '..'")
-    return region
 
 
 @functools.cache
@@ -110,23 +91,19 @@ class Recommender:
         if unknown_region not in UNKNOWN_REGION_MODES:
             raise ValueError(f"unknown_region={unknown_region!r}: use one of "
                              f"{UNKNOWN_REGION_MODES}")
-        if not hub_deadline_s > 0:
-            raise ValueError(f"hub_deadline_s must be positive, not {hub_deadline_s!r}")
+        self.backbone_dir = Path(backbone_dir) if backbone_dir is not None else None
+        self.fetcher = AdapterFetcher(self.backbone_dir, cache_dir, hub_deadline_s)
         for p in backbone.parameters():
             p.requires_grad_(False)
         self.backbone, self.vocab, self.meta = backbone.eval(), vocab, meta
         self.fingerprint = str(meta["fingerprint"])
-        self.backbone_dir = Path(backbone_dir) if backbone_dir is not None else None
         self.unknown_region = unknown_region
-        self._cache_dir = Path(cache_dir) if cache_dir is not None else None
-        self._own_cache: Path | None = None  # made here (temporary): removed by close()
-        self.hub_deadline_s = hub_deadline_s
-        self._hub_pool: ThreadPoolExecutor | None = None
         self._warned: set[str] = set()
         cfg = backbone.config
         self._shape = (cfg.max_len, cfg.causal, cfg.ordered, cfg.set_orders)
         self._base = backbone_entry(backbone, vocab, str(backbone_dir or ""))
-        self._shared = {m: SharedBody(m, backbone) for m in ("lora", "bottleneck")}
+        self._shared = {name: SharedBody(m, backbone) for name, m in METHODS.items()
+                        if m.mixed_batches}
         self._snapshot: dict[str, Any] = {}
         self._state_lock = threading.Lock()  # snapshot swaps and in-flight counts
         self._load_lock = threading.Lock()  # one load/replace/unload at a time
@@ -170,7 +147,7 @@ class Recommender:
         """Load (or replace) ``region``'s adapter from a directory or a hub id ``org/name``."""
         check_region(region)
         try:  # outside the load lock: reading, downloading, building take their time
-            with self._fetched(path_or_hub_id) as (directory, hub_id):
+            with self.fetcher.fetched(path_or_hub_id) as (directory, hub_id):
                 entry = build_entry(region, directory, self.backbone, self.vocab,
                                     self.fingerprint, self._shared)
                 if hub_id:  # the download folder goes away: name the source instead
@@ -204,7 +181,7 @@ class Recommender:
         trim_heap()
         logger.info("region %s unloaded", region)
 
-    def _swap(self, region: str, entry) -> Any:
+    def _swap(self, region: str, entry: RegionEntry | None) -> RegionEntry | None:
         with self._state_lock:
             snapshot = dict(self._snapshot)
             old = snapshot.pop(region, None)
@@ -224,63 +201,10 @@ class Recommender:
         for entry in dead:
             entry.release()
 
-    @contextlib.contextmanager
-    def _fetched(self, source: str | Path) -> Iterator[tuple[Path, bool]]:
-        """(directory, pulled from the hub): a local adapter directory as it is, or a hub id
-        ``org/name[@revision]`` downloaded to a fresh temporary folder, removed on exit (the
-        adapter is in memory by then)."""
-        path = Path(source)
-        if path.exists() or isinstance(source, Path) or not HUB_ID.fullmatch(str(source)):
-            yield path, False
-            return
-        folder = Path(tempfile.mkdtemp(prefix="pull-", dir=self._cache_root()))
-        try:
-            yield self._download(str(source), folder), True
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-
-    def _cache_root(self) -> Path:
-        if self._cache_dir is None:
-            self._own_cache = Path(tempfile.mkdtemp(prefix="regiontune-serving-"))
-            self._cache_dir = self._own_cache
-        self._cache_dir.mkdir(parents=True, exist_ok=True)
-        return self._cache_dir
-
-    def _download(self, source: str, folder: Path) -> Path:
-        """Pull a hub id into ``folder`` in a worker thread; give up after ``hub_deadline_s``
-        (the worker, bounded by the hub client's timeouts, cleans up when it ends)."""
-
-        from regiontune.hub import client as hub  # lazily: serving from disk never needs it
-        repo_id, _, revision = source.partition("@")
-        out = folder / repo_id.replace("/", "--") / (revision or "main")
-        with self._state_lock:
-            if self._hub_pool is None:
-                self._hub_pool = ThreadPoolExecutor(HUB_WORKERS, thread_name_prefix="hub-pull")
-            pool = self._hub_pool
-        future = pool.submit(hub.pull, repo_id, out, revision=revision or None,
-                             backbone_dir=self.backbone_dir)
-        try:
-            return future.result(timeout=self.hub_deadline_s)
-        except FutureTimeout:
-            if not future.cancel():  # still running: its files go when it ends
-                future.add_done_callback(lambda _: shutil.rmtree(folder, ignore_errors=True))
-            raise ArtifactError(f"pulling {source} from the hub did not finish within "
-                                f"{self.hub_deadline_s:g} s (hub_deadline_s): the hub is slow "
-                                "or unreachable; retry later, or raise the deadline") from None
-        except Exception as err:
-            raise ArtifactError(f"{source} is no local directory, and pulling it as a hub id "
-                                f"failed: {err}") from err
-
     def close(self) -> None:
         """Stop pending hub downloads and remove the temporary download folder (if this
         recommender made it). Serving from memory goes on; a later hub load starts afresh."""
-        with self._state_lock:
-            pool, self._hub_pool = self._hub_pool, None
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
-        if self._own_cache is not None:
-            shutil.rmtree(self._own_cache, ignore_errors=True)
-            self._own_cache = self._cache_dir = None
+        self.fetcher.close()
 
     def regions(self) -> list[dict[str, Any]]:
         """One dict per loaded region: region, method, path, fingerprint_ok, n_items, ..."""
@@ -313,7 +237,7 @@ class Recommender:
         finally:
             self._release(entries)
 
-    def _acquire(self, regions: Sequence[str]) -> list:
+    def _acquire(self, regions: Sequence[str]) -> list[RegionEntry]:
         with self._state_lock:
             snapshot = self._snapshot
             entries = [snapshot.get(r) for r in regions]
@@ -339,7 +263,7 @@ class Recommender:
                            "(unknown_region='backbone'); check the name if that is a typo",
                            ", ".join(map(repr, new[:10])))
 
-    def _release(self, entries: list) -> None:
+    def _release(self, entries: list[RegionEntry]) -> None:
         with self._state_lock:
             for entry in set(entries):
                 self._in_flight[entry] -= 1
@@ -350,8 +274,8 @@ class Recommender:
             self._sweep()
 
     @torch.inference_mode()
-    def _recommend(self, histories: list[list[str]], regions: Sequence[str], entries: list,
-                   k: int, exclude_seen: bool) -> list[dict[str, Any]]:
+    def _recommend(self, histories: list[list[str]], regions: Sequence[str],
+                   entries: list[RegionEntry], k: int, exclude_seen: bool) -> list[dict[str, Any]]:
         if not entries:
             return []
         tokens = [e.vocab.encode(h) for e, h in zip(entries, histories, strict=True)]
@@ -370,91 +294,3 @@ class Recommender:
         modules = [self.backbone] + [b.model for b in self._shared.values()]
         modules += [e.body for e in self._snapshot.values() if e.body is not None]
         return sum(p.numel() for m in modules for p in m.parameters() if p.requires_grad)
-
-
-# ---------------------------------------------------------------- the mixed-region forward
-
-def plan_groups(entries: list[RegionEntry]) -> list[tuple[SharedBody | RegionEntry, list[int]]]:
-    """Rows per forward pass: one per shared body, one per own-body region.
-
-    Un-adapted rows ride along in a shared body as ``__base__`` when there is one.
-    """
-    groups: dict[Any, list[int]] = defaultdict(list)
-    base_rows = []
-    for row, entry in enumerate(entries):
-        if entry.shared is not None:
-            groups[entry.shared].append(row)
-        elif entry.served_as == "backbone":
-            base_rows.append(row)
-        else:
-            groups[entry].append(row)
-    if base_rows:
-        host = next((g for g in groups if isinstance(g, SharedBody)), None)
-        if host is None:
-            groups[entries[base_rows[0]]] = base_rows
-        else:
-            groups[host] = sorted(groups[host] + base_rows)
-    return list(groups.items())
-
-
-def user_vectors(entries: list[RegionEntry], tokens: list[list[int]], max_len: int,
-                 causal: bool, ordered: bool, orders: int = 1, items: ItemBatch | None = None
-                 ) -> tuple[torch.Tensor, int]:
-    """User vectors ``[rows, hidden]`` and the number of transformer forward passes run.
-
-    Each row is embedded with its own region's item side (only the tokens it holds), then
-    routed to its own adapter. Causal rows without any known item have nothing to encode:
-    their vector is zero, so they are ranked by the region's item bias (popularity).
-    ``items``: the :class:`ItemBatch` of ``entries`` when the caller has built it already.
-    Unordered histories are read as evaluation reads them (``core.batching.read_users``:
-    averaged over ``orders`` orders of the set), so served and evaluated scores agree.
-    """
-    hidden = entries[0].hidden if entries else 0
-    users = torch.zeros(len(entries), hidden)
-    passes = 0
-    live = [i for i, t in enumerate(tokens) if t or not causal]
-    if live and items is None:
-        items = ItemBatch(entries)
-    for group, rows in plan_groups([entries[i] for i in live]):
-        rows = [live[r] for r in rows]
-        reads = []
-
-        def encode(ids: torch.Tensor, mask: torch.Tensor, rows=rows, group=group,
-                   reads=reads) -> torch.Tensor:
-            reads.append(1)
-            embeds = items.embed(torch.tensor(rows), ids)
-            if isinstance(group, SharedBody):
-                return group.encode(embeds, mask, [entries[r].name for r in rows])
-            return group.body(inputs_embeds=embeds, attention_mask=mask).last_hidden_state[:, -1]
-
-        out = read_users(encode, [tokens[r] for r in rows], max_len, causal, ordered, orders)
-        users[rows] = out.float()
-        passes += len(reads)
-    return users, passes
-
-
-def top_k(entries: list[RegionEntry], users: torch.Tensor, histories: list[list[str]], k: int,
-          exclude_seen: bool, items: ItemBatch | None = None
-          ) -> list[tuple[list[str], list[float]]]:
-    """Best ``k`` items of each row's own catalogue (seen items excluded when asked).
-
-    Scores of all rows go into one ``-inf``-padded matrix (:meth:`ItemBatch.scores`), so
-    scoring, masking and ``topk`` run once per batch rather than once per region.
-    """
-    items = items if items is not None else ItemBatch(entries)
-    width = items.width
-    scores = items.scores(users)
-    if exclude_seen:
-        seen = [(row, entry.vocab.index[i]) for row, (entry, history)
-                in enumerate(zip(entries, histories, strict=True))
-                for i in history if i in entry.vocab.index]
-        if seen:
-            rows, cols = zip(*seen, strict=True)
-            scores[list(rows), list(cols)] = float("-inf")
-    values, index = scores.topk(min(k, width), dim=1)
-    out = []
-    for entry, vals, idx in zip(entries, values.tolist(), index.tolist(), strict=True):
-        keep = [(entry.vocab.items[i], v) for i, v in zip(idx, vals, strict=True)
-                if v != float("-inf")]
-        out.append(([i for i, _ in keep], [v for _, v in keep]))
-    return out

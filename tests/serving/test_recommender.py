@@ -13,48 +13,17 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from regiontune.adapters import load_adapter, save_adapter
+from regiontune.adapters import load_adapter
 from regiontune.adapters.io import WEIGHTS
-from regiontune.config import AdaptConfig, TrainConfig
 from regiontune.evaluation.evaluate import task_scores
 from regiontune.model.backbone import load_backbone
-from regiontune.serving.recommender import (
-    AdapterLoadError,
-    InvalidRequestError,
-    Recommender,
-    UnknownRegionError,
-)
-from regiontune.training.adapt import train_region
+from regiontune.serving.errors import AdapterLoadError, InvalidRequestError, UnknownRegionError
+from regiontune.serving.recommender import Recommender
+from tests.serving.helpers import histories, make_adapter, perturbed_copy
 
 # method -> training region (small regions: fast); served under the method's name
 METHOD_REGIONS = {"lora": "west", "bottleneck": "delta", "ia3": "alpine", "adalora": "island",
                   "full": "delta"}
-QUICK = TrainConfig(epochs=1, batch_size=32, progress=False)
-
-
-def make_adapter(backbone_dir: Path, data, method: str, out: Path, seed: int):
-    """Train briefly, perturb every trainable weight (so adapters differ), save; the task."""
-    backbone, vocab, bmeta = load_backbone(backbone_dir)
-    task, _ = train_region(backbone, vocab, data, AdaptConfig(method=method, region=data.region),
-                           QUICK)
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for p in task.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.2)
-    meta = {"region": data.region, "backbone_fingerprint": bmeta["fingerprint"]}
-    save_adapter(task, method, data.region, meta, out)
-    return task.eval()
-
-
-def perturbed_copy(src: Path, dst: Path, seed: int) -> Path:
-    """A second version of an adapter: same files, every tensor nudged."""
-    shutil.copytree(src, dst)
-    tensors = load_file(str(dst / WEIGHTS))
-    gen = torch.Generator().manual_seed(seed)
-    tensors = {k: v + 0.2 * torch.randn(v.shape, generator=gen) for k, v in tensors.items()}
-    save_file(tensors, str(dst / WEIGHTS), metadata={"format": "pt"})
-    return dst
 
 
 @pytest.fixture(scope="module")
@@ -77,12 +46,6 @@ def rec(tiny_backbone_dir, adapters):
     for method in METHOD_REGIONS:
         rec.load(method, adapters[method][0])
     return rec
-
-
-def histories(data, n: int = 4) -> list[list[str]]:
-    """Histories of different lengths (so rows are padded), from the region's own users."""
-    users = [h for h in data.train.values() if len(h) >= 2]
-    return [users[i % len(users)][: 2 + i] for i in range(n)]
 
 
 def as_dict(result: dict) -> dict[str, float]:
@@ -295,7 +258,7 @@ def test_hub_id_is_pulled_then_loaded(rec, adapters, monkeypatch, tmp_path):
     info = rec.load("hubbed", "acme/ia3-adapter@v1")
     assert calls == [("acme/ia3-adapter", "v1", rec.backbone_dir)]
     assert info["method"] == "ia3" and info["path"] == "acme/ia3-adapter@v1"
-    cache = rec._cache_dir
+    cache = rec.fetcher.cache_dir
     assert cache is not None and not any(cache.iterdir())  # in memory: the download is gone
     h = histories(adapters["ia3"][2], 1)
     assert rec.recommend(h, ["hubbed"])[0]["adapted"]
@@ -493,3 +456,18 @@ def test_set_histories_are_served_as_evaluated_whatever_their_listed_order(tiny_
     for result in results:
         assert_matches(result, task, history)
     assert rec.stats()["forward_passes"] == model.config.set_orders  # one batch, 4 reads
+
+
+def test_errors_keep_their_import_path():
+    """The errors live in regiontune.serving.errors and stay importable from the recommender."""
+    from regiontune.serving import errors, recommender
+
+    for name in ("AdapterLoadError", "InvalidRequestError", "UnknownRegionError",
+                 "ServingError", "check_region"):
+        assert getattr(recommender, name) is getattr(errors, name)
+
+
+def test_hub_deadline_must_be_positive(tiny_backbone_dir):
+    for bad in (0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="hub_deadline_s must be positive"):
+            Recommender.from_dirs(tiny_backbone_dir, hub_deadline_s=bad)

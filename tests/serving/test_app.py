@@ -13,11 +13,7 @@ from fastapi.testclient import TestClient
 from regiontune.adapters.io import WEIGHTS
 from regiontune.serving.app import create_app
 from regiontune.serving.recommender import Recommender
-
-try:
-    from test_serving import histories, make_adapter, perturbed_copy
-except ImportError:  # pragma: no cover - imported as a package
-    from tests.test_serving import histories, make_adapter, perturbed_copy
+from tests.serving.helpers import histories, make_adapter, perturbed_copy
 
 TOKEN = "s3cret-admin-token"
 
@@ -420,7 +416,7 @@ def test_unknown_region_404_says_how_to_allow_it(dirs):
 def test_serve_refuses_unknown_regions_by_default():
     import inspect
 
-    from regiontune.cli.ops import serve as cli_serve
+    from regiontune.cli.serve import serve as cli_serve
     from regiontune.serving.app import serve
 
     assert inspect.signature(serve).parameters["unknown_region"].default == "error"
@@ -452,7 +448,7 @@ def test_silent_hub_answered_within_a_second(dirs, monkeypatch):
     finally:
         set_timeouts(None)
         silent.close()
-        cache = rec._cache_dir
+        cache = rec.fetcher.cache_dir
         rec.close()
     assert cache is None or not cache.exists()
 
@@ -501,7 +497,7 @@ def test_serve_entry_point_defaults(dirs, monkeypatch):
     import uvicorn
 
     from regiontune.serving.app import ServingLimits, serve
-    from regiontune.serving.recommender import AdapterLoadError
+    from regiontune.serving.errors import AdapterLoadError
 
     with pytest.raises(AdapterLoadError, match="claim one region"):
         serve(dirs["backbone"], dirs["root"])  # west, west_b and corrupt all claim "west"
@@ -518,3 +514,20 @@ def test_serve_entry_point_defaults(dirs, monkeypatch):
     assert client.post("/v1/recommend", json={"region": "west", "k": 4}).status_code == 200
     assert client.put("/v1/regions/d", json={"path": "delta"}).status_code == 200
     assert client.put("/v1/regions/d", json={"path": "/"}).status_code == 403
+
+
+def test_middleware_passes_other_scopes_on():
+    """Lifespan (and websocket) scopes go straight to the app: nothing read, nothing counted."""
+    import asyncio
+
+    from regiontune.serving.middleware import BodyLimitMiddleware, Metrics, MetricsMiddleware
+
+    seen = []
+
+    async def app(scope, receive, send):
+        seen.append(scope["type"])
+
+    metrics = Metrics()
+    for middleware in (BodyLimitMiddleware(app, max_bytes=1), MetricsMiddleware(app, metrics)):
+        asyncio.run(middleware({"type": "lifespan"}, None, None))
+    assert seen == ["lifespan", "lifespan"] and not metrics.requests

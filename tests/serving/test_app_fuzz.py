@@ -17,19 +17,10 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from regiontune.serving.app import (
-    BatchResponse,
-    ErrorResponse,
-    Recommendation,
-    RegionInfo,
-    create_app,
-)
+from regiontune.serving.app import create_app
 from regiontune.serving.recommender import Recommender
-
-try:
-    from test_serving import histories, make_adapter
-except ImportError:  # pragma: no cover - imported as a package
-    from tests.test_serving import histories, make_adapter
+from regiontune.serving.schemas import BatchResponse, ErrorResponse, Recommendation, RegionInfo
+from tests.serving.helpers import histories, make_adapter
 
 TOKEN = "fuzz-admin-token"
 LIMITS = {"max_history": 30, "max_k": 50, "max_batch": 5, "max_item_chars": 24,

@@ -1,0 +1,99 @@
+"""The mixed-region forward: rows of many regions, each embedded with its own item side and
+routed to its own adapter, in as few transformer passes as the adapters allow; then one
+top-k over every row's own catalogue."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import torch
+
+from regiontune.model.batching import read_users
+from regiontune.serving.entries import ItemBatch, RegionEntry, SharedBody
+
+
+def plan_groups(entries: list[RegionEntry]) -> list[tuple[SharedBody | RegionEntry, list[int]]]:
+    """Rows per forward pass: one per shared body, one per own-body region.
+
+    Un-adapted rows ride along in a shared body as ``__base__`` when there is one.
+    """
+    groups: dict[Any, list[int]] = defaultdict(list)
+    base_rows = []
+    for row, entry in enumerate(entries):
+        if entry.shared is not None:
+            groups[entry.shared].append(row)
+        elif entry.served_as == "backbone":
+            base_rows.append(row)
+        else:
+            groups[entry].append(row)
+    if base_rows:
+        host = next((g for g in groups if isinstance(g, SharedBody)), None)
+        if host is None:
+            groups[entries[base_rows[0]]] = base_rows
+        else:
+            groups[host] = sorted(groups[host] + base_rows)
+    return list(groups.items())
+
+
+def user_vectors(entries: list[RegionEntry], tokens: list[list[int]], max_len: int,
+                 causal: bool, ordered: bool, orders: int = 1, items: ItemBatch | None = None
+                 ) -> tuple[torch.Tensor, int]:
+    """User vectors ``[rows, hidden]`` and the number of transformer forward passes run.
+
+    Each row is embedded with its own region's item side (only the tokens it holds), then
+    routed to its own adapter. Causal rows without any known item have nothing to encode:
+    their vector is zero, so they are ranked by the region's item bias (popularity).
+    ``items``: the :class:`ItemBatch` of ``entries`` when the caller has built it already.
+    Unordered histories are read as evaluation reads them (``core.batching.read_users``:
+    averaged over ``orders`` orders of the set), so served and evaluated scores agree.
+    """
+    hidden = entries[0].hidden if entries else 0
+    users = torch.zeros(len(entries), hidden)
+    passes = 0
+    live = [i for i, t in enumerate(tokens) if t or not causal]
+    if live and items is None:
+        items = ItemBatch(entries)
+    for group, rows in plan_groups([entries[i] for i in live]):
+        rows = [live[r] for r in rows]
+        reads = []
+
+        def encode(ids: torch.Tensor, mask: torch.Tensor, rows=rows, group=group,
+                   reads=reads) -> torch.Tensor:
+            reads.append(1)
+            embeds = items.embed(torch.tensor(rows), ids)
+            if isinstance(group, SharedBody):
+                return group.encode(embeds, mask, [entries[r].name for r in rows])
+            return group.body(inputs_embeds=embeds, attention_mask=mask).last_hidden_state[:, -1]
+
+        out = read_users(encode, [tokens[r] for r in rows], max_len, causal, ordered, orders)
+        users[rows] = out.float()
+        passes += len(reads)
+    return users, passes
+
+
+def top_k(entries: list[RegionEntry], users: torch.Tensor, histories: list[list[str]], k: int,
+          exclude_seen: bool, items: ItemBatch | None = None
+          ) -> list[tuple[list[str], list[float]]]:
+    """Best ``k`` items of each row's own catalogue (seen items excluded when asked).
+
+    Scores of all rows go into one ``-inf``-padded matrix (:meth:`ItemBatch.scores`), so
+    scoring, masking and ``topk`` run once per batch rather than once per region.
+    """
+    items = items if items is not None else ItemBatch(entries)
+    width = items.width
+    scores = items.scores(users)
+    if exclude_seen:
+        seen = [(row, entry.vocab.index[i]) for row, (entry, history)
+                in enumerate(zip(entries, histories, strict=True))
+                for i in history if i in entry.vocab.index]
+        if seen:
+            rows, cols = zip(*seen, strict=True)
+            scores[list(rows), list(cols)] = float("-inf")
+    values, index = scores.topk(min(k, width), dim=1)
+    out = []
+    for entry, vals, idx in zip(entries, values.tolist(), index.tolist(), strict=True):
+        keep = [(entry.vocab.items[i], v) for i, v in zip(idx, vals, strict=True)
+                if v != float("-inf")]
+        out.append(([i for i, _ in keep], [v for _, v in keep]))
+    return out

@@ -1,0 +1,130 @@
+"""The HTTP API's limits and its request / response models (as the OpenAPI schema shows them).
+
+The request models are built per app (:func:`request_models`): their bounds are the app's
+:class:`ServingLimits`, so the schema states them.
+"""
+
+# No ``from __future__ import annotations``: pydantic and FastAPI read these annotations as
+# objects (``create_model`` fields, route signatures).
+
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    StringConstraints,
+    create_model,
+)
+
+from regiontune.serving.errors import InvalidRequestError, check_region
+
+REGION_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+MAX_UNKNOWN_ECHO = 20  # unknown history items echoed back per answer (all are counted)
+
+
+@dataclass(frozen=True)
+class ServingLimits:
+    """Per-request bounds, enforced before any work (defaults sized for one CPU process)."""
+
+    max_body_bytes: int = 2 * 2**20  # 413 past this; a full batch of long histories fits
+    max_history: int = 200  # items per history (the backbone reads at most max_len anyway)
+    max_item_chars: int = 256  # characters per item id
+    max_batch: int = 256  # requests per batch (scores: batch x catalogue floats)
+    max_k: int = 1000  # items returned per request
+
+    def __post_init__(self) -> None:
+        for name, value in self.__dict__.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"serving limit {name} must be a positive integer, not "
+                                 f"{value!r}")
+
+
+def _region(value: str) -> str:
+    try:
+        return check_region(value)
+    except InvalidRequestError as err:
+        raise ValueError(str(err)) from None
+
+
+Region = Annotated[StrictStr, Field(pattern=REGION_PATTERN, description="region name: 1-64 "
+                                    "letters, digits, '_', '-' or '.', without '..'"),
+                   AfterValidator(_region)]
+
+
+def request_models(limits: ServingLimits) -> tuple[type[BaseModel], type[BaseModel]]:
+    """The request body models under ``limits`` (so that the OpenAPI schema states them)."""
+    item = Annotated[StrictStr, StringConstraints(max_length=limits.max_item_chars)]
+    one = create_model(
+        "RecommendRequest", __config__=ConfigDict(extra="forbid"),
+        __doc__="One user's request.",
+        region=(Region, ...),
+        history=(list[item], Field(default_factory=list, max_length=limits.max_history,
+                                   description=f"item ids, oldest first (at most "
+                                               f"{limits.max_history}, each at most "
+                                               f"{limits.max_item_chars} characters)")),
+        k=(StrictInt, Field(10, ge=1, le=limits.max_k, description="number of items to "
+                                                                    "return")),
+        exclude_seen=(StrictBool, Field(True, description="never recommend history items")))
+    batch = create_model(
+        "BatchRequest", __config__=ConfigDict(extra="forbid"),
+        __doc__="Several users, possibly of several regions: served in as few forward passes "
+                "as can be.",
+        requests=(list[one], Field(min_length=1, max_length=limits.max_batch)))
+    return one, batch
+
+
+class Recommendation(BaseModel):
+    region: str
+    items: list[str]
+    scores: list[float]
+    adapted: bool = Field(description="false when the un-adapted backbone served the region")
+    unknown_items: list[str] = Field(description=f"history items the region does not know "
+                                                 f"(the first {MAX_UNKNOWN_ECHO})")
+    unknown_count: int = Field(0, description="how many history items the region does not "
+                                              "know")
+
+
+class BatchResponse(BaseModel):
+    results: list[Recommendation]
+
+
+class LoadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    path: StrictStr = Field(min_length=1, max_length=4096,
+                            description="adapter directory (relative to an adapter root, or "
+                                        "absolute inside one) or hub id ORG/NAME[@REVISION]")
+
+
+class RegionInfo(BaseModel):
+    region: str
+    method: str
+    served_as: str
+    path: str = Field(description="relative to its adapter root, a hub id, or the folder's "
+                                  "name: never an absolute server path")
+    fingerprint_ok: bool
+    n_items: int
+    new_items: int
+    internal_name: str
+    tensor_bytes: int | None = Field(None, description="adapter weights + low-rank item side")
+    loaded_at: str
+
+
+class ErrorItem(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ErrorResponse(BaseModel):
+    detail: str | list[ErrorItem]
+
+
+def error_doc(description: str) -> dict[str, Any]:
+    """An error status as a route's OpenAPI ``responses`` entry states it."""
+    return {"model": ErrorResponse, "description": description}
