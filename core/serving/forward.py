@@ -23,7 +23,7 @@ def plan_groups(entries: list[RegionEntry]) -> list[tuple[SharedBody | RegionEnt
     for row, entry in enumerate(entries):
         if entry.shared is not None:
             groups[entry.shared].append(row)
-        elif entry.served_as == "backbone":
+        elif not entry.adapted:
             base_rows.append(row)
         else:
             groups[entry].append(row)
