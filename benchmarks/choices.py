@@ -13,16 +13,25 @@ Writes ``benchmarks/results/choices.json`` and ``.md``; resumable (records kept)
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 from dataclasses import replace
 from pathlib import Path
 
+from benchmarks.common import (
+    RESULTS,
+    add_grid_options,
+    append_record,
+    configure_logging,
+    done_keys,
+    load_results,
+    load_suite,
+    names,
+    study_parser,
+    suite_configs,
+)
 from benchmarks.jobs import Context, adapter_job
 from benchmarks.markdown import table
 from benchmarks.meta import run_meta
-from benchmarks.run import RESULTS, _configs, append_record, configure_logging, load_suite
 from regiontune.config import AdaptConfig
 from regiontune.training.adapt import VALID_CASES
 
@@ -49,11 +58,11 @@ KEY = ("setting", "region", "variant", "data_fraction", "seed")
 def run(variants: list[str], setting: str, regions: list[str], fractions: list[float],
         seeds: list[int], out: Path = OUT) -> dict:
     suite = load_suite("wsdm")
-    data_cfg, model_cfg, trains = _configs(suite)
+    data_cfg, model_cfg, trains = suite_configs(suite)
     context = Context(suite, data_cfg, model_cfg, trains, Path("runs/bench") / suite["suite"])
-    results = json.loads(out.read_text()) if out.is_file() else {"records": []}
+    results = load_results(out)
     results["meta"] = run_meta(suite)
-    done = {tuple(r[k] for k in KEY) for r in results["records"]}
+    done = done_keys(results["records"], KEY)
     for region in regions:
         for fraction in fractions:
             for seed in seeds:
@@ -95,17 +104,14 @@ def write_markdown(results: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--variants", default="lora,lora-distill0.5",
+    parser = study_parser(__doc__)
+    parser.add_argument("--variants", type=names, default="lora,lora-distill0.5",
                         help=f"comma-separated, of: {', '.join(VARIANTS)}")
     parser.add_argument("--setting", default="new-region")
-    parser.add_argument("--regions", default="t1")
-    parser.add_argument("--fractions", default="1.0")
-    parser.add_argument("--seeds", default="0")
+    add_grid_options(parser, regions="t1", seeds="0", fractions="1.0")
     args = parser.parse_args(argv)
     configure_logging()
-    run(args.variants.split(","), args.setting, args.regions.split(","),
-        [float(f) for f in args.fractions.split(",")], [int(s) for s in args.seeds.split(",")])
+    run(args.variants, args.setting, args.regions, args.fractions, args.seeds)
 
 
 if __name__ == "__main__":

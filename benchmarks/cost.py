@@ -8,18 +8,16 @@ models; each reports its resident set size (RSS).
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from benchmarks.common import RESULTS, add_backbone_option, study_parser
 from benchmarks.meta import run_meta
-from benchmarks.report import write_report
-from benchmarks.run import add_backbone_option
+from benchmarks.report import write_results_and_report
 
-RESULTS = Path(__file__).parent / "results"
 MEASURE = r"""
 import gc, json, sys, psutil, torch
 torch.set_num_threads(1)
@@ -80,14 +78,12 @@ def run(backbone: Path, adapter: Path, sizes: list[int], out: Path) -> Path:
               "backbone_bytes": backbone_bytes, "adapter_bytes": adapter_bytes,
               "note": "the same adapter file is loaded N times under N region names"}
     results = {"suite": "cost", "meta": run_meta(config), "records": records}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1) + "\n")
-    write_report(results, out.parent, out.stem)
+    write_results_and_report(results, out)
     return out
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = study_parser(__doc__)
     add_backbone_option(parser)
     parser.add_argument("--adapter", type=Path, default=Path("runs/wsdm/adapters/t1-lora"))
     parser.add_argument("--quick", action="store_true", help="tiny synthetic artefacts")

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from benchmarks.common import backbone_name, settings
 from benchmarks.meta import PeakRSS
 from regiontune.adapters import count_trainable, save_adapter
 from regiontune.artifacts import BACKBONE_META, read_json
@@ -34,11 +35,6 @@ BASELINE_METHODS = ("popularity", "itemknn", "ease")
 TARGET_ONLY = (*BASELINE_METHODS, "scratch")  # methods that never read the backbone
 
 
-def backbone_name(pretrain_regions: list[str]) -> str:
-    """The cache folder of the backbone pretrained on these markets."""
-    return "backbone-" + "-".join(sorted(pretrain_regions))
-
-
 @dataclass
 class Context:
     """What jobs share: the suite, the split data, the (cached) pretrained backbone."""
@@ -54,8 +50,6 @@ class Context:
 
     def backbone_dir(self, job: dict[str, Any]) -> Path:
         """The backbone a job's setting pretrains for its target."""
-        from benchmarks.run import settings
-
         return self.work / backbone_name(settings(self.suite)[job["setting"]][job["region"]])
 
     def regions(self) -> dict[str, RegionData]:
@@ -68,8 +62,6 @@ class Context:
         """Pretrain the job's backbone once (resumable); later jobs and runs reuse it."""
         directory = self.backbone_dir(job)
         if not (directory / "regiontune.json").is_file():
-            from benchmarks.run import settings
-
             markets = settings(self.suite)[job["setting"]][job["region"]]
             log.info("pretraining the backbone on %s", markets)
             cfg = replace(self.data_cfg, regions=markets)

@@ -18,11 +18,9 @@ Writes ``benchmarks/results/rank_sweep.{json,md,png}``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import statistics
-from dataclasses import replace
 from pathlib import Path
 
 import matplotlib
@@ -30,12 +28,25 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from benchmarks.common import (  # noqa: E402
+    RESULTS,
+    add_backbone_option,
+    add_grid_options,
+    configure_logging,
+    done_keys,
+    integers,
+    load_results,
+    load_suite,
+    study_parser,
+    suite_regions,
+    train_config,
+    write_results,
+)
 from benchmarks.jobs import adapter_job  # noqa: E402
 from benchmarks.markdown import table  # noqa: E402
 from benchmarks.meta import run_meta  # noqa: E402
-from benchmarks.run import RESULTS, _write, add_backbone_option, load_suite  # noqa: E402
-from regiontune.config import AdaptConfig, DataConfig, TrainConfig, from_dict  # noqa: E402
-from regiontune.data.recipes import load_regions  # noqa: E402
+from benchmarks.report import save_figure  # noqa: E402
+from regiontune.config import AdaptConfig  # noqa: E402
 from regiontune.model.backbone import load_backbone  # noqa: E402
 from regiontune.training.adapt import build_region_task  # noqa: E402
 
@@ -67,7 +78,7 @@ def mark_default(records: list[dict], region: str, auto_rank: int) -> None:
 
 def run_point(data, r: int, item_rank: int, auto_rank: int, suite: dict,
               backbone_dir: Path) -> dict:
-    train_cfg = from_dict(TrainConfig, {**suite["adapt"], "progress": False})
+    train_cfg = train_config(suite, "adapt")
     adapt_cfg = AdaptConfig(method="lora", region=data.region, item_rank=item_rank,
                             options={"r": r, "lora_alpha": 2 * r})  # alpha/r = 2, as the default
     record = adapter_job(backbone_dir, data, adapt_cfg, train_cfg)
@@ -125,36 +136,31 @@ def plot(records: list[dict], backbone_bytes: int, full: dict[str, float], path:
         ax.set(xscale="log", xlabel="adapter weights file (bytes)", ylabel="NDCG@10",
                title=region)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--regions", default="t1,t2")
-    parser.add_argument("--item-ranks", default="4,8,16,32")
-    parser.add_argument("--lora-ranks", default="2,8,16")
+    parser = study_parser(__doc__)
+    add_grid_options(parser, regions="t1,t2")
+    parser.add_argument("--item-ranks", type=integers, default="4,8,16,32")
+    parser.add_argument("--lora-ranks", type=integers, default="2,8,16")
     add_backbone_option(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    configure_logging()
     suite = load_suite("wsdm")
-    results = (json.loads(OUT.read_text()) if OUT.is_file()
-               else {"meta": run_meta(suite), "records": []})
-    done = {(r["region"], r["lora_r"], r["item_rank"]) for r in results["records"]}
+    results = load_results(OUT, meta=run_meta(suite))  # a resumed run keeps the first meta
+    done = done_keys(results["records"], ("region", "lora_r", "item_rank"))
     backbone_bytes = (args.backbone / "model.safetensors").stat().st_size
-    for region in args.regions.split(","):
-        data_cfg = replace(from_dict(DataConfig, suite["data"]), regions=[region])
-        data = load_regions(data_cfg)[region]
+    for region in args.regions:
+        data = suite_regions(suite, [region])[region]
         auto = default_item_rank(args.backbone, region, data.catalogue)
         mark_default(results["records"], region, auto)
-        for r, k in grid([int(x) for x in args.item_ranks.split(",")],
-                         [int(x) for x in args.lora_ranks.split(",")], auto):
+        for r, k in grid(args.item_ranks, args.lora_ranks, auto):
             if (region, r, k) in done:
                 continue
             log.info("%s: LoRA r=%d, item rank %d", region, r, k)
             results["records"].append(run_point(data, r, k, auto, suite, args.backbone))
-            _write(results, OUT)
+            write_results(results, OUT)
             log.info("NDCG@10 %.4f", results["records"][-1]["ndcg@10"])
     regions = {r["region"] for r in results["records"]}
     full = {r: f for r in regions if (f := full_reference(r)) is not None}

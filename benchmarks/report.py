@@ -20,6 +20,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: reports are written on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
 
+from benchmarks.common import write_results  # noqa: E402
 from benchmarks.markdown import MISSING, table  # noqa: E402
 from benchmarks.verdict import verdict_section  # noqa: E402
 
@@ -219,7 +220,8 @@ def _subplots(n: int):
     return fig, list(axes.flat)
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
+    """Lay out, write (110 dpi) and close a figure."""
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -246,7 +248,7 @@ def _plot_quality_vs_params(summary: list[dict], path: Path) -> Path:
         ax.set_xscale("log")
         ax.set(title=str(region), xlabel="trainable parameters", ylabel="NDCG@10")
         ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _plot_learning_curve(summary: list[dict], path: Path) -> Path | None:
@@ -266,7 +268,7 @@ def _plot_learning_curve(summary: list[dict], path: Path) -> Path | None:
         ax.minorticks_off()
         ax.set(title=str(region), xlabel="training-data fraction", ylabel="NDCG@10")
         ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _plot_train_time(records: list[dict], path: Path) -> Path | None:
@@ -285,7 +287,7 @@ def _plot_train_time(records: list[dict], path: Path) -> Path | None:
         ax.set_yscale("log")  # baselines fit in ms, full fine-tuning in hours
     ax.set(ylabel="mean train seconds (all records)", title="Training time per method")
     ax.tick_params(axis="x", rotation=30)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ---------------------------------------------------------------- entry points
@@ -315,6 +317,13 @@ def write_report(results: dict, out_dir: Path, name: str) -> list[Path]:
     md.write_text("\n".join(lines), encoding="utf-8")
     log.info("report %s: %d plots", md, len(written))
     return [md] + written
+
+
+def write_results_and_report(results: dict, path: Path, indent: int = 1) -> list[Path]:
+    """Save the results JSON at ``path`` (atomically), then its report and plots beside it."""
+    path = Path(path)
+    write_results(results, path, indent)
+    return write_report(results, path.parent, path.stem)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,48 +12,32 @@ backbone (scratch, the classic baselines) run once and are recorded under every 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
-import os
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from benchmarks import jobs
+from benchmarks import cost, jobs
+from benchmarks.common import (
+    RESULTS,
+    configure_logging,
+    done_keys,
+    load_results,
+    load_suite,
+    names,
+    record_key,
+    settings,
+    study_parser,
+    suite_configs,
+    write_results,
+)
 from benchmarks.meta import run_meta
-from benchmarks.report import write_report
-from regiontune.config import DataConfig, ModelConfig, TrainConfig, from_dict
+from benchmarks.report import write_report, write_results_and_report
 
 log = logging.getLogger("benchmarks")
-SUITES = Path(__file__).parent / "suites"
-RESULTS = Path(__file__).parent / "results"
 KEY = ("setting", "region", "method", "data_fraction", "seed")
 DETERMINISTIC = {"popularity", "itemknn", "ease", "zero-shot"}  # at all data: one seed
-
-
-def load_suite(name: str, quick: bool = False) -> dict[str, Any]:
-    path = Path(name) if name.endswith(".yaml") else SUITES / f"{name}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in SUITES.glob("*.yaml"))
-        raise SystemExit(f"unknown suite {name!r}; suites: {known}")
-    suite = yaml.safe_load(path.read_text())
-    if quick:  # the smoke version: same code paths, tiny data and models
-        suite = _deep_update(suite, suite.pop("quick", {}))
-        suite["suite"] = f"{suite['suite']}-quick"
-    suite.pop("quick", None)
-    return suite
-
-
-def _deep_update(base: dict, extra: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in extra.items():
-        out[key] = _deep_update(out.get(key, {}), value) if isinstance(value, dict) else value
-    return out
 
 
 def _priority(job: dict[str, Any], curve_methods: tuple = ()) -> tuple:
@@ -93,57 +77,8 @@ def plan(suite: dict[str, Any]) -> list[dict[str, Any]]:
     return sorted(out, key=lambda job: _priority(job, curve))
 
 
-def settings(suite: dict[str, Any]) -> dict[str, dict[str, list[str]]]:
-    """setting -> target -> the markets its backbone is pretrained on.
-
-    ``settings:`` in the suite; a suite with only ``pretrain_regions:`` has one setting,
-    ``new-region``, whose backbone is those regions for every target.
-    """
-    if "settings" in suite:
-        out = {}
-        for name, spec in suite["settings"].items():
-            missing = [t for t in suite["targets"] if t not in spec]
-            if missing:
-                raise SystemExit(f"suite setting {name!r} names no pretraining markets for "
-                                 f"target(s) {missing}")
-            out[name] = {t: sorted(spec[t]) for t in suite["targets"]}
-        return out
-    return {"new-region": {t: sorted(suite["pretrain_regions"]) for t in suite["targets"]}}
-
-
-def add_backbone_option(parser) -> None:
-    """``--backbone`` for the side benchmarks that reuse the wsdm suite's pretrained backbone."""
-    parser.add_argument("--backbone", type=Path,
-                        default=Path("runs/bench/wsdm") / jobs.backbone_name(["s1", "s2", "s3"]),
-                        help="A wsdm suite backbone (python -m benchmarks.run wsdm makes them; "
-                        "default: the new-region one of t1 and t2, pretrained on s1-s3).")
-
-
 def _key(record: dict) -> tuple:
-    return tuple(record.get(k) for k in KEY)
-
-
-def _write(results: dict, path: Path) -> None:
-    """Atomic: a kill mid-write never corrupts the results collected so far."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)[1])
-    tmp.write_text(json.dumps(results, indent=1, default=str) + "\n")
-    os.replace(tmp, path)
-
-
-def append_record(results: dict, path: Path, record: dict) -> None:
-    """Add one finished job's record and save at once (a study resumes from the file)."""
-    results["records"].append(record)
-    _write(results, path)
-    log.info("%s", record)
-
-
-def _configs(suite: dict) -> tuple[DataConfig, ModelConfig, dict[str, TrainConfig]]:
-    data = from_dict(DataConfig, suite["data"])
-    model = from_dict(ModelConfig, suite["model"])
-    trains = {name: from_dict(TrainConfig, {"progress": False, **suite[name]})
-              for name in ("pretrain", "adapt", "scratch")}
-    return data, model, trains
+    return record_key(record, KEY)
 
 
 def run_suite(name: str, quick: bool = False, out: Path | None = None,
@@ -159,18 +94,17 @@ def run_suite(name: str, quick: bool = False, out: Path | None = None,
         suite["work_dir"] = work_dir
     out = Path(out) if out else RESULTS / f"{suite['suite']}.json"
     work = Path(suite.get("work_dir", "runs/bench")) / suite["suite"]
-    data_cfg, model_cfg, trains = _configs(suite)
+    data_cfg, model_cfg, trains = suite_configs(suite)
     settings(suite)  # a malformed settings block fails before any work
     if cpu:
         for cfg in trains.values():
             cfg.cpu = True
-    results = json.loads(out.read_text()) if out.is_file() else {"suite": suite["suite"],
-                                                                  "records": []}
+    results = load_results(out, suite=suite["suite"])
     results["meta"] = run_meta(suite)
     if "settings" not in suite:  # records from before settings existed: the one setting
         for record in results["records"]:
             record.setdefault("setting", "new-region")
-    done = {_key(r) for r in results["records"]}
+    done = done_keys(results["records"], KEY)
     shared = {_key({**r, "setting": None}): r for r in results["records"]
               if r["method"] in jobs.TARGET_ONLY}
     todo = [j for j in plan(suite) if _key(j) not in done
@@ -195,7 +129,7 @@ def run_suite(name: str, quick: bool = False, out: Path | None = None,
             if job["method"] in jobs.TARGET_ONLY:
                 shared[_key({**job, "setting": None})] = record
         results["records"].append(record)
-        _write(results, out)
+        write_results(results, out)
         log.info("[%d/%d] %s %s %s f=%.2f seed=%d: ndcg@10=%.4f (%.0f s)", number, len(todo),
                  job["setting"], job["region"], job["method"], job["data_fraction"], job["seed"],
                  record["ndcg@10"], time.perf_counter() - started)
@@ -209,42 +143,30 @@ def merge_results(name: str, others: list[Path], out: Path | None = None,
     processes, each with its own ``--out``) to the suite's file; a job already there wins."""
     suite = load_suite(name, quick)
     out = Path(out) if out else RESULTS / f"{suite['suite']}.json"
-    results = json.loads(out.read_text()) if out.is_file() else {"suite": suite["suite"],
-                                                                  "records": []}
-    done = {_key(r) for r in results["records"]}
+    results = load_results(out, suite=suite["suite"])
+    done = done_keys(results["records"], KEY)
     for other in others:
         for record in json.loads(Path(other).read_text())["records"]:
             if _key(record) not in done:
                 results["records"].append(record)
                 done.add(_key(record))
     results["meta"] = run_meta(suite)
-    _write(results, out)
-    write_report(results, out.parent, out.stem)
+    write_results_and_report(results, out)
     return out
 
 
-def configure_logging() -> None:
-    """Benchmark entry points: INFO lines with times on stdout, library chatter at WARNING."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
-    for noisy in ("accelerate", "regiontune", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def _split(text: str | None) -> list[str] | None:
-    return [x for x in text.split(",") if x] if text else None
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = study_parser(__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("suite", help="wsdm, ml100k, cost (serving: python -m "
                         "benchmarks.serving), or a path to a suite YAML")
     parser.add_argument("--quick", action="store_true", help="small smoke version")
     parser.add_argument("--out", type=Path, help="results JSON (default benchmarks/results/)")
-    parser.add_argument("--methods", help="comma-separated subset of the suite's methods")
-    parser.add_argument("--regions", help="comma-separated subset of the target regions")
-    parser.add_argument("--settings", help="comma-separated subset of the suite's settings "
-                        "(new-region, all-regions)")
+    parser.add_argument("--methods", type=names,
+                        help="comma-separated subset of the suite's methods")
+    parser.add_argument("--regions", type=names,
+                        help="comma-separated subset of the target regions")
+    parser.add_argument("--settings", type=names, help="comma-separated subset of the suite's "
+                        "settings (new-region, all-regions)")
     parser.add_argument("--cpu", action="store_true", help="force CPU even with a GPU")
     parser.add_argument("--data-dir", help="override the suite's data directory")
     parser.add_argument("--work-dir", help="where backbones are cached (default runs/bench)")
@@ -256,17 +178,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     configure_logging()
     if args.suite == "cost":
-        from benchmarks.cost import main as cost_main
-
-        cost_main(["--quick"] if args.quick else [])
+        cost.main(["--quick"] if args.quick else [])
         return
     if args.merge:
         path = merge_results(args.suite, args.merge, args.out, args.quick)
         print(f"results: {path}  report: {path.with_suffix('.md')}")
         return
-    path = run_suite(args.suite, args.quick, args.out, _split(args.methods),
-                     _split(args.regions), args.cpu, args.data_dir, args.work_dir,
-                     args.budget_minutes, _split(args.settings))
+    path = run_suite(args.suite, args.quick, args.out, args.methods, args.regions, args.cpu,
+                     args.data_dir, args.work_dir, args.budget_minutes, args.settings)
     print(f"results: {path}  report: {path.with_suffix('.md')}")
 
 

@@ -29,8 +29,9 @@ import torch
 import uvicorn
 from safetensors.torch import load_file, save_file
 
+from benchmarks.common import configure_logging, study_parser
 from benchmarks.meta import run_meta
-from benchmarks.report import write_report
+from benchmarks.report import write_results_and_report
 from regiontune.adapters import save_adapter
 from regiontune.config import AdaptConfig, DataConfig, ModelConfig, TrainConfig
 from regiontune.data.recipes import load_regions
@@ -297,9 +298,7 @@ def run(out_json: Path, quick: bool) -> dict[str, Any]:
               "seconds": round(time.perf_counter() - started, 1)}
     results = {"suite": "serving", "meta": {**run_meta(config), "targets": targets(records)},
                "records": records}
-    out_json.parent.mkdir(parents=True, exist_ok=True)
-    out_json.write_text(json.dumps(results, indent=2) + "\n")
-    md = write_report(results, out_json.parent, out_json.stem)[0]
+    md = write_results_and_report(results, out_json, indent=2)[0]
     lines = ["## Targets", "", f"Note: {NOTE}.", ""]
     lines += [f"- {name}: {t['value']} (target {t['target']}): {'OK' if t['ok'] else 'MISSED'}"
               for name, t in results["meta"]["targets"].items()]
@@ -309,7 +308,7 @@ def run(out_json: Path, quick: bool) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     """CLI: ``python -m benchmarks.serving [--quick] [--out PATH]``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = study_parser(__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller model, shorter runs")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/serving.json"))
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: "
@@ -321,9 +320,7 @@ def main(argv: list[str] | None = None) -> None:
         logging.disable(logging.WARNING)
         print(json.dumps(rss_probe(args.rss_probe[0], args.rss_probe[1:])))
         return
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    for noisy in ("httpx", "regiontune", "accelerate"):  # one line per request / per load otherwise
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    configure_logging("%(asctime)s %(name)s %(message)s")  # quiet: a line per request else
     log.info("targets: %s", json.dumps(run(args.out, args.quick)["meta"]["targets"]))
 
 

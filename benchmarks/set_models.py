@@ -19,17 +19,26 @@ Writes ``benchmarks/results/set_models.json`` and ``.md``; resumable (records ke
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import time
 from dataclasses import replace
 from pathlib import Path
 
+from benchmarks.common import (
+    RESULTS,
+    add_grid_options,
+    append_record,
+    configure_logging,
+    done_keys,
+    load_results,
+    load_suite,
+    names,
+    study_parser,
+    suite_configs,
+    suite_regions,
+)
 from benchmarks.markdown import table
 from benchmarks.meta import run_meta
-from benchmarks.run import RESULTS, _configs, append_record, configure_logging, load_suite
-from regiontune.data.recipes import load_regions
 from regiontune.evaluation.evaluate import evaluate_task
 from regiontune.training.pretrain import train_backbone
 
@@ -46,11 +55,11 @@ VARIANTS = {"llama": ("llama", "listed", {}), "llama-sorted": ("llama", "sorted"
 def run(regions: list[str], seeds: list[int], out: Path = OUT,
         only: list[str] | None = None) -> dict:
     suite = load_suite("wsdm")
-    data_cfg, model_cfg, trains = _configs(suite)
-    results = json.loads(out.read_text()) if out.is_file() else {"records": []}
+    _, model_cfg, trains = suite_configs(suite)
+    results = load_results(out)
     results["meta"] = run_meta(suite)
-    done = {(r["region"], r["variant"], r["seed"]) for r in results["records"]}
-    data = load_regions(replace(data_cfg, regions=regions))
+    done = done_keys(results["records"], ("region", "variant", "seed"))
+    data = suite_regions(suite, regions)
     for region in regions:
         for seed in seeds:
             trainings = {(a, tuple(sorted(o.items()))) for a, _, o in VARIANTS.values()}
@@ -108,14 +117,12 @@ def write_markdown(results: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--regions", default="t1")
-    parser.add_argument("--seeds", default="0")
-    parser.add_argument("--variants", help=f"subset of {', '.join(VARIANTS)}")
+    parser = study_parser(__doc__)
+    add_grid_options(parser, regions="t1", seeds="0")
+    parser.add_argument("--variants", type=names, help=f"subset of {', '.join(VARIANTS)}")
     args = parser.parse_args(argv)
     configure_logging()
-    run(args.regions.split(","), [int(s) for s in args.seeds.split(",")],
-        only=args.variants.split(",") if args.variants else None)
+    run(args.regions, args.seeds, only=args.variants)
 
 
 if __name__ == "__main__":

@@ -15,17 +15,26 @@ the JSON are kept and not rerun.
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-from dataclasses import replace
 from pathlib import Path
 
+from benchmarks.common import (
+    RESULTS,
+    add_backbone_option,
+    add_grid_options,
+    configure_logging,
+    done_keys,
+    load_results,
+    load_suite,
+    names,
+    study_parser,
+    suite_regions,
+    train_config,
+    write_results,
+)
 from benchmarks.markdown import table
 from benchmarks.meta import run_meta
-from benchmarks.run import RESULTS, add_backbone_option, load_suite
-from regiontune.config import AdaptConfig, DataConfig, TrainConfig, from_dict
-from regiontune.data.recipes import load_regions
+from regiontune.config import AdaptConfig
 from regiontune.data.splits import RegionData, subsample_users
 from regiontune.evaluation.evaluate import evaluate_task
 from regiontune.model.backbone import load_backbone
@@ -61,7 +70,7 @@ def run_modes(data: RegionData, fraction: float, method: str, seed: int, suite: 
               backbone_dir: Path, modes: list[str]) -> list[dict]:
     """Train with unseen items as negatives, and without (scored before and after the
     calibration); one record per mode."""
-    train_cfg = from_dict(TrainConfig, {**suite["adapt"], "progress": False, "seed": seed})
+    train_cfg = train_config(suite, "adapt", seed=seed)
     sub = subsample_users(data, fraction, seed)
     seen = trained_items(sub.train)
     keys = {"region": data.region, "method": method, "data_fraction": fraction, "seed": seed}
@@ -105,38 +114,32 @@ def to_markdown(records: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--regions", default="t1,t2")
-    parser.add_argument("--fractions", default="0.25,1.0")
-    parser.add_argument("--seeds", default="0")
+    parser = study_parser(__doc__)
+    add_grid_options(parser, regions="t1,t2", seeds="0", fractions="0.25,1.0")
     parser.add_argument("--method", default="lora")
-    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--modes", type=names, default=",".join(MODES))
     add_backbone_option(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    for noisy in ("accelerate", "regiontune"):  # per-epoch lines; the records say it all
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    modes = args.modes.split(",")
-    unknown = sorted(set(modes) - set(MODES))
+    configure_logging()  # per-epoch lines quiet: the records say it all
+    unknown = sorted(set(args.modes) - set(MODES))
     if unknown:
         parser.error(f"unknown mode(s) {unknown}; known: {', '.join(MODES)}")
     suite = load_suite("wsdm")
-    done = json.loads(OUT.read_text())["records"] if OUT.is_file() else []
-    key = ("region", "method", "data_fraction", "seed", "mode")
-    have = {tuple(r[k] for k in key) for r in done}
-    for region in args.regions.split(","):
-        data_cfg = replace(from_dict(DataConfig, suite["data"]), regions=[region])
-        data = load_regions(data_cfg)[region]
-        for fraction in map(float, args.fractions.split(",")):
-            for seed in map(int, args.seeds.split(",")):
-                todo = [m for m in modes
+    results = {"meta": None, "records": load_results(OUT)["records"]}
+    have = done_keys(results["records"], ("region", "method", "data_fraction", "seed", "mode"))
+    for region in args.regions:
+        data = suite_regions(suite, [region])[region]
+        for fraction in args.fractions:
+            for seed in args.seeds:
+                todo = [m for m in args.modes
                         if (region, args.method, fraction, seed, m) not in have]
                 if todo:
-                    done += run_modes(data, fraction, args.method, seed, suite, args.backbone,
-                                      todo)
-                    OUT.write_text(json.dumps({"meta": run_meta(suite), "records": done},
-                                              indent=1) + "\n")
-                    OUT.with_suffix(".md").write_text(to_markdown(done), encoding="utf-8")
+                    results["records"] += run_modes(data, fraction, args.method, seed, suite,
+                                                    args.backbone, todo)
+                    results["meta"] = run_meta(suite)
+                    write_results(results, OUT)
+                    OUT.with_suffix(".md").write_text(to_markdown(results["records"]),
+                                                      encoding="utf-8")
     log.info("wrote %s", OUT)
 
 

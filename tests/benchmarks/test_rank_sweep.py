@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from benchmarks.rank_sweep import DEFAULT_R, grid, mark_default, plot, run_point, to_markdown
+from tests.conftest import TINY_MODEL
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SUITE = {"adapt": {"epochs": 1, "batch_size": 64, "lr": 1e-3}}
@@ -18,7 +19,7 @@ def test_item_rank_sets_the_adapter_size(tiny_backbone_dir, tiny_regions):
     small = run_point(data, 2, 1, 1, SUITE, tiny_backbone_dir)
     large = run_point(data, 2, 3, 1, SUITE, tiny_backbone_dir)
     assert small["default"] is False and small["item_rank"] == 1
-    hidden = 16  # the tiny backbone's hidden size (conftest)
+    hidden = TINY_MODEL.hidden_size
     # two more rank columns: a row of A per catalogue item, a row of B per hidden unit
     assert large["trainable_params"] - small["trainable_params"] == 2 * (
         len(data.catalogue) + hidden)

@@ -1,16 +1,13 @@
-"""The benchmark runner: job plan, the --quick smoke run (every record field), resume."""
+"""The benchmark runner: job plan, the --quick smoke run (every record field), resume, merge."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import pytest
 
-from benchmarks.jobs import never_trained
-from benchmarks.run import load_suite, plan, run_suite, settings
-from benchmarks.unseen_items import MODES, run_modes, to_markdown
-from regiontune.data.splits import EvalCase, RegionData
+from benchmarks.common import load_suite
+from benchmarks.run import merge_results, plan, run_suite
 
 RECORD_FIELDS = {"suite", "dataset", "protocol", "setting", "region", "method", "seed",
                  "data_fraction",
@@ -60,28 +57,6 @@ def test_plan_has_three_seeds_at_full_and_tenth_data_one_elsewhere():
     assert others == list(range(len(jobs) - len(others), len(jobs)))
 
 
-def test_settings_name_each_targets_pretraining_markets():
-    found = settings(load_suite("wsdm"))
-    assert found["new-region"] == {"t1": ["s1", "s2", "s3"], "t2": ["s1", "s2", "s3"],
-                                   "s3": ["s1", "s2"]}
-    for target, markets in found["new-region"].items():
-        assert target not in markets  # the new region's backbone never saw it
-    for markets in found["all-regions"].values():
-        assert markets == ["s1", "s2", "s3", "t1", "t2"]
-    # a suite without settings: one, new-region, from pretrain_regions
-    assert settings({"targets": ["a"], "pretrain_regions": ["b", "c"]}) == {
-        "new-region": {"a": ["b", "c"]}}
-    with pytest.raises(SystemExit, match="'x'.*\\['b'\\]"):
-        settings({"targets": ["a", "b"], "settings": {"x": {"a": ["c"]}}})
-
-
-def test_never_trained_marks_the_cases_whose_positive_no_training_history_holds():
-    data = RegionData(region="r", train={"u1": ["a", "b"], "u2": ["b", "c"]}, valid=[],
-                      test=[EvalCase("u1", ["a", "b"], "c"), EvalCase("u2", ["b", "c"], "d"),
-                            EvalCase("u3", [], "e")], catalogue=list("abcde"), ordered=False)
-    assert never_trained(data).tolist() == [False, True, True]
-
-
 @pytest.mark.slow
 def test_quick_suite_writes_every_field_and_resumes(tmp_path):
     out = tmp_path / "wsdm-quick.json"
@@ -118,42 +93,7 @@ def test_quick_suite_writes_every_field_and_resumes(tmp_path):
     assert len(json.loads(out.read_text())["records"]) == len(records)
 
 
-def test_unseen_items_study_records_every_mode(tiny_backbone_dir, tiny_regions):
-    island = tiny_regions["island"]
-    data = replace(island, catalogue=sorted(island.catalogue + ["ghost-1"]))
-    suite = {"adapt": {"epochs": 2, "batch_size": 32, "lr": 5e-3}}
-    records = run_modes(data, 1.0, "lora", 0, suite, tiny_backbone_dir, list(MODES))
-    by_mode = {r["mode"]: r for r in records}
-    assert sorted(by_mode) == sorted(MODES)
-    for r in records:
-        assert r["warm_users"] + r["cold_users"] == r["all_users"] == len(data.test)
-    # calibrate is the ignore run plus one offset: same training, different unseen level
-    assert by_mode["calibrate"]["best_epoch"] == by_mode["ignore"]["best_epoch"]
-    assert by_mode["calibrate"]["unseen_offset"] != 0
-    assert "unseen_offset" not in by_mode["ignore"]
-    assert to_markdown(records).count("| island |") == 3
-    only = run_modes(data, 1.0, "lora", 0, suite, tiny_backbone_dir, ["negatives"])
-    assert [r["mode"] for r in only] == ["negatives"]
-    assert only[0]["all_ndcg@10"] == by_mode["negatives"]["all_ndcg@10"]  # seeded: same run
-
-
-def test_baselines_fit_on_the_jobs_share_of_the_users(tiny_regions):
-    from benchmarks.jobs import baseline_job
-
-    data = tiny_regions["north"]
-    full = baseline_job("popularity", data, 1.0, 0)
-    half = baseline_job("popularity", data, 0.5, 0)
-    other = baseline_job("popularity", data, 0.5, 1)
-    assert full["train_users"] == len(data.train)
-    assert half["train_users"] == round(len(data.train) / 2) == other["train_users"]
-    # fewer users: other counts, other figure (the test cases are the same)
-    assert half["eval_users"] == full["eval_users"]
-    assert (half["ndcg@10"], other["ndcg@10"]) != (full["ndcg@10"], full["ndcg@10"])
-
-
 def test_merge_adds_other_runs_records_once(tmp_path):
-    from benchmarks.run import merge_results
-
     base = {"setting": "new-region", "region": "island", "method": "ease",
             "data_fraction": 1.0, "seed": 0, "ndcg@10": 0.5}
     mine = tmp_path / "mine.json"
