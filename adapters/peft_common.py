@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import warnings
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -20,6 +22,20 @@ ATTENTION = {"llama": ["q_proj", "k_proj", "v_proj", "o_proj"], "gpt2": ["c_attn
              "bert": ["query", "key", "value", "attention.output.dense"]}
 MLP = {"llama": ["gate_proj", "up_proj", "down_proj"], "gpt2": ["c_fc", "mlp.c_proj"],
        "bert": ["intermediate.dense", r"layer.\d+.output.dense"]}
+
+
+@contextlib.contextmanager
+def quiet_peft() -> Iterator[None]:
+    """Silence two warnings that fire on every adapter wrap or load and ask nothing of the
+    user: transformers' deprecation of ``is_gradient_checkpointing`` (called by PEFT), and
+    PEFT's note that AdaLoRA's saved ``rank_pattern`` keys (its own format) match no module
+    name. Every other warning passes."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.* is deprecated",
+                                category=FutureWarning)
+        warnings.filterwarnings("ignore", message=r".*rank_pattern keys did not match",
+                                category=RuntimeWarning)
+        yield
 
 
 def targets(arch: str, parts: str = "attention,mlp") -> list[str] | str:
@@ -50,7 +66,8 @@ class PeftMethod(MethodDefaults):
                total_steps: int) -> nn.Module:
         config = self._build({**self._defaults(backbone.config.arch), **options},
                              backbone.config.arch, total_steps)
-        return get_peft_model(backbone, config, adapter_name=name)
+        with quiet_peft():
+            return get_peft_model(backbone, config, adapter_name=name)
 
     def base_of(self, body: nn.Module) -> RecModel:
         return body.get_base_model()
@@ -67,11 +84,12 @@ class PeftMethod(MethodDefaults):
              name: str, body: nn.Module | None = None) -> nn.Module:
         peft_config = PeftConfig.from_peft_type(**config)
         peft_config.inference_mode = True
-        if body is None:
-            body = PeftModel(backbone, peft_config, adapter_name=name)
-        else:
-            body.add_adapter(name, peft_config)
-        result = set_peft_model_state_dict(body, tensors, adapter_name=name)
+        with quiet_peft():
+            if body is None:
+                body = PeftModel(backbone, peft_config, adapter_name=name)
+            else:
+                body.add_adapter(name, peft_config)
+            result = set_peft_model_state_dict(body, tensors, adapter_name=name)
         # AdaLoRA's ranknum is deterministic and deliberately not saved by PEFT
         missing = [k for k in result.missing_keys
                    if (f".{name}." in k or k.endswith(name)) and ".ranknum." not in k]

@@ -228,3 +228,13 @@ def test_non_finite_weights_are_refused_at_save_and_nothing_is_written(tiny_back
         save_adapter(task, method, REGION, {"region": REGION,
                      "backbone_fingerprint": meta["fingerprint"]}, tmp_path / "a")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_loading_an_adapter_emits_no_warning(saved, tiny_backbone_dir):
+    import warnings
+
+    backbone, vocab, meta = fresh_backbone(tiny_backbone_dir)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_adapter(saved["dir"], backbone, vocab, meta["fingerprint"])
+    assert [str(w.message) for w in caught] == []
