@@ -79,7 +79,7 @@ class TrainConfig:
     # learning-rate multipliers by parameter-name prefix, e.g. {"item_side.": 10}
     lr_scales: dict[str, float] = field(default_factory=dict)
     cpu: bool = False  # force CPU even where CUDA exists
-    progress: bool = True
+    progress: bool = True  # progress bars, drawn only when stderr is a terminal
 
 
 @dataclass

@@ -221,8 +221,9 @@ def _run_epoch(model, optimizer, scheduler, loader, accelerator, cfg, state, ste
     total, count, seen = 0.0, 0, 0
     tick = time.perf_counter()
     n_batches = len(loader)
+    # disable=None: tqdm draws only on a terminal, so logs redirected to a file stay quiet
     bar = tqdm(loader, desc=desc, leave=False,
-               disable=not (cfg.progress and accelerator.is_local_main_process))
+               disable=None if cfg.progress and accelerator.is_local_main_process else True)
     for index, batch in enumerate(bar):
         # accumulate over cfg.grad_accum batches; the last window of an epoch may be shorter
         window_start = index - index % cfg.grad_accum
