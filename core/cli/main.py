@@ -13,6 +13,7 @@ from regiontune.cli.common import app
 
 COMMAND_MODULES = ("train",     # pretrain, adapt
                    "evaluate",  # evaluate, recommend
+                   "compare",   # compare
                    "serve",     # serve
                    "hub",       # push, pull
                    "demo")      # demo

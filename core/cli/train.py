@@ -72,7 +72,9 @@ def adapt(backbone: Path = typer.Option(..., "--backbone", help="Backbone direct
           region: str = typer.Option(..., "--region", help="Region to adapt to."),
           out: Path = typer.Option(..., "--out", help="Adapter directory to write."),
           method: str = typer.Option("lora", "--method", help="lora, adalora, ia3, "
-                                     "bottleneck or full."),
+                                     "bottleneck, full, or scratch: the backbone's architecture"
+                                     " trained from random weights on the region alone, saved "
+                                     "as a model directory (evaluate it with --model)."),
           option: list[str] = typer.Option([], "--option", "-o", help="Method option KEY=VALUE"
                                            ", e.g. r=16, lora_alpha=32, targets=attention, "
                                            "reduction_factor=8, init_r=12. Repeatable."),
@@ -92,6 +94,13 @@ def adapt(backbone: Path = typer.Option(..., "--backbone", help="Backbone direct
     """Train a region's adapter on the frozen backbone and save it (PEFT layout)."""
     from regiontune.training.adapt import adapt as run
 
+    if method == SCRATCH:
+        if option or item_rank is not None or weights_dtype is not None:
+            raise ValueError("--method scratch trains a whole model: --option, --item-rank "
+                             "and --weights-dtype do not apply")
+        scratch(backbone, region, out, fraction, data, data_dir, file, columns, epochs, resume,
+                config, set_)
+        return
     cfg = load_configs(config, set_, defaults={"train": {"lr": ADAPT_LR}})
     data_cfg = data_config(cfg["data"], data, data_dir, file, columns, None)
     if not (data or file or config):
@@ -110,3 +119,46 @@ def adapt(backbone: Path = typer.Option(..., "--backbone", help="Backbone direct
     typer.echo(f"adapter ({method}, {meta['trainable_params']:,} trainable parameters, "
                f"{meta['adapter_bytes'] / 1024:.0f} KiB, {meta['train_seconds']:.0f} s) "
                f"written to {out}")
+
+
+SCRATCH = "scratch"  # not an adapter method: a whole model, the comparison an adapter must beat
+
+
+def scratch(backbone: Path, region: str, out: Path, fraction: float, data: str | None,
+            data_dir: Path | None, file: list[str], columns: list[str], epochs: int | None,
+            resume: bool, config: Path | None, set_: list[str]) -> dict:
+    """``adapt --method scratch``: the backbone's architecture (its saved model settings, then
+    --config and --set) trained from random weights on ``region`` alone, on ``fraction`` of its
+    users; written as a backbone directory, so ``evaluate --model`` reads it like the backbone.
+    Training uses the pretraining defaults (``train.lr`` 2e-3), not the adapters' learning rate.
+    """
+    from regiontune.artifacts import BACKBONE_META, read_json
+    from regiontune.training.pretrain import pretrain as run
+
+    saved = read_json(backbone / BACKBONE_META, "backbone metadata (not a regiontune backbone?)")
+    model = saved.get("config", {}).get("model")
+    if not model:
+        raise ValueError(f"{backbone}: the metadata records no model settings to copy")
+    cfg = load_configs(config, set_, defaults={"model": model})
+    data_cfg = data_config(cfg["data"], data, data_dir, file, columns, None)
+    if not (data or file or config):
+        data_cfg = backbone_data(backbone, data_cfg)
+    data_cfg.regions = [region]
+    if epochs:
+        cfg["train"].epochs = epochs
+    origin = {"method": SCRATCH, "region": region,
+              "architecture_of": {"path": str(backbone.resolve()),
+                                  "fingerprint": saved.get("fingerprint")}}
+    meta = run(data_cfg, cfg["model"], cfg["train"], out, resume=resume, fraction=fraction,
+               extra_meta={"scratch": origin}, desc=f"scratch {region}")
+    metrics = meta.get("metrics", {})
+    print_metrics(metrics)
+    from regiontune.cli.compare import weights_size
+
+    stats = meta.get("data", {}).get(region, {})
+    params, size = weights_size(out)
+    typer.echo(f"scratch model ({params:,} trainable parameters, "
+               f"{size / 1024:.0f} KiB, {meta['train']['seconds']:.0f} s, "
+               f"{stats.get('users', 0):,} training users of {region}) written to {out}; "
+               f"evaluate it with: regiontune evaluate --model {out} --region {region}")
+    return meta

@@ -11,7 +11,7 @@ from accelerate.utils import set_seed
 
 from regiontune.config import DataConfig, ModelConfig, TrainConfig, to_dict
 from regiontune.data.recipes import load_regions
-from regiontune.data.splits import RegionData
+from regiontune.data.splits import RegionData, subsample_users
 from regiontune.evaluation.evaluate import evaluate_task
 from regiontune.model.backbone import save_backbone
 from regiontune.model.recmodel import build_backbone
@@ -75,19 +75,29 @@ def train_backbone(regions: dict[str, RegionData], model_cfg: ModelConfig,
 
 
 def pretrain(data_cfg: DataConfig, model_cfg: ModelConfig, train_cfg: TrainConfig,
-             out: str | Path, resume: bool = False) -> dict[str, Any]:
-    """Pretrain a backbone on ``data_cfg.regions`` pooled and save it to ``out``."""
-    regions = load_regions(data_cfg)
+             out: str | Path, resume: bool = False, fraction: float = 1.0,
+             extra_meta: dict[str, Any] | None = None, desc: str = "pretrain") -> dict[str, Any]:
+    """Pretrain a backbone on ``data_cfg.regions`` pooled and save it to ``out``.
+
+    ``fraction`` keeps a seeded share of each region's training users (``subsample_users``, as
+    adaptation does; evaluation keeps every user); ``extra_meta`` is added to the metadata. With
+    one region this is the ``scratch`` model an adapter is compared against.
+    """
+    regions = {name: subsample_users(data, fraction, train_cfg.seed)
+               for name, data in load_regions(data_cfg).items()}
     accelerator = make_accelerator(train_cfg)
     out = Path(out)
     work = out.parent / f"{out.name}.work"  # checkpoints live beside, not inside, the artefact
     started = time.perf_counter()
-    task, result = train_backbone(regions, model_cfg, train_cfg, work, resume, accelerator)
+    task, result = train_backbone(regions, model_cfg, train_cfg, work, resume, accelerator,
+                                  desc=desc)
     seconds = time.perf_counter() - started
     meta = {"regions": sorted(regions), "data": {r: d.stats() for r, d in regions.items()},
             "train": {"best_valid_ndcg@10": result.best_metric, "best_epoch": result.best_epoch,
                       "epochs_run": result.epochs_run, "stopped": result.stopped,
-                      "seconds": round(seconds, 1), "sequences": result.sequences},
+                      "seconds": round(seconds, 1), "sequences": result.sequences,
+                      "fraction": fraction},
+            **(extra_meta or {}),
             "config": to_dict(data_cfg, model_cfg, train_cfg)}
     if accelerator.is_main_process:
         meta["metrics"] = test_metrics(task, regions)

@@ -17,7 +17,8 @@ from regiontune.cli.serve import serve
 from regiontune.hub.client import HubError
 from tests.cli.helpers import fails, invoke, ok
 
-COMMANDS = {"pretrain", "adapt", "evaluate", "recommend", "serve", "push", "pull", "demo"}
+COMMANDS = {"pretrain", "adapt", "evaluate", "recommend", "compare", "serve", "push", "pull",
+            "demo"}
 
 
 def _commands() -> dict:
