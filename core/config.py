@@ -26,7 +26,14 @@ class DataConfig:
     files: list[str] = field(default_factory=list)  # recipe "files": paths (one per region allowed)
     columns: dict[str, str] = field(default_factory=dict)  # our name -> column name in the file
     regions: list[str] | None = None  # keep only these regions (None: all)
-    duplicates: str = "keep"  # keep | drop | error
+    duplicates: str = "keep"  # keep | drop | error (kept or dropped ones: a warning)
+    sep: str | None = None  # text files' delimiter: tab, comma, semicolon, space; None: sniffed
+    time_format: str | None = None  # strptime format of timestamps; None: epoch or ISO-8601
+    # evaluation cases: full-ranking over the region catalogue, or "sampled": the target among
+    # `negatives` items the user never had, drawn uniformly or by training popularity (seeded)
+    protocol: str = "full-ranking"  # full-ranking | sampled
+    negatives: int = 99
+    negatives_from: str = "uniform"  # uniform | popularity
     seed: int = 0
     max_valid_users: int = 2000  # early-stopping users per region (random hold-out)
     min_history: int = 3  # users with fewer interactions are not held out

@@ -15,16 +15,22 @@ import pandas as pd
 from regiontune.config import DataConfig
 from regiontune.data.loading import (
     DataError,
+    LoadSummary,
+    count_duplicates,
     handle_duplicates,
     load_file,
     load_files,
+    normalize_sep,
     select_regions,
 )
 from regiontune.data.splits import (
+    NEGATIVES_FROM,
+    PROTOCOLS,
     EvalCase,
     RegionData,
     random_holdout,
     sample_candidates,
+    sample_protocol,
     split_region,
 )
 
@@ -73,17 +79,28 @@ def synthetic_frame(seed: int = 0, scale: float = 1.0) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["user", "item", "region", "timestamp"])
 
 
-def _split_all(frame: pd.DataFrame, cfg: DataConfig) -> dict[str, RegionData]:
+Loaded = tuple[dict[str, RegionData], LoadSummary]
+
+
+def _deduplicate(frame: pd.DataFrame, cfg: DataConfig) -> tuple[pd.DataFrame, LoadSummary]:
+    """The duplicates policy applied, and the summary of what is left."""
+    count = count_duplicates(frame)
+    frame = handle_duplicates(frame, cfg.duplicates)
+    return frame, LoadSummary.of(frame, count, cfg.duplicates)
+
+
+def _split_all(frame: pd.DataFrame, cfg: DataConfig) -> Loaded:
+    frame, summary = _deduplicate(frame, cfg)
     out = {}
     for region, part in frame.groupby("region", sort=True):
         out[str(region)] = split_region(str(region), part.reset_index(drop=True),
                                         cfg.min_history, cfg.seed, cfg.max_valid_users)
-    return out
+    return out, summary
 
 
-def load_synthetic(cfg: DataConfig) -> dict[str, RegionData]:
-    frame = select_regions(synthetic_frame(cfg.seed, cfg.synthetic_scale), cfg.regions)
-    return _split_all(handle_duplicates(frame, cfg.duplicates), cfg)
+def load_synthetic(cfg: DataConfig) -> Loaded:
+    return _split_all(select_regions(synthetic_frame(cfg.seed, cfg.synthetic_scale),
+                                     cfg.regions), cfg)
 
 
 def _require_dir(cfg: DataConfig, recipe: str) -> Path:
@@ -96,7 +113,7 @@ def _require_dir(cfg: DataConfig, recipe: str) -> Path:
     return path
 
 
-def load_ml100k(cfg: DataConfig) -> dict[str, RegionData]:
+def load_ml100k(cfg: DataConfig) -> Loaded:
     """MovieLens-100K; the region of a user is the first digit of the zip code ("intl" else)."""
     root = _require_dir(cfg, "ml-100k")
     inter = load_file(root / "ml-100k.inter", {"user": "user_id", "item": "item_id"}, region="all")
@@ -109,8 +126,7 @@ def load_ml100k(cfg: DataConfig) -> dict[str, RegionData]:
     if missing:
         raise DataError(f"{root / 'ml-100k.user'}: no zip code for users {missing[:5]}")
     inter["region"] = inter["user"].map(region_of)
-    frame = select_regions(handle_duplicates(inter, cfg.duplicates), cfg.regions)
-    return _split_all(frame, cfg)
+    return _split_all(select_regions(inter, cfg.regions), cfg)
 
 
 # Training data of a market: the union of both files (deduplicated on user and item). The
@@ -156,8 +172,7 @@ def wsdm_train_frame(root: Path, region: str) -> pd.DataFrame:
     return frame.drop_duplicates(subset=["user", "item"], keep="first").reset_index(drop=True)
 
 
-def _wsdm_region(root: Path, region: str, cfg: DataConfig) -> RegionData:
-    frame = handle_duplicates(wsdm_train_frame(root, region), cfg.duplicates)
+def _wsdm_region(root: Path, region: str, frame: pd.DataFrame, cfg: DataConfig) -> RegionData:
     qrel_path = root / region / "valid_qrel.tsv"
     if not (cfg.official_valid and qrel_path.is_file()):
         return random_holdout(region, frame, cfg.min_history, cfg.seed, cfg.max_valid_users)
@@ -187,7 +202,7 @@ def _wsdm_region(root: Path, region: str, cfg: DataConfig) -> RegionData:
     return data
 
 
-def load_wsdm(cfg: DataConfig) -> dict[str, RegionData]:
+def load_wsdm(cfg: DataConfig) -> Loaded:
     root = _require_dir(cfg, "wsdm22-xmrec")
     known = sorted(p.name for p in root.iterdir() if (p / "valid_qrel.tsv").is_file()
                    and any((p / f).is_file() for f in WSDM_TRAIN_FILES))
@@ -195,24 +210,53 @@ def load_wsdm(cfg: DataConfig) -> dict[str, RegionData]:
     unknown = [r for r in regions if r not in known]
     if unknown:
         raise DataError(f"unknown region(s) {unknown} in {root}; markets found: {known}")
-    return {r: _wsdm_region(root, r, cfg) for r in regions}
+    frame, summary = _deduplicate(
+        pd.concat([wsdm_train_frame(root, r) for r in regions], ignore_index=True), cfg)
+    return {r: _wsdm_region(root, r, frame[frame["region"] == r].reset_index(drop=True), cfg)
+            for r in regions}, summary
 
 
-def load_user_files(cfg: DataConfig) -> dict[str, RegionData]:
-    frame = load_files(cfg.files, cfg.columns)
-    frame = select_regions(handle_duplicates(frame, cfg.duplicates), cfg.regions)
-    return _split_all(frame, cfg)
+def load_user_files(cfg: DataConfig) -> Loaded:
+    frame = load_files(cfg.files, cfg.columns, normalize_sep(cfg.sep), cfg.time_format)
+    return _split_all(select_regions(frame, cfg.regions), cfg)
 
 
 RECIPES = {"synthetic": load_synthetic, "wsdm22-xmrec": load_wsdm, "ml-100k": load_ml100k,
            "files": load_user_files}
 
 
-def load_regions(cfg: DataConfig) -> dict[str, RegionData]:
-    """Load, validate and split the data a config names."""
+# recipes whose evaluation protocol is fixed by the data set
+FIXED_PROTOCOL = {"wsdm22-xmrec": "its official 100-candidate lists"}
+
+
+def _check_protocol(cfg: DataConfig) -> None:
+    if cfg.protocol not in PROTOCOLS:
+        raise DataError(f"protocol {cfg.protocol!r} unknown; use {' or '.join(PROTOCOLS)}")
+    if cfg.protocol == "sampled" and cfg.recipe in FIXED_PROTOCOL:
+        raise DataError(f"recipe {cfg.recipe!r} has a fixed protocol "
+                        f"({FIXED_PROTOCOL[cfg.recipe]}); drop --protocol sampled")
+    if cfg.negatives_from not in NEGATIVES_FROM:
+        raise DataError(f"negatives_from {cfg.negatives_from!r} unknown; use "
+                        f"{' or '.join(NEGATIVES_FROM)}")
+    if cfg.protocol == "sampled" and cfg.negatives <= 0:
+        raise DataError(f"--negatives must be positive, got {cfg.negatives}")
+
+
+def load_data(cfg: DataConfig) -> Loaded:
+    """Load, validate and split the data a config names; with the load's summary (logged)."""
     if cfg.recipe not in RECIPES:
         raise DataError(f"unknown data recipe {cfg.recipe!r}; choose one of {sorted(RECIPES)}")
-    regions = RECIPES[cfg.recipe](cfg)
+    _check_protocol(cfg)
+    normalize_sep(cfg.sep)  # an unknown --sep fails whatever the recipe
+    regions, summary = RECIPES[cfg.recipe](cfg)
+    logger.info("data (%s): %s", cfg.recipe, summary.line())
     for name, data in regions.items():
+        if cfg.protocol == "sampled":
+            sample_protocol(data, cfg.negatives, cfg.negatives_from, cfg.seed)
         logger.info("region %s: %s", name, data.stats())
-    return regions
+    return regions, summary
+
+
+def load_regions(cfg: DataConfig) -> dict[str, RegionData]:
+    """Load, validate and split the data a config names."""
+    return load_data(cfg)[0]

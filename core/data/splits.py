@@ -9,8 +9,10 @@ Validation drives early stopping; test is what gets reported.
 from __future__ import annotations
 
 import random
+import zlib
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
 from regiontune.data.loading import DataError
@@ -36,7 +38,7 @@ class RegionData:
     test: list[EvalCase]
     catalogue: list[str]  # every item known in the region, sorted
     ordered: bool  # True when histories are time-ordered sequences
-    protocol: str = "full-ranking"  # or "official-100"
+    protocol: str = "full-ranking"  # or "official-100", "sampled-99-uniform", ...
     extra: dict = field(default_factory=dict)
 
     def stats(self) -> dict:
@@ -109,6 +111,80 @@ def sample_candidates(cases: list[EvalCase], pool: list[str], n_negatives: int,
                 seen.add(item)
                 negatives.append(item)
         case.candidates = [case.target] + negatives
+
+
+PROTOCOLS = ("full-ranking", "sampled")
+NEGATIVES_FROM = ("uniform", "popularity")
+
+
+def user_items(data: RegionData) -> dict[str, set[str]]:
+    """Every item each user has in the region: training history and held-out cases."""
+    out = {u: set(items) for u, items in data.train.items()}
+    for case in (*data.valid, *data.test):
+        out.setdefault(case.user, set()).update(case.history, [case.target])
+    return out
+
+
+def _draw(rng: np.random.Generator, pool: list[str], weights: np.ndarray, cumulative: np.ndarray,
+          exclude: set[str], n: int) -> list[str]:
+    """``n`` distinct items of ``pool`` outside ``exclude``, drawn one after another with
+    probability proportional to ``weights`` among those left (draws with replacement, the
+    excluded and repeated ones rejected; the exact draw over what is left if that stalls)."""
+    chosen: list[str] = []
+    taken = set(exclude)
+    for _ in range(20):
+        if len(chosen) == n:
+            return chosen
+        picks = np.searchsorted(cumulative, rng.random(2 * (n - len(chosen)) + 8) * cumulative[-1],
+                                side="right")
+        for index in picks:
+            item = pool[min(int(index), len(pool) - 1)]
+            if item not in taken:
+                taken.add(item)
+                chosen.append(item)
+                if len(chosen) == n:
+                    return chosen
+    left = [i for i, item in enumerate(pool) if item not in taken and weights[i] > 0]
+    p = weights[left] / weights[left].sum()
+    extra = rng.choice(left, size=n - len(chosen), replace=False, p=p)
+    return chosen + [pool[int(i)] for i in extra]
+
+
+def sample_protocol(data: RegionData, negatives: int = 99, negatives_from: str = "uniform",
+                    seed: int = 0) -> RegionData:
+    """The sampled-candidate protocol on a region's validation and test cases (in place): each
+    case ranks its target among ``negatives`` items of the region catalogue the user never had,
+    drawn without replacement, uniformly or in proportion to the item's training count
+    (``popularity``: items never trained on are never drawn). Seeded by ``seed`` and region."""
+    if negatives_from not in NEGATIVES_FROM:
+        raise DataError(f"negatives_from {negatives_from!r} unknown; use uniform or popularity")
+    if negatives <= 0:
+        raise DataError(f"negatives must be positive, got {negatives}")
+    pool = list(data.catalogue)
+    if negatives_from == "popularity":
+        counts: dict[str, int] = {}
+        for items in data.train.values():
+            for item in items:
+                counts[item] = counts.get(item, 0) + 1
+        weights = np.array([counts.get(item, 0) for item in pool], dtype=np.float64)
+    else:
+        weights = np.ones(len(pool), dtype=np.float64)
+    cumulative = np.cumsum(weights)
+    drawable = {item for item, w in zip(pool, weights, strict=True) if w > 0}
+    owned = user_items(data)
+    for stream, cases in enumerate((data.valid, data.test)):
+        rng = np.random.default_rng([seed, zlib.crc32(data.region.encode()), stream])
+        for case in cases:
+            exclude = owned.get(case.user, set()) | set(case.history) | {case.target}
+            available = len(drawable) - len(exclude & drawable)
+            if available < negatives:
+                raise DataError(
+                    f"region {data.region!r}: user {case.user!r} leaves {available} items to "
+                    f"draw {negatives} negatives from ({negatives_from}); lower --negatives")
+            case.candidates = [case.target, *_draw(rng, pool, weights, cumulative, exclude,
+                                                   negatives)]
+    data.protocol = f"sampled-{negatives}-{negatives_from}"
+    return data
 
 
 def _finish(region, frame, train, valid, test, ordered) -> RegionData:
