@@ -62,7 +62,25 @@ def load_configs(config: Path | None, sets: list[str],
 
 
 def data_config(cfg: DataConfig, data: str | None, data_dir: Path | None, files: list[str],
-          columns: list[str], regions: str | None) -> DataConfig:
+                columns: list[str], regions: str | None, sep: str | None = None,
+                time_format: str | None = None, protocol: str | None = None,
+                negatives: int | None = None, negatives_from: str | None = None
+                ) -> DataConfig:
+    """The data options of a command applied to ``cfg`` (those left unset keep its values)."""
+    from regiontune.data.loading import normalize_sep
+
+    if sep is not None:
+        cfg.sep = normalize_sep(sep)
+    if time_format is not None:
+        cfg.time_format = time_format
+    if protocol is not None:
+        cfg.protocol = protocol
+    if negatives is not None:
+        cfg.negatives = negatives
+        if protocol is None:
+            cfg.protocol = "sampled"
+    if negatives_from is not None:
+        cfg.negatives_from = negatives_from
     if data:
         cfg.recipe = data
     if data_dir:
@@ -114,10 +132,33 @@ ConfigOpt = typer.Option(None, "--config", "-c", help="YAML file with data/model
 SetOpt = typer.Option([], "--set", help=SET_HELP)
 DataOpt = typer.Option(None, "--data", help=DATA_HELP)
 DataDirOpt = typer.Option(None, "--data-dir", help="Directory holding the recipe's files.")
-FileOpt = typer.Option([], "--file", help="Interaction file (CSV/TSV/Parquet/JSONL), or "
-                       "REGION=PATH for a file without a region column. Repeatable.")
+FileOpt = typer.Option([], "--file", help="Interaction file (CSV/TSV/TXT/Parquet/JSONL), or "
+                       "REGION=PATH for a file without a region column. Repeatable. Text "
+                       "files: the delimiter is sniffed (see --sep); timestamps are epoch "
+                       "seconds or ISO-8601 dates (see --time-format). Duplicate (region, user, "
+                       "item) rows are kept and reported as a warning; --set "
+                       "data.duplicates=drop keeps the first, =error refuses the data. A summary "
+                       "of what was read (rows, users, items, regions, duplicates, time range) "
+                       "is logged at every load.")
 ColumnsOpt = typer.Option([], "--columns", help="Column mapping OURS=YOURS, e.g. user=userId. "
                           "Ours: user, item, region, timestamp, rating. Repeatable.")
+SepOpt = typer.Option(None, "--sep", help="Delimiter of text files: tab (or \\t), comma "
+                      "(,), semicolon (;), space (runs of blanks) or pipe (|). Default: sniffed "
+                      "from the header and first rows.")
+TimeFormatOpt = typer.Option(None, "--time-format", help="strptime format of the timestamp "
+                             "column, e.g. %d/%m/%Y. Default: epoch seconds or ISO-8601 dates "
+                             "(2016-07-03, 2016-07-03T12:00:00, 2016-07-03 12:00:00), UTC "
+                             "unless they carry a zone.")
+ProtocolOpt = typer.Option(None, "--protocol", help="Evaluation cases: full-ranking (default: "
+                           "the target against the whole region catalogue) or sampled (the "
+                           "target among --negatives items the user never had, seeded by "
+                           "data.seed; see --negatives-from). Not for wsdm22-xmrec (its lists "
+                           "are fixed).")
+NegativesOpt = typer.Option(None, "--negatives", help="Negatives per case of the sampled "
+                            "protocol (default 99; implies --protocol sampled).")
+NegativesFromOpt = typer.Option(None, "--negatives-from", help="How the sampled protocol "
+                                "draws negatives: uniform (default) or popularity (in "
+                                "proportion to the item's training count).")
 VerboseOpt = typer.Option(False, "--verbose", "-v", help="Debug logging.")
 
 
