@@ -16,6 +16,7 @@ COMMAND_MODULES = ("train",     # pretrain, adapt
                    "compare",   # compare
                    "serve",     # serve
                    "hub",       # push, pull
+                   "bench",     # bench
                    "demo")      # demo
 for _name in COMMAND_MODULES:
     importlib.import_module(f"regiontune.cli.{_name}")

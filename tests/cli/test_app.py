@@ -18,7 +18,7 @@ from regiontune.hub.client import HubError
 from tests.cli.helpers import fails, invoke, ok
 
 COMMANDS = {"pretrain", "adapt", "evaluate", "recommend", "compare", "serve", "push", "pull",
-            "demo"}
+            "bench", "demo"}
 
 
 def _commands() -> dict:
