@@ -85,14 +85,22 @@ def read_users(encode: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                histories: list[list[int]], max_len: int, causal: bool, ordered: bool,
                orders: int = 1, device: torch.device | str | None = None) -> torch.Tensor:
     """User vectors ``[rows, hidden]``: ``encode(tokens, mask)`` of each history, averaged over
-    :func:`set_orders` when the histories are sets and the model reads in order (causal)."""
+    :func:`set_orders` when the histories are sets and the model reads in order (causal).
+
+    A causal model has nothing to read in an empty history (no item, or none it knows): its
+    vector is zero, so the items rank by their bias alone (popularity). Evaluation, the
+    ``recommend`` command and the server all read users here, so they rank alike."""
     variants = [histories] if ordered or not causal else set_orders(histories, max(1, orders))
     users = None
     for rows in variants:
         tokens, mask = inference_batch(rows, max_len, causal)
         vectors = encode(tokens.to(device), mask.to(device)) if device else encode(tokens, mask)
         users = vectors if users is None else users + vectors
-    return users / len(variants)
+    users = users / len(variants)
+    empty = [row for row, history in enumerate(histories) if not history] if causal else []
+    if empty:  # an all-padding row reads padding (or NaN): not a user
+        users[empty] = 0
+    return users
 
 
 def inference_batch(histories: list[list[int]], max_len: int, causal: bool,
