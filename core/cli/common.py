@@ -178,8 +178,8 @@ def print_metrics(metrics: dict, k: int = 10) -> None:
     """A table of per-region metrics (the keys ``ndcg@k``, ``hr@k``, ``mrr``)."""
     if not metrics:
         return
-    typer.echo(f"{'region':<12} {'protocol':<14} {f'NDCG@{k}':>8} {f'HR@{k}':>7} {'MRR':>7} "
+    typer.echo(f"{'region':<12} {'protocol':<21} {f'NDCG@{k}':>8} {f'HR@{k}':>7} {'MRR':>7} "
                f"{'users':>6}")
     for region, m in sorted(metrics.items()):
-        typer.echo(f"{region:<12} {m.get('protocol', ''):<14} {m.get(f'ndcg@{k}', 0):>8.4f} "
+        typer.echo(f"{region:<12} {m.get('protocol', ''):<21} {m.get(f'ndcg@{k}', 0):>8.4f} "
                    f"{m.get(f'hr@{k}', 0):>7.4f} {m.get('mrr', 0):>7.4f} {m.get('users', 0):>6}")
