@@ -35,7 +35,20 @@ def serve(backbone: Path = typer.Option(..., "--backbone", help="Backbone direct
           max_item_chars: int = typer.Option(256, "--max-item-chars", min=1,
                                              help="Characters per item id."),
           max_batch: int = typer.Option(256, "--max-batch", min=1,
-                                        help="Requests per batch."),
+                                        help="Requests per batch request, and rows per "
+                                        "dynamically gathered pass."),
+          batch_wait_ms: float = typer.Option(2.0, "--batch-wait-ms", min=0.0,
+                                              help="Dynamic batching: milliseconds a request "
+                                              "may wait for concurrent ones to share its "
+                                              "forward pass (0 disables)."),
+          max_loaded_adapters: int = typer.Option(None, "--max-loaded-adapters", min=1,
+                                                  help="At most this many adapters in "
+                                                  "memory: regions under --adapters / "
+                                                  "--adapter-root load on first request, the "
+                                                  "least recently used are evicted."),
+          adapter_memory_mb: float = typer.Option(None, "--adapter-memory-mb", min=0.001,
+                                                  help="As --max-loaded-adapters, bounding "
+                                                  "the MiB of adapter tensors instead."),
           max_k: int = typer.Option(1000, "--max-k", min=1, help="Items per answer."),
           hub_timeout: float = typer.Option(10.0, "--hub-timeout", min=0.001, help="Seconds a "
                                             "hub request may wait to connect or for a byte."),
@@ -56,4 +69,5 @@ def serve(backbone: Path = typer.Option(..., "--backbone", help="Backbone direct
                            max_item_chars=max_item_chars, max_batch=max_batch, max_k=max_k)
     run(backbone, adapters, host, port, os.environ.get("REGIONTUNE_ADMIN_TOKEN"),
         unknown_region, pairs, adapter_roots=adapter_root, limits=limits,
-        hub_timeout_s=hub_timeout, hub_deadline_s=hub_deadline)
+        hub_timeout_s=hub_timeout, hub_deadline_s=hub_deadline, batch_wait_ms=batch_wait_ms,
+        max_loaded_adapters=max_loaded_adapters, adapter_memory_mb=adapter_memory_mb)

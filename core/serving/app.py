@@ -256,7 +256,9 @@ def serve(backbone_dir: str | Path, adapters_dir: str | Path | None = None,
           host: str = "127.0.0.1", port: int = 8000, admin_token: str | None = None,
           unknown_region: str = "error", adapters: list[tuple[str, str]] | None = None,
           adapter_roots: Sequence[str | Path] = (), limits: ServingLimits | None = None,
-          hub_timeout_s: float = 10.0, hub_deadline_s: float = 120.0) -> None:
+          hub_timeout_s: float = 10.0, hub_deadline_s: float = 120.0,
+          batch_wait_ms: float = 2.0, max_loaded_adapters: int | None = None,
+          adapter_memory_mb: float | None = None) -> None:
     """Load the backbone, every adapter under ``adapters_dir`` and each ``(region, source)``
     of ``adapters`` (a directory or a hub id ``org/name[@revision]``), then run uvicorn.
 
@@ -265,6 +267,10 @@ def serve(backbone_dir: str | Path, adapters_dir: str | Path | None = None,
     ``hub_timeout_s`` without connecting or without a byte, a whole download after
     ``hub_deadline_s``. Without ``admin_token``, ``$REGIONTUNE_ADMIN_TOKEN`` is used (keeps it
     off command lines). Temporary download folders are removed on shutdown.
+    ``batch_wait_ms``: dynamic batching of concurrent requests (0: off; rows per pass:
+    ``limits.max_batch``). With ``max_loaded_adapters`` or ``adapter_memory_mb``, the adapter
+    roots' regions load on first request (as many as fit are preloaded) and the least
+    recently used are evicted past the budget.
     """
     import uvicorn
 
@@ -278,12 +284,19 @@ def serve(backbone_dir: str | Path, adapters_dir: str | Path | None = None,
         if not root.is_dir():
             raise FileNotFoundError(f"{root}: no such adapter root directory")
     set_timeouts(hub_timeout_s, hub_timeout_s)
-    recommender = Recommender.from_dirs(backbone_dir, adapter_dirs(adapters_dir),
+    lazy = max_loaded_adapters is not None or adapter_memory_mb is not None
+    recommender = Recommender.from_dirs(backbone_dir, [] if lazy else adapter_dirs(adapters_dir),
                                         unknown_region=unknown_region,
-                                        hub_deadline_s=hub_deadline_s)
+                                        hub_deadline_s=hub_deadline_s,
+                                        batch_wait_ms=batch_wait_ms, max_batch=limits.max_batch,
+                                        max_loaded=max_loaded_adapters,
+                                        adapter_memory_mb=adapter_memory_mb,
+                                        lazy_roots=roots if lazy else ())
     try:
         for region, source in adapters or []:
             recommender.load(region, source)
+        if lazy:
+            recommender.preload()
         if admin_token is None and host not in ("127.0.0.1", "localhost", "::1"):
             logger.warning("admin routes are open to anyone who can reach %s:%s; set %s",
                            host, port, TOKEN_ENV)

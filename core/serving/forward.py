@@ -5,6 +5,7 @@ top-k over every row's own catalogue."""
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -72,10 +73,13 @@ def user_vectors(entries: list[RegionEntry], tokens: list[list[int]], max_len: i
     return users, passes
 
 
-def top_k(entries: list[RegionEntry], users: torch.Tensor, histories: list[list[str]], k: int,
-          exclude_seen: bool, items: ItemBatch | None = None
-          ) -> list[tuple[list[str], list[float]]]:
+def top_k(entries: list[RegionEntry], users: torch.Tensor, histories: list[list[str]],
+          k: int | Sequence[int], exclude_seen: bool | Sequence[bool],
+          items: ItemBatch | None = None) -> list[tuple[list[str], list[float]]]:
     """Best ``k`` items of each row's own catalogue (seen items excluded when asked).
+
+    ``k`` and ``exclude_seen`` are one value for every row or one per row (a gathered batch of
+    calls: :mod:`regiontune.serving.batching`); rows are ranked to the largest ``k`` and cut.
 
     Scores of all rows go into one ``-inf``-padded matrix (:meth:`ItemBatch.scores`), so
     scoring, masking and ``topk`` run once per batch rather than once per region.
@@ -83,17 +87,21 @@ def top_k(entries: list[RegionEntry], users: torch.Tensor, histories: list[list[
     items = items if items is not None else ItemBatch(entries)
     width = items.width
     scores = items.scores(users)
-    if exclude_seen:
-        seen = [(row, entry.vocab.index[i]) for row, (entry, history)
-                in enumerate(zip(entries, histories, strict=True))
+    rows_k = [k] * len(entries) if isinstance(k, int) else list(k)
+    exclude = ([exclude_seen] * len(entries) if isinstance(exclude_seen, bool)
+               else list(exclude_seen))
+    if any(exclude):
+        seen = [(row, entry.vocab.index[i]) for row, (entry, history, flag)
+                in enumerate(zip(entries, histories, exclude, strict=True)) if flag
                 for i in history if i in entry.vocab.index]
         if seen:
             rows, cols = zip(*seen, strict=True)
             scores[list(rows), list(cols)] = float("-inf")
-    values, index = scores.topk(min(k, width), dim=1)
+    values, index = scores.topk(min(max(rows_k, default=1), width), dim=1)
     out = []
-    for entry, vals, idx in zip(entries, values.tolist(), index.tolist(), strict=True):
-        keep = [(entry.vocab.items[i], v) for i, v in zip(idx, vals, strict=True)
+    for entry, kk, vals, idx in zip(entries, rows_k, values.tolist(), index.tolist(),
+                                    strict=True):
+        keep = [(entry.vocab.items[i], v) for i, v in zip(idx[:kk], vals[:kk], strict=True)
                 if v != float("-inf")]
         out.append(([i for i, _ in keep], [v for _, v in keep]))
     return out

@@ -17,6 +17,14 @@ loaded, replaced and unloaded while requests are served:
   :class:`~regiontune.serving.fetch.AdapterFetcher`) outside the load lock: only the swap
   takes it, so a slow download never holds up other loads or unloads.
 
+Concurrent calls are gathered into one pass (``batch_wait_ms``, ``max_batch``:
+:mod:`regiontune.serving.batching`), after each is validated and holds its adapters alone.
+Many regions fit a memory budget (``max_loaded`` adapters and/or ``adapter_memory_mb`` of
+adapter tensors): regions whose folder ``<root>/<region>`` lies under one of ``lazy_roots``
+are loaded on their first request and the least recently used of them are evicted past the
+budget (an evicted adapter in use is deleted only when its last request ends, by the
+in-flight counting above). Explicitly loaded regions are never evicted.
+
 The HTTP layer answers each error of :mod:`regiontune.serving.errors` with its status.
 """
 
@@ -27,8 +35,10 @@ import ctypes.util
 import functools
 import logging
 import threading
-from collections import Counter, defaultdict
+import time
+from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Iterable, Sequence
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +49,7 @@ from regiontune.artifacts import ADAPTER_META, read_json
 from regiontune.model.backbone import load_backbone
 from regiontune.model.recmodel import RecModel
 from regiontune.model.vocab import ItemVocab
+from regiontune.serving.batching import DynamicBatcher, Job
 from regiontune.serving.entries import (
     ItemBatch,
     RegionEntry,
@@ -62,6 +73,8 @@ __all__ = ["AdapterLoadError", "InvalidRequestError", "Recommender", "ServingErr
 logger = logging.getLogger(__name__)
 UNKNOWN_REGION_MODES = ("backbone", "error")
 MAX_WARNED_REGIONS = 1000  # unknown regions named in a warning (then: silence, not a leak)
+DEFAULT_BATCH_WAIT_MS = 2.0
+DEFAULT_MAX_BATCH = 256
 
 
 @functools.cache
@@ -70,6 +83,11 @@ def _malloc_trim() -> Any:
         return ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
     except (OSError, AttributeError, TypeError):  # not glibc: nothing to call
         return None
+
+
+def _entry_bytes(entry: RegionEntry) -> int:
+    """What a loaded region holds in memory (adapter tensors + its item side)."""
+    return int(entry.meta.get("tensor_bytes") or 0)
 
 
 def trim_heap() -> None:
@@ -87,7 +105,15 @@ class Recommender:
 
     def __init__(self, backbone: RecModel, vocab: ItemVocab, meta: dict[str, Any],
                  backbone_dir: str | Path | None = None, unknown_region: str = "backbone",
-                 cache_dir: str | Path | None = None, hub_deadline_s: float = 120.0) -> None:
+                 cache_dir: str | Path | None = None, hub_deadline_s: float = 120.0,
+                 batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS,
+                 max_batch: int = DEFAULT_MAX_BATCH, max_loaded: int | None = None,
+                 adapter_memory_mb: float | None = None,
+                 lazy_roots: Iterable[str | Path] = ()) -> None:
+        """``batch_wait_ms``: how long a call may wait for others to share its pass (0: never
+        gathered); ``max_batch``: rows per gathered pass. ``max_loaded`` / ``adapter_memory_mb``:
+        the budget of loaded adapters (count / MiB of adapter tensors; None: unbounded);
+        ``lazy_roots``: directories whose ``<region>/`` folders load on first request."""
         if unknown_region not in UNKNOWN_REGION_MODES:
             raise ValueError(f"unknown_region={unknown_region!r}: use one of "
                              f"{UNKNOWN_REGION_MODES}")
@@ -110,12 +136,30 @@ class Recommender:
         self._in_flight: Counter = Counter()
         self._retired: list = []
         self._stats: Counter = Counter()
+        if max_loaded is not None and max_loaded < 1:
+            raise ValueError(f"max_loaded must be at least 1, not {max_loaded!r}")
+        if adapter_memory_mb is not None and not adapter_memory_mb > 0:
+            raise ValueError(f"adapter_memory_mb must be positive, not {adapter_memory_mb!r}")
+        if batch_wait_ms < 0 or max_batch < 1:
+            raise ValueError(f"batch_wait_ms must be >= 0 and max_batch >= 1, not "
+                             f"{batch_wait_ms!r}, {max_batch!r}")
+        self.max_loaded = max_loaded
+        self.memory_budget = None if adapter_memory_mb is None else int(adapter_memory_mb * 2**20)
+        self.lazy_roots = [Path(r) for r in lazy_roots]
+        self._lru: OrderedDict[str, None] = OrderedDict()  # evictable regions, oldest use first
+        self._bytes = 0  # adapter tensor bytes of the loaded regions
+        self._loading: dict[str, list] = {}  # region -> [Future, waiters]: one load per miss
+        self._lazy_lock = threading.Lock()
+        self.batch_wait_ms, self.max_batch = float(batch_wait_ms), int(max_batch)
+        self._batcher = (DynamicBatcher(self._run_jobs, self._run_job, batch_wait_ms, max_batch)
+                         if batch_wait_ms > 0 else None)
 
     @classmethod
     def from_dirs(cls, backbone_dir: str | Path, adapter_dirs: Iterable[str | Path] = (),
                   unknown_region: str = "backbone", cache_dir: str | Path | None = None,
-                  hub_deadline_s: float = 120.0) -> Recommender:
+                  hub_deadline_s: float = 120.0, **options: Any) -> Recommender:
         """Load a backbone directory and every adapter directory (region from region.json).
+        ``options``: the constructor's batching and budget options.
 
         Two directories claiming one region are an :class:`AdapterLoadError` (before anything
         is loaded): one would silently replace the other.
@@ -136,7 +180,8 @@ class Recommender:
                                    "keep one per region, or serve the others under names of "
                                    "their own (--adapter NAME=DIR)")
         backbone, vocab, meta = load_backbone(backbone_dir)
-        rec = cls(backbone, vocab, meta, backbone_dir, unknown_region, cache_dir, hub_deadline_s)
+        rec = cls(backbone, vocab, meta, backbone_dir, unknown_region, cache_dir, hub_deadline_s,
+                  **options)
         for region, (directory,) in claims.items():
             rec.load(region, directory)
         return rec
@@ -144,8 +189,19 @@ class Recommender:
     # ------------------------------------------------------------ adapter management
 
     def load(self, region: str, path_or_hub_id: str | Path) -> dict[str, Any]:
-        """Load (or replace) ``region``'s adapter from a directory or a hub id ``org/name``."""
+        """Load (or replace) ``region``'s adapter from a directory or a hub id ``org/name``
+        (never evicted: see :meth:`preload` and ``lazy_roots`` for evictable ones)."""
         check_region(region)
+        entry = self._build(region, path_or_hub_id)
+        with self._load_lock:  # the swap alone
+            old = self._swap(region, entry)
+            self._evict(keep=region)
+        trim_heap()
+        logger.info("region %s: %s adapter %s (%s)", region, "replaced" if old else "loaded",
+                    entry.name, entry.served_as)
+        return entry.info()
+
+    def _build(self, region: str, path_or_hub_id: str | Path) -> RegionEntry:
         try:  # outside the load lock: reading, downloading, building take their time
             with self.fetcher.fetched(path_or_hub_id) as (directory, hub_id):
                 entry = build_entry(region, directory, self.backbone, self.vocab,
@@ -159,12 +215,7 @@ class Recommender:
         if entry.meta.get("region") not in (None, region):
             logger.debug("serving %s's adapter (%s) as region %s", entry.meta.get("region"),
                          entry.path, region)
-        with self._load_lock:  # the swap alone
-            old = self._swap(region, entry)
-        trim_heap()
-        logger.info("region %s: %s adapter %s (%s)", region, "replaced" if old else "loaded",
-                    entry.name, entry.served_as)
-        return entry.info()
+        return entry
 
     def replace(self, region: str, path_or_hub_id: str | Path) -> dict[str, Any]:
         """Replace the adapter of a loaded region (an error if the region is not loaded)."""
@@ -181,17 +232,131 @@ class Recommender:
         trim_heap()
         logger.info("region %s unloaded", region)
 
-    def _swap(self, region: str, entry: RegionEntry | None) -> RegionEntry | None:
+    def _swap(self, region: str, entry: RegionEntry | None, hold: int = 0,
+              evictable: bool = False) -> RegionEntry | None:
+        """Publish ``entry`` for ``region`` (None: unload); ``hold``: in-flight counts taken
+        for requests waiting on this load, in the same step (eviction cannot pass between)."""
         with self._state_lock:
             snapshot = dict(self._snapshot)
             old = snapshot.pop(region, None)
+            self._lru.pop(region, None)
             if entry is not None:
                 snapshot[region] = entry
+                self._bytes += _entry_bytes(entry)
+                if evictable:
+                    self._lru[region] = None
+                if hold:
+                    self._in_flight[entry] += hold
             self._snapshot = snapshot  # requests that started before keep the old dict
             if old is not None:
+                self._bytes -= _entry_bytes(old)
                 self._retired.append(old)
         self._sweep()
         return old
+
+    def _over_budget(self) -> bool:
+        return ((self.max_loaded is not None and len(self._snapshot) > self.max_loaded)
+                or (self.memory_budget is not None and self._bytes > self.memory_budget))
+
+    def _evict(self, keep: str | None = None) -> int:
+        """Unload least recently used evictable regions until the budget holds (call under the
+        load lock). Regions no request uses go first; one in use is retired, and deleted when
+        its last request ends."""
+        evicted = 0
+        while True:
+            with self._state_lock:
+                if not self._over_budget():
+                    break
+                order = [r for r in self._lru if r != keep]
+                idle = [r for r in order if not self._in_flight[self._snapshot[r]]]
+                victim = (idle or order or [None])[0]
+            if victim is None:  # only pinned regions left: the budget cannot hold
+                logger.warning("adapter budget exceeded by regions that cannot be evicted "
+                               "(loaded explicitly): %d loaded, %.1f MiB", len(self._snapshot),
+                               self._bytes / 2**20)
+                break
+            self._swap(victim, None)
+            evicted += 1
+        if evicted:
+            with self._state_lock:
+                self._stats.update(evictions=evicted)
+            trim_heap()
+        return evicted
+
+    # ------------------------------------------------------------ lazy regions
+
+    def lazy_dir(self, region: str) -> Path | None:
+        """The folder ``<root>/<region>`` of the first lazy root holding one (or None)."""
+        if not self.lazy_roots:
+            return None
+        try:
+            check_region(region)
+        except InvalidRequestError:
+            return None
+        for root in self.lazy_roots:
+            if (root / region / ADAPTER_META).is_file():
+                return root / region
+        return None
+
+    def preload(self, limit: int | None = None) -> int:
+        """Load regions of the lazy roots (sorted) until the budget is full (or ``limit``);
+        they stay evictable. The number loaded."""
+        seen: set[str] = set()
+        loaded = 0
+        cap = self.max_loaded if limit is None else limit
+        for root in self.lazy_roots:
+            for folder in sorted(p for p in root.iterdir() if (p / ADAPTER_META).is_file()):
+                if cap is not None and len(self._snapshot) >= cap:
+                    return loaded
+                if folder.name in seen or folder.name in self._snapshot:
+                    continue
+                seen.add(folder.name)
+                entry = self._load_lazy(folder.name, folder, hold=False)
+                loaded += entry is not None
+                if self.memory_budget is not None and self._bytes >= self.memory_budget:
+                    return loaded
+        return loaded
+
+    def _load_lazy(self, region: str, directory: Path, hold: bool = True
+                   ) -> RegionEntry | None:
+        """``region``'s entry, loaded from ``directory`` once however many requests miss it
+        at the same time; with ``hold``, counted in flight for the caller (atomically with
+        its publication, so an eviction cannot pass in between)."""
+        with self._lazy_lock:
+            with self._state_lock:
+                entry = self._snapshot.get(region)
+                if entry is not None:  # loaded meanwhile
+                    if hold:
+                        self._in_flight[entry] += 1
+                    return entry
+            record = self._loading.get(region)
+            owner = record is None
+            if owner:
+                record = self._loading[region] = [Future(), 0]
+            elif hold:
+                record[1] += 1
+        if not owner:
+            return record[0].result()  # held for this caller by the owner's swap
+        start = time.perf_counter()
+        try:
+            entry = self._build(region, directory)
+        except BaseException as err:
+            with self._lazy_lock:
+                del self._loading[region]
+            record[0].set_exception(err)
+            raise
+        with self._load_lock:
+            with self._lazy_lock:
+                del self._loading[region]
+                self._swap(region, entry, hold=record[1] + int(hold), evictable=True)
+            self._evict(keep=region)
+        record[0].set_result(entry)
+        with self._state_lock:
+            self._stats.update(lazy_loads=1)
+            self._stats["lazy_load_us"] += int((time.perf_counter() - start) * 1e6)
+        trim_heap()
+        logger.debug("region %s loaded on first use from %s", region, directory)
+        return entry
 
     def _sweep(self) -> None:
         """Delete retired adapters that no request uses any more."""
@@ -203,7 +368,10 @@ class Recommender:
 
     def close(self) -> None:
         """Stop pending hub downloads and remove the temporary download folder (if this
-        recommender made it). Serving from memory goes on; a later hub load starts afresh."""
+        recommender made it); answer gathered calls and stop gathering (later calls run
+        alone). Serving from memory goes on; a later hub load starts afresh."""
+        if self._batcher is not None:
+            self._batcher.close()
         self.fetcher.close()
 
     def regions(self) -> list[dict[str, Any]]:
@@ -212,10 +380,13 @@ class Recommender:
         return [snapshot[r].info() for r in sorted(snapshot)]
 
     def stats(self) -> dict[str, int]:
-        """Counters: requests (rows), batches, forward passes, retired adapters pending."""
+        """Counters: requests (rows), batches, forward passes, retired adapters pending,
+        gathered calls, lazy loads, evictions, region hits and misses, adapter bytes."""
         with self._state_lock:
-            return {"requests": 0, "batches": 0, "forward_passes": 0, **self._stats,
-                    "adapters_loaded": len(self._snapshot),
+            return {"requests": 0, "batches": 0, "forward_passes": 0, "gathered_calls": 0,
+                    "lazy_loads": 0, "lazy_load_us": 0, "evictions": 0, "region_hits": 0,
+                    "region_misses": 0, **self._stats,
+                    "adapters_loaded": len(self._snapshot), "adapter_bytes": self._bytes,
                     "retired_pending": len(self._retired)}
 
     # ------------------------------------------------------------ recommendation
@@ -223,7 +394,36 @@ class Recommender:
     def recommend(self, histories: Sequence[Sequence[str]], regions: Sequence[str], k: int = 10,
                   exclude_seen: bool = True) -> list[dict[str, Any]]:
         """Top-``k`` items per row, each from its region's catalogue, in as few passes as
-        possible. Rows: {region, items, scores, adapted, unknown_items}."""
+        possible. Rows: {region, items, scores, adapted, unknown_items}.
+
+        Concurrent calls may share one pass (dynamic batching); each is validated, and its
+        regions resolved (lazily loaded), on its own first, so its errors stay its own."""
+        batcher = self._batcher
+        if batcher is None or not batcher.fits(len(histories)):
+            return self._recommend_call(histories, regions, k, exclude_seen, None)
+        batcher.arrive()
+        return self._recommend_call(histories, regions, k, exclude_seen, batcher)
+
+    def _recommend_call(self, histories: Sequence[Sequence[str]], regions: Sequence[str],
+                        k: int, exclude_seen: bool, batcher: DynamicBatcher | None
+                        ) -> list[dict[str, Any]]:
+        try:
+            histories, regions = self._validate(histories, regions, k)
+            entries = self._acquire(regions)
+        except BaseException:
+            if batcher is not None:
+                batcher.leave()
+            raise
+        try:
+            if batcher is None:
+                return self._recommend(histories, regions, entries, k, exclude_seen)
+            return batcher.submit(Job((histories, regions, entries, k, exclude_seen),
+                                      len(histories)))
+        finally:
+            self._release(entries)
+
+    def _validate(self, histories: Sequence[Sequence[str]], regions: Sequence[str], k: int
+                  ) -> tuple[list[list[str]], list[str]]:
         if len(histories) != len(regions):
             raise InvalidRequestError(f"{len(histories)} histories but {len(regions)} regions")
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
@@ -231,27 +431,67 @@ class Recommender:
         histories = [list(h) for h in histories]
         if any(not isinstance(i, str) for h in histories for i in h):
             raise InvalidRequestError("history items must be strings")
-        entries = self._acquire(regions)
-        try:
-            return self._recommend(histories, regions, entries, k, exclude_seen)
-        finally:
-            self._release(entries)
+        return histories, list(regions)
+
+    def _run_job(self, job: Job) -> list[dict[str, Any]]:
+        return self._recommend(*job.args)
+
+    def _run_jobs(self, jobs: list[Job]) -> None:
+        """Gathered calls in one pass: rows concatenated, each call's ``k`` and
+        ``exclude_seen`` per row, answers split back."""
+        histories, regions, entries, ks, flags = [], [], [], [], []
+        for job in jobs:
+            h, r, e, k, flag = job.args
+            histories += h
+            regions += r
+            entries += e
+            ks += [k] * len(h)
+            flags += [flag] * len(h)
+        results = self._recommend(histories, regions, entries, ks, flags)
+        with self._state_lock:
+            self._stats.update(gathered_calls=len(jobs))
+        start = 0
+        for job in jobs:
+            job.result = results[start:start + job.rows]
+            start += job.rows
 
     def _acquire(self, regions: Sequence[str]) -> list[RegionEntry]:
+        """Each region's entry, counted in flight (released by :meth:`_release`); regions
+        under a lazy root load here; the rest: the backbone or UnknownRegionError."""
         with self._state_lock:
             snapshot = self._snapshot
-            entries = [snapshot.get(r) for r in regions]
-            missing = sorted({r for r, e in zip(regions, entries, strict=True) if e is None})
-            if missing and self.unknown_region == "error":
-                shown = ", ".join(map(repr, missing[:10]))
-                more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
-                raise UnknownRegionError(f"no adapter loaded for region(s) {shown}{more}")
-            if missing and snapshot:
-                self._warn_unknown(missing)
-            entries = [e or self._base for e in entries]
-            for entry in set(entries):
+            found = {r: snapshot.get(r) for r in dict.fromkeys(regions)}
+            held = [e for e in found.values() if e is not None]
+            for entry in held:
                 self._in_flight[entry] += 1
-        return entries
+            for r, e in found.items():
+                if e is not None and r in self._lru:
+                    self._lru.move_to_end(r)
+            self._stats.update(region_hits=len(held))
+        missing = sorted(r for r, e in found.items() if e is None)
+        try:
+            for region in missing:
+                directory = self.lazy_dir(region)
+                if directory is not None:
+                    found[region] = entry = self._load_lazy(region, directory)
+                    held.append(entry)
+                    with self._state_lock:
+                        self._stats.update(region_misses=1)
+            missing = [r for r in missing if found[r] is None]
+            with self._state_lock:
+                if missing and self.unknown_region == "error":
+                    shown = ", ".join(map(repr, missing[:10]))
+                    more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+                    raise UnknownRegionError(f"no adapter loaded for region(s) {shown}{more}")
+                if missing and self._snapshot:
+                    self._warn_unknown(missing)
+                if missing:
+                    self._in_flight[self._base] += 1
+                    held.append(self._base)
+        except BaseException:
+            self._release(held)
+            raise
+        return [found[r] or self._base for r in regions]
 
     def _warn_unknown(self, missing: list[str]) -> None:
         """A WARNING the first time each unknown region is served by the bare backbone while
@@ -264,6 +504,8 @@ class Recommender:
                            ", ".join(map(repr, new[:10])))
 
     def _release(self, entries: list[RegionEntry]) -> None:
+        if not entries:
+            return
         with self._state_lock:
             for entry in set(entries):
                 self._in_flight[entry] -= 1
@@ -275,7 +517,8 @@ class Recommender:
 
     @torch.inference_mode()
     def _recommend(self, histories: list[list[str]], regions: Sequence[str],
-                   entries: list[RegionEntry], k: int, exclude_seen: bool) -> list[dict[str, Any]]:
+                   entries: list[RegionEntry], k: int | list[int],
+                   exclude_seen: bool | list[bool]) -> list[dict[str, Any]]:
         if not entries:
             return []
         tokens = [e.vocab.encode(h) for e, h in zip(entries, histories, strict=True)]
