@@ -9,7 +9,21 @@ from typing import Any
 
 import typer
 
-from regiontune.cli.common import DataDirOpt, DataOpt, VerboseOpt, app, backbone_data, command
+from regiontune.cli.common import (
+    ColumnsOpt,
+    DataDirOpt,
+    DataOpt,
+    FileOpt,
+    NegativesFromOpt,
+    NegativesOpt,
+    ProtocolOpt,
+    SepOpt,
+    TimeFormatOpt,
+    VerboseOpt,
+    app,
+    command,
+)
+from regiontune.cli.evaluate import eval_data_config
 
 BASELINE_NAMES = {"popularity": "popularity", "itemknn": "ItemKNN", "ease": "EASE"}
 
@@ -138,19 +152,21 @@ def compare(backbone: Path = typer.Option(..., "--backbone", help="Backbone dire
             model: list[Path] = typer.Option([], "--model", "-m", help="Another model directory"
                                              ", e.g. from adapt --method scratch. Repeatable."),
             region: str = typer.Option(..., "--region", help="The region to compare on."),
-            data: str = DataOpt, data_dir: Path = DataDirOpt,
+            data: str = DataOpt, data_dir: Path = DataDirOpt, file: list[str] = FileOpt,
+            columns: list[str] = ColumnsOpt, sep: str = SepOpt,
+            time_format: str = TimeFormatOpt, protocol: str = ProtocolOpt,
+            negatives: int = NegativesOpt, negatives_from: str = NegativesFromOpt,
             k: int = typer.Option(10, "-k", help="Cut-off of NDCG@k and HR@k."),
             json_out: Path = typer.Option(None, "--json", help="Write the rows here as JSON."),
             verbose: bool = VerboseOpt) -> None:
     """Compare on one region's test cases: backbone, adapters, other models, baselines."""
-    from regiontune.config import DataConfig
     from regiontune.data.recipes import load_regions
 
     if k <= 0:
         raise ValueError("-k must be positive")
-    data_cfg = backbone_data(backbone, DataConfig(regions=[region]))
-    data_cfg.recipe = data or data_cfg.recipe
-    data_cfg.data_dir = str(data_dir) if data_dir else data_cfg.data_dir
+    data_cfg = eval_data_config(backbone, [region], data, data_dir, file, columns, sep=sep,
+                                time_format=time_format, protocol=protocol,
+                                negatives=negatives, negatives_from=negatives_from)
     region_data = load_regions(data_cfg)[region]
     if not region_data.test:
         raise ValueError(f"region {region!r} has no test cases")

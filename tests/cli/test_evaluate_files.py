@@ -105,3 +105,15 @@ def test_data_options_in_help():
     for option in ("--file", "--columns", "--sep", "--time-format", "--protocol",
                    "--negatives", "duplicates"):
         assert option in text, option
+
+
+def test_compare_on_a_file_with_the_sampled_protocol(workdir, backbone, harbor, harbor_adapter):
+    target = workdir / "compare-file.json"
+    ok(invoke("compare", "--backbone", backbone[0], "--adapter", harbor_adapter,
+              "--region", "harbor", "--file", f"harbor={harbor}", *COLUMNS,
+              "--protocol", "sampled", "--negatives", "20", "--json", target))
+    report = json.loads(target.read_text())
+    assert report["protocol"] == "sampled-20-uniform"
+    kinds = [row["kind"] for row in report["rows"]]
+    assert len(kinds) == 5 and report["test_users"] > 0  # backbone, adapter, 3 baselines
+    assert all(row["users"] == report["test_users"] for row in report["rows"])
