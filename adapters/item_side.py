@@ -54,6 +54,30 @@ class ItemSide(nn.Module):
             bias = bias + self.bias
         return weight, bias
 
+    def extended(self, items: list[str], backbone_vocab: ItemVocab,
+                 hidden_size: int) -> ItemSide:
+        """A trainable copy over this catalogue plus the ``items`` it lacks, appended in the
+        given order (refreshing an adapter on new data).
+
+        Old rows keep their place and their values exactly (``A`` rows, bias, the shared
+        ``B``); appended rows start as a fresh side starts every row: ``A`` row and bias zero,
+        so a backbone-known item starts at its backbone row and a region-new item at zero.
+        """
+        known = set(self.catalogue)
+        added = [i for i in dict.fromkeys(items) if i not in known]
+        out = ItemSide(self.catalogue + added, backbone_vocab, hidden_size, self.rank,
+                       self.has_bias)
+        n = len(self.catalogue)
+        with torch.no_grad():
+            if self.lowrank_a is not None:
+                out.lowrank_a.zero_()
+                out.lowrank_a[:n] = self.lowrank_a
+                out.lowrank_b.copy_(self.lowrank_b)
+            if self.bias is not None:
+                out.bias.zero_()
+                out.bias[:n] = self.bias
+        return out
+
     def state(self) -> dict[str, torch.Tensor]:
         return {PREFIX + k: v.detach().cpu().contiguous() for k, v in self.named_parameters()}
 

@@ -71,10 +71,17 @@ def pretrain(out: Path = typer.Option(..., "--out", help="Backbone directory to 
 def adapt(backbone: Path = typer.Option(..., "--backbone", help="Backbone directory."),
           region: str = typer.Option(..., "--region", help="Region to adapt to."),
           out: Path = typer.Option(..., "--out", help="Adapter directory to write."),
-          method: str = typer.Option("lora", "--method", help="lora, adalora, ia3, "
+          method: str = typer.Option(None, "--method", help="lora (default), adalora, ia3, "
                                      "bottleneck, full, or scratch: the backbone's architecture"
                                      " trained from random weights on the region alone, saved "
-                                     "as a model directory (evaluate it with --model)."),
+                                     "as a model directory (evaluate it with --model). With "
+                                     "--init-from: the parent's method."),
+          init_from: Path = typer.Option(None, "--init-from", help="Refresh this adapter on "
+                                         "the data given: same backbone (checked), the "
+                                         "parent's method and options, its item rows kept "
+                                         "and the new items appended, optimizer and schedule "
+                                         "restarted; region.json records the lineage (parent, "
+                                         "data period, test metrics before and after)."),
           option: list[str] = typer.Option([], "--option", "-o", help="Method option KEY=VALUE"
                                            ", e.g. r=16, lora_alpha=32, targets=attention, "
                                            "reduction_factor=8, init_r=12. Repeatable."),
@@ -93,7 +100,21 @@ def adapt(backbone: Path = typer.Option(..., "--backbone", help="Backbone direct
           config: Path = ConfigOpt, set_: list[str] = SetOpt, verbose: bool = VerboseOpt) -> None:
     """Train a region's adapter on the frozen backbone and save it (PEFT layout)."""
     from regiontune.training.adapt import adapt as run
+    from regiontune.training.adapt import parent_method
 
+    if init_from is not None:
+        if method == SCRATCH:
+            raise ValueError("--init-from refreshes an adapter; --method scratch trains a "
+                             "whole model from random weights")
+        if option or item_rank is not None:
+            raise ValueError("--init-from continues the parent adapter with its own options "
+                             "and item rank: drop --option and --item-rank")
+        parent = parent_method(init_from)
+        if method is not None and method != parent:
+            raise ValueError(f"--method {method} differs from the parent adapter's method "
+                             f"{parent}: a refresh continues the parent's method (drop "
+                             "--method)")
+        method = parent
     if method == SCRATCH:
         if option or item_rank is not None or weights_dtype is not None:
             raise ValueError("--method scratch trains a whole model: --option, --item-rank "
@@ -106,7 +127,8 @@ def adapt(backbone: Path = typer.Option(..., "--backbone", help="Backbone direct
     if not (data or file or config):
         data_cfg = backbone_data(backbone, data_cfg)
     adapt_cfg = cfg["adapt"]
-    adapt_cfg.method, adapt_cfg.region, adapt_cfg.fraction = method, region, fraction
+    adapt_cfg.method = method or adapt_cfg.method
+    adapt_cfg.region, adapt_cfg.fraction = region, fraction
     adapt_cfg.options.update(parse_options(option))
     if item_rank is not None:
         adapt_cfg.item_rank = item_rank
@@ -114,9 +136,17 @@ def adapt(backbone: Path = typer.Option(..., "--backbone", help="Backbone direct
         adapt_cfg.weights_dtype = weights_dtype
     if epochs:
         cfg["train"].epochs = epochs
-    meta = run(backbone, data_cfg, adapt_cfg, cfg["train"], out, resume=resume)
+    meta = run(backbone, data_cfg, adapt_cfg, cfg["train"], out, resume=resume,
+               init_from=init_from)
     print_metrics({region: {**meta.get("metrics", {}), "protocol": meta.get("protocol", "")}})
-    typer.echo(f"adapter ({method}, {meta['trainable_params']:,} trainable parameters, "
+    lineage = meta.get("lineage")
+    if lineage:
+        before, after = lineage["metrics_before"] or {}, lineage["metrics_after"] or {}
+        typer.echo(f"refreshed from {init_from} (generation {lineage['generation']}, "
+                   f"{lineage['new_items']:,} new items): NDCG@10 "
+                   f"{before.get('ndcg@10', 0):.4f} before, {after.get('ndcg@10', 0):.4f} "
+                   "after")
+    typer.echo(f"adapter ({adapt_cfg.method}, {meta['trainable_params']:,} trainable parameters, "
                f"{meta['adapter_bytes'] / 1024:.0f} KiB, {meta['train_seconds']:.0f} s) "
                f"written to {out}")
 

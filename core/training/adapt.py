@@ -1,22 +1,41 @@
-"""Region adaptation: frozen backbone + a new adapter trained on one region's data alone."""
+"""Region adaptation: frozen backbone + a new adapter trained on one region's data alone.
+
+Refresh (``init_from``): an existing adapter continued on new data. Same backbone (checked by
+fingerprint before anything is trained or written), the parent's method and options, the
+parent's item side with the new data's items appended (old rows kept exactly, new rows as a
+fresh adapter starts them), a new optimizer and schedule, early stopping as usual; the saved
+metadata records the lineage (parent, data period, metrics before and after).
+"""
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import math
+import os
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate.utils import set_seed
 
-from regiontune.adapters import ItemSide, RegionTask, count_trainable, get_method, save_adapter
-from regiontune.adapters.io import round_trainable, weights_dtype
+from regiontune.adapters import (
+    ItemSide,
+    RegionTask,
+    count_trainable,
+    get_method,
+    load_adapter,
+    save_adapter,
+)
+from regiontune.adapters.folder import WEIGHTS, AdapterFolder
+from regiontune.adapters.io import build_item_side, round_trainable, weights_dtype
 from regiontune.adapters.item_side import PREFIX
+from regiontune.artifacts import ADAPTER_META, BACKBONE_META, ArtifactError
 from regiontune.config import AdaptConfig, DataConfig, TrainConfig, to_dict
-from regiontune.data.recipes import load_regions
+from regiontune.data.recipes import load_data
 from regiontune.data.splits import RegionData, subsample_users
 from regiontune.evaluation.evaluate import evaluate_task
 from regiontune.model.backbone import load_backbone
@@ -95,10 +114,105 @@ def region_sequences(task: RegionTask, data: RegionData) -> list[list[int]]:
     return [s for s in sequences if len(s) >= 2]
 
 
+# ---------------------------------------------------------------- refresh: the parent adapter
+
+def parent_method(init_from: str | Path) -> str:
+    """The method of the adapter at ``init_from`` (metadata only; a clear error when the folder
+    is not an adapter)."""
+    return read_parent(init_from).trained_method
+
+
+def read_parent(init_from: str | Path, backbone_fingerprint: str | None = None, *,
+                weights: bool = False) -> AdapterFolder:
+    """The adapter a refresh continues; with ``backbone_fingerprint``, one of another backbone
+    is refused before any weight is read."""
+    path = Path(init_from)
+    if (path / BACKBONE_META).is_file() and not (path / ADAPTER_META).is_file():
+        raise ArtifactError(f"--init-from {path}: a backbone directory, not an adapter; "
+                            "--init-from takes the adapter directory to refresh (the backbone "
+                            "goes to --backbone)")
+    return AdapterFolder.read(path, backbone_fingerprint, weights=weights)
+
+
+def file_digest(path: Path) -> str:
+    """``sha256:`` of a file's bytes (names the exact weights a refresh started from)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return "sha256:" + digest.hexdigest()
+
+
+def parent_options(parent: AdapterFolder, arch: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The parent's method options; options given for the refresh must agree with them."""
+    method = get_method(parent.trained_method)
+    saved = {**method.default_options(arch), **parent.meta.get("options", {})}
+    differ = {k: v for k, v in options.items() if saved.get(k) != v}
+    if differ:
+        raise ValueError(f"a refresh continues the parent's adapter: options {differ} differ "
+                         f"from the parent's {saved}; drop them")
+    return saved
+
+
+def copy_trainable(source: torch.nn.Module, target: torch.nn.Module, method: str) -> None:
+    """Every trainable tensor of ``target`` (a freshly attached adapter) takes the value of the
+    same-named tensor of ``source`` (the parent, loaded). A method whose loaded form differs
+    from its trainable form cannot be continued: a clear error names the tensor."""
+    loaded = dict(source.named_parameters())
+    with torch.no_grad():
+        for name, param in target.named_parameters():
+            if not param.requires_grad:
+                continue
+            old = loaded.get(name)
+            if old is None or old.shape != param.shape:
+                found = "missing" if old is None else f"of shape {tuple(old.shape)}"
+                raise ValueError(
+                    f"the {method} adapter cannot be continued: its trainable tensor {name} "
+                    f"{tuple(param.shape)} is {found} in the saved parent (its saved form "
+                    "differs from its trainable form); train a new adapter instead")
+            param.copy_(old.to(param.dtype))
+
+
+def continue_region_task(backbone: RecModel, vocab: ItemVocab, parent: AdapterFolder,
+                         catalogue: list[str], adapt_cfg: AdaptConfig, total_steps: int = 1000,
+                         num_negatives: int = 0) -> RegionTask:
+    """The parent adapter (read with its weights), trainable again, over its catalogue plus the
+    items of ``catalogue`` it lacks (appended). Before training it scores the parent's items
+    exactly as the parent does."""
+    method = get_method(parent.trained_method)
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    options = parent_options(parent, backbone.config.arch, adapt_cfg.options)
+    name = adapt_cfg.region or parent.region or "default"
+    # the parent is loaded on a copy (PEFT wraps a backbone in place), the fresh trainable
+    # adapter attached to the backbone itself, then given the parent's values
+    donor = method.load(copy.deepcopy(backbone), parent.config, parent.tensors, name)
+    body = method.attach(backbone, options, name, total_steps)
+    copy_trainable(donor, body, method.name)
+    del donor
+    hidden = backbone.config.hidden_size
+    item_side = build_item_side(parent, vocab, hidden).extended(catalogue, vocab, hidden)
+    return RegionTask(body, method.base_of(body), item_side, num_negatives)
+
+
+PARENT_ITEMS = "\0parent-catalogue"  # a pseudo-history: the items the parent already knows
+
+
 def train_region(backbone: RecModel, vocab: ItemVocab, data: RegionData, adapt_cfg: AdaptConfig,
                  train_cfg: TrainConfig, work: str | Path | None = None, resume: bool = False,
-                 accelerator=None) -> tuple[RegionTask, dict[str, Any]]:
-    """Train one region's adapter (on ``adapt_cfg.fraction`` of its users); returns task, stats."""
+                 accelerator=None, parent: AdapterFolder | None = None
+                 ) -> tuple[RegionTask, dict[str, Any]]:
+    """Train one region's adapter (on ``adapt_cfg.fraction`` of its users); returns task, stats.
+
+    ``parent`` (an adapter folder read with its weights, on this backbone): continue it
+    instead of starting a new adapter (a refresh). Its catalogue comes first, the data's new
+    items after; validation ranks over that whole catalogue; the items the parent knows stay
+    in the training softmax, and only items neither the parent nor the new data has seen are
+    calibrated as unseen.
+    """
+    if parent is not None and adapt_cfg.method != parent.trained_method:
+        raise ValueError(f"method {adapt_cfg.method!r} differs from the parent adapter's "
+                         f"{parent.trained_method!r}: a refresh continues the parent's method")
     # a typo (or float16 for full) fails before any training
     dtype = weights_dtype(adapt_cfg.weights_dtype, adapt_cfg.method)
     if adapt_cfg.calibrate_unseen and not adapt_cfg.item_bias:
@@ -108,10 +222,17 @@ def train_region(backbone: RecModel, vocab: ItemVocab, data: RegionData, adapt_c
     data = subsample_users(data, adapt_cfg.fraction, train_cfg.seed)
     n_seq = sum(1 for h in data.train.values() if len(h) >= 2)
     total_steps = train_cfg.epochs * max(1, epoch_steps(n_seq, train_cfg))
-    task = build_region_task(backbone, vocab, data.catalogue, adapt_cfg, total_steps,
-                             train_cfg.num_negatives)
+    known = dict(data.train)  # what counts as trained: the data's items (and the parent's)
+    if parent is None:
+        task = build_region_task(backbone, vocab, data.catalogue, adapt_cfg, total_steps,
+                                 train_cfg.num_negatives)
+    else:
+        task = continue_region_task(backbone, vocab, parent, data.catalogue, adapt_cfg,
+                                    total_steps, train_cfg.num_negatives)
+        known[PARENT_ITEMS] = list(parent.meta["catalogue"])
+    catalogue = task.item_side.catalogue  # the data's catalogue, or the parent's extended
     if not adapt_cfg.unseen_as_negatives:
-        task.restrict_negatives(trained_items(data.train))
+        task.restrict_negatives(trained_items(known))
     started = time.perf_counter()  # the teacher's fitting counts as training time
     distilled = {}
     if adapt_cfg.distill > 0:
@@ -120,12 +241,12 @@ def train_region(backbone: RecModel, vocab: ItemVocab, data: RegionData, adapt_c
     sequences = region_sequences(task, data)
     method = get_method(adapt_cfg.method)
     result = fit(task, sequences,
-                 lambda: evaluate_task(task, data.catalogue, data.valid[:VALID_CASES]),
+                 lambda: evaluate_task(task, catalogue, data.valid[:VALID_CASES]),
                  train_cfg, work, resume, step_hooks=method.step_hooks(task.body),
                  accelerator=accelerator, desc=f"adapt {data.region} ({adapt_cfg.method})",
                  eval_at_start=adapt_cfg.start_as_candidate)
     task.teacher = None  # training only
-    calibration = (calibrate_unseen(task, data.catalogue, data.train, data.valid[:VALID_CASES])
+    calibration = (calibrate_unseen(task, catalogue, known, data.valid[:VALID_CASES])
                    if adapt_cfg.calibrate_unseen else {})
     round_trainable(task, dtype)  # evaluated == saved, also for float16 adapters
     stats = {**calibration, **distilled, "train_seconds": round(time.perf_counter() - started, 2),
@@ -136,31 +257,87 @@ def train_region(backbone: RecModel, vocab: ItemVocab, data: RegionData, adapt_c
 
 
 def adapt(backbone_dir: str | Path, data_cfg: DataConfig, adapt_cfg: AdaptConfig,
-          train_cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict[str, Any]:
-    """Load the backbone, train ``adapt_cfg.region``'s adapter, evaluate it, save it to ``out``."""
+          train_cfg: TrainConfig, out: str | Path, resume: bool = False,
+          init_from: str | Path | None = None) -> dict[str, Any]:
+    """Load the backbone, train ``adapt_cfg.region``'s adapter, evaluate it, save it to ``out``.
+
+    ``init_from``: refresh that adapter on this data instead (see the module's docstring);
+    every check (an adapter, the same method, the same backbone) passes before anything is
+    trained or written.
+    """
     if not adapt_cfg.region:
         raise ValueError("name the region to adapt to (--region)")
     get_method(adapt_cfg.method)  # fail fast on a typo, before loading anything
+    out = Path(out)
+    if init_from is not None:
+        if Path(init_from).resolve() == out.resolve():
+            raise ValueError("--out must differ from --init-from: the parent adapter stays as "
+                             "the refreshed one's lineage")
+        method = read_parent(init_from).trained_method  # metadata only: before the backbone
+        if adapt_cfg.method != method:
+            raise ValueError(f"--method {adapt_cfg.method} differs from the parent adapter's "
+                             f"method {method}: a refresh continues the parent's method "
+                             "(drop --method)")
     backbone, vocab, bmeta = load_backbone(backbone_dir)
+    parent = (read_parent(init_from, bmeta["fingerprint"], weights=True)
+              if init_from is not None else None)
     data_cfg = copy.deepcopy(data_cfg)
     data_cfg.regions = [adapt_cfg.region]
-    data = load_regions(data_cfg)[adapt_cfg.region]
+    regions, summary = load_data(data_cfg)
+    data = regions[adapt_cfg.region]
+    before = None
+    if parent is not None:  # the parent as it serves today, on the new data's test cases
+        parent_task = load_adapter(init_from, copy.deepcopy(backbone), vocab, bmeta["fingerprint"])
+        catalogue = parent_task.item_side.catalogue
+        catalogue = catalogue + [i for i in data.catalogue if i not in set(catalogue)]
+        before = evaluate_task(parent_task, catalogue, data.test)
+        del parent_task
     accelerator = make_accelerator(train_cfg)
-    out = Path(out)
     task, stats = train_region(backbone, vocab, data, adapt_cfg, train_cfg,
-                               out.parent / f"{out.name}.work", resume, accelerator)
+                               out.parent / f"{out.name}.work", resume, accelerator, parent)
     meta = {"region": adapt_cfg.region, "protocol": data.protocol,
             "backbone_fingerprint": bmeta["fingerprint"],
             "backbone_path": str(Path(backbone_dir).resolve()),
             "backbone_repo": bmeta.get("hub", {}).get("repo_id"),
             "dataset": data_cfg.recipe, **stats,
+            "trained_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "total_params": sum(p.numel() for p in task.parameters()),
             "options": {**get_method(adapt_cfg.method).default_options(backbone.config.arch),
+                        **(parent.meta.get("options", {}) if parent else {}),
                         **adapt_cfg.options},
             "config": to_dict(data_cfg, adapt_cfg, train_cfg)}
     if accelerator.is_main_process:
-        meta["metrics"] = evaluate_task(task, data.catalogue, data.test)
+        # a refresh ranks over its whole catalogue (the parent's and the new items), as served
+        catalogue = task.item_side.catalogue if parent is not None else data.catalogue
+        meta["metrics"] = evaluate_task(task, catalogue, data.test)
+        if parent is not None:
+            meta["lineage"] = lineage(parent, out, summary.time_range, summary.rows,
+                                      len(catalogue) - len(parent.meta["catalogue"]),
+                                      before, meta["metrics"])
         meta = save_adapter(task, adapt_cfg.method, adapt_cfg.region or "default", meta, out,
                             adapt_cfg.weights_dtype)
     accelerator.wait_for_everyone()
     return meta
+
+
+def lineage(parent: AdapterFolder, out: Path, time_range: tuple[str, str] | None, rows: int,
+            new_items: int, before: dict | None, after: dict) -> dict[str, Any]:
+    """What a refreshed adapter came from: the parent (its path relative to the new adapter's
+    folder, a hash of its weights file, when it was trained), the data it was refreshed on
+    (time range when the data has timestamps, else None), and the test metrics of the parent
+    and of the refreshed adapter on that data's test cases (same catalogue: the refreshed
+    adapter's; the parent cannot score the items it lacks)."""
+    meta = parent.meta
+    trained_at = meta.get("trained_at") or datetime.fromtimestamp(
+        (parent.path / WEIGHTS).stat().st_mtime, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    entry = {"path": os.path.relpath(parent.path.resolve(), out.resolve()),
+             "name": parent.path.resolve().name, "region": parent.region,
+             "method": parent.trained_method,
+             "weights_sha256": file_digest(parent.path / WEIGHTS), "trained_at": trained_at}
+    previous = meta.get("lineage") or {}
+    return {"parent": entry, "generation": int(previous.get("generation", 0)) + 1,
+            "ancestors": [entry, *previous.get("ancestors", [])][:20],
+            "data_period": ({"start": time_range[0], "end": time_range[1], "timezone": "UTC"}
+                            if time_range else None),
+            "interactions": rows, "kept_items": len(meta["catalogue"]), "new_items": new_items,
+            "metrics_before": before, "metrics_after": after}
