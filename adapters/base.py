@@ -8,7 +8,7 @@ pass -- its routed serving form. Training, serving and the hub ask the method, n
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import nn
@@ -16,6 +16,12 @@ from torch import nn
 from regiontune.model.recmodel import RecModel
 
 from .routing import RoutedForm
+
+if TYPE_CHECKING:
+    from .folder import AdapterFolder
+
+# (the registered method the result is saved as, its adapter_config.json, its tensors)
+Merged = tuple[str, dict[str, Any], dict[str, torch.Tensor]]
 
 
 class AdapterMethod(Protocol):
@@ -63,6 +69,12 @@ class AdapterMethod(Protocol):
     def step_hooks(self, body: nn.Module) -> tuple:
         """Callables ``hook(task, step)`` run after each optimizer step."""
 
+    def merge(self, sources: list[AdapterFolder], weights: list[float]) -> Merged:
+        """The weighted combination of saved adapters of this method (``regiontune merge``):
+        ``sources`` read with their method tensors only (the item side is merged apart, by
+        :mod:`regiontune.adapters.merge`), ``weights`` positive and summing to 1. Raises
+        ``ValueError`` with a clear message when they cannot be combined."""
+
 
 class MethodDefaults:
     """Defaults of the optional protocol members, for methods to inherit."""
@@ -85,6 +97,13 @@ class MethodDefaults:
 
     def step_hooks(self, body: nn.Module) -> tuple:
         return ()
+
+    def merge(self, sources: list[AdapterFolder], weights: list[float]) -> Merged:
+        """Default: the weighted average of the tensors (a "model soup"), for sources of one
+        configuration whose tensors agree in names and shapes."""
+        from .merge import average_tensors  # merge.py reads the registry: import at call time
+
+        return average_tensors(self.name, sources, weights)
 
 
 METHODS: dict[str, AdapterMethod] = {}

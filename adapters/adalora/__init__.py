@@ -15,8 +15,8 @@ from peft import AdaLoraConfig, LoraConfig
 from peft.tuners.adalora import AdaLoraLayer
 from torch import nn
 
-from ..base import register
-from ..folder import CONFIG, write_files
+from ..base import Merged, get_method, register
+from ..folder import CONFIG, AdapterFolder, write_files
 from ..peft_common import PeftMethod, targets
 
 LORA_EXPORT = "lora_export"  # the plain-LoRA copy, served in mixed-region batches
@@ -76,6 +76,23 @@ class AdaLoraMethod(PeftMethod):
         if (directory / LORA_EXPORT / CONFIG).is_file():
             return "lora", directory / LORA_EXPORT
         return self.name, directory
+
+    def merge(self, sources: list[AdapterFolder], weights: list[float]) -> Merged:
+        """AdaLoRA adapters merge through their LoRA exports, into a LoRA adapter (the SVD
+        form's masks and orthogonality do not survive a sum; the exports' deltas do)."""
+        from ..merge import method_tensors
+
+        exports = []
+        for folder in sources:
+            form, _ = self.serving_form(folder.path)
+            if form == self.name:
+                raise ValueError(f"{folder.path.name}: this AdaLoRA adapter ships no LoRA "
+                                 f"export ({LORA_EXPORT}/), so it cannot be merged; retrain it "
+                                 "with this version of regiontune")
+            export = AdapterFolder.read(folder.path, serving=True)
+            exports.append(AdapterFolder(folder.path, folder.meta, form, export.source,
+                                         export.config, method_tensors(export.tensors)))
+        return get_method(form).merge(exports, weights)
 
 
 def export_lora(body: nn.Module, name: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from peft import LoraConfig
 
-from ..base import register
+from ..base import Merged, register
 from ..peft_common import PeftMethod, targets
+from .merge import merge_lora
 from .routed import ROUTED_LORA
+
+if TYPE_CHECKING:
+    from ..folder import AdapterFolder
 
 
 def lora_defaults(arch: str) -> dict:
@@ -20,4 +26,10 @@ def lora_config(options: dict, arch: str, total_steps: int) -> LoraConfig:
                       fan_in_fan_out=arch == "gpt2")  # GPT-2 uses Conv1D (transposed weights)
 
 
-LORA = register(PeftMethod("lora", lora_config, lora_defaults, routed=ROUTED_LORA))
+class LoraMethod(PeftMethod):
+    def merge(self, sources: list[AdapterFolder], weights: list[float]) -> Merged:
+        """The exact weighted sum of the deltas (``lora/merge.py``); ranks may differ."""
+        return (self.name, *merge_lora(sources, weights))
+
+
+LORA = register(LoraMethod("lora", lora_config, lora_defaults, routed=ROUTED_LORA))

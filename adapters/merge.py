@@ -1,0 +1,326 @@
+"""Merging adapters: an adapter for a region with no data, from other regions' adapters.
+
+``merge_adapters`` combines saved adapters of one backbone and one method with weights
+(normalised to sum to 1) into a new adapter folder that loads and serves like any other:
+
+* **The method's part** is combined by the method itself (``AdapterMethod.merge``, asked
+  through the registry): LoRA sums the sources' deltas exactly (``adapters/lora/merge.py``),
+  AdaLoRA merges its LoRA exports into a LoRA adapter, and the default -- IA3, bottleneck,
+  full fine-tuning -- is the weighted average of the tensors (:func:`average_tensors`).
+* **The item side** is merged here, item by item, on the merged catalogue (the union of the
+  sources' catalogues, or one given: the target region's items). An item some sources hold
+  gets the weighted average of those sources' rows, the weights renormalised over them: its
+  bias, and its low-rank delta kept *exact* by concatenating the sources' ``A`` columns with
+  the weights folded in (``B`` stacked), so the merged rank is the sum of the sources'
+  (``item_rank=R`` projects it to rank ``R`` by a truncated SVD of the merged deltas instead).
+  An item no source holds keeps the backbone's row and bias when the backbone knows it;
+  otherwise it gets the backbone's mean item embedding (one more low-rank column whose ``B``
+  row is that mean) and the lowest item bias any source gives (backbone bias + adapter bias,
+  over every source's catalogue): a plausible but cautious newcomer.
+
+``weights="overlap"`` derives the weights from a given catalogue: each source's weight is the
+share of that catalogue its own catalogue holds (``|source ∩ target| / |target|``), then
+normalised. Sources of weight 0 are left out.
+
+The merged folder records ``merged_from`` (region, normalised weight, folder name and a hash
+of each source's weights file), the method, the catalogue and the backbone fingerprint.
+Nothing is written unless every check passes (the folder is written atomically).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from regiontune.artifacts import ADAPTER_META, ArtifactError, atomic_dir, read_json, write_json
+from regiontune.model.backbone import load_backbone
+from regiontune.model.recmodel import RecModel
+from regiontune.model.vocab import ItemVocab
+
+from .base import Merged, get_method
+from .folder import WEIGHTS, AdapterFolder, write_files
+from .io import weights_dtype
+from .item_side import PREFIX as ITEM_PREFIX
+
+logger = logging.getLogger(__name__)
+# config entries that name where an adapter came from, not what it computes
+PROVENANCE_KEYS = ("base_model_name_or_path", "revision", "inference_mode")
+REGION_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # the names the server accepts
+
+
+# ---------------------------------------------------------------- finding the sources
+
+def find_adapters(root: str | Path) -> dict[str, Path]:
+    """Region -> adapter folder for every adapter directly under ``root`` (metadata only)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ArtifactError(f"{root}: no such adapter root directory")
+    found: dict[str, list[Path]] = {}
+    for path in sorted(p for p in root.iterdir() if (p / ADAPTER_META).is_file()):
+        region = read_json(path / ADAPTER_META, "region metadata").get("region")
+        if isinstance(region, str):
+            found.setdefault(region, []).append(path)
+    clashes = {r: ps for r, ps in found.items() if len(ps) > 1}
+    if clashes:
+        raise ValueError("several adapters under " + str(root) + " claim one region: "
+                         + "; ".join(f"{r}: {', '.join(p.name for p in ps)}"
+                                     for r, ps in sorted(clashes.items()))
+                         + "; name the folders with --adapter instead")
+    return {r: ps[0] for r, ps in found.items()}
+
+
+def read_catalogue(path: str | Path) -> list[str]:
+    """A catalogue file: one item id per line (blank lines skipped, repeats kept once)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such catalogue file")
+    items = list(dict.fromkeys(line.strip() for line in path.read_text().splitlines()))
+    items = [i for i in items if i]
+    if not items:
+        raise ValueError(f"{path}: the catalogue file lists no item (one item id per line)")
+    return items
+
+
+def overlap_weights(catalogues: Sequence[Sequence[str]], target: Sequence[str]) -> list[float]:
+    """Each source's share of the ``target`` catalogue: ``|source ∩ target| / |target|``."""
+    wanted = set(target)
+    if not wanted:
+        raise ValueError("overlap weights need a non-empty catalogue")
+    return [len(wanted.intersection(c)) / len(wanted) for c in catalogues]
+
+
+def normalise(weights: Sequence[float]) -> list[float]:
+    weights = [float(w) for w in weights]
+    if any(not torch.isfinite(torch.tensor(w)) or w < 0 for w in weights):
+        raise ValueError(f"merge weights must be finite and non-negative, got {weights}")
+    total = sum(weights)
+    if total <= 0:
+        raise ValueError(f"merge weights must sum to a positive number, got {weights}")
+    return [w / total for w in weights]
+
+
+def weights_hash(folder: AdapterFolder) -> str:
+    """The source's exact weights: a hash of its weights file."""
+    digest = hashlib.sha256((folder.source / WEIGHTS).read_bytes())
+    return "sha256:" + digest.hexdigest()[:32]
+
+
+# ---------------------------------------------------------------- the method's part
+
+def method_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A folder's tensors without the item side (merged apart)."""
+    return {k: v for k, v in tensors.items() if not k.startswith(ITEM_PREFIX)}
+
+
+def comparable_config(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k not in PROVENANCE_KEYS}
+
+
+def average_tensors(method: str, sources: list[AdapterFolder], weights: list[float]) -> Merged:
+    """The weighted average of the sources' tensors (a model soup): one configuration, the
+    same tensor names and shapes; integer tensors must be equal."""
+    first = sources[0]
+    config = comparable_config(first.config)
+    for other in sources[1:]:
+        theirs = comparable_config(other.config)
+        differ = sorted(k for k in set(config) | set(theirs) if config.get(k) != theirs.get(k))
+        if differ:
+            raise ValueError(f"{method} adapters merge by averaging their tensors, which needs "
+                             f"one configuration: {first.path.name} and {other.path.name} "
+                             f"differ in {differ}")
+        if set(other.tensors) != set(first.tensors):
+            odd = sorted(set(other.tensors) ^ set(first.tensors))
+            raise ValueError(f"{method} adapters {first.path.name} and {other.path.name} hold "
+                             f"different tensors ({len(odd)}, e.g. {odd[:2]}); they cannot be "
+                             "averaged")
+    merged = {}
+    for key, tensor in first.tensors.items():
+        shapes = {tuple(s.tensors[key].shape) for s in sources}
+        if len(shapes) > 1:
+            raise ValueError(f"{method} adapters cannot be averaged: tensor {key} has shapes "
+                             f"{sorted(shapes)} across the sources")
+        if not tensor.is_floating_point():
+            if any(not torch.equal(s.tensors[key], tensor) for s in sources):
+                raise ValueError(f"{method} adapters differ in the integer tensor {key}")
+            merged[key] = tensor.clone()
+            continue
+        merged[key] = sum(w * s.tensors[key].float() for s, w in zip(sources, weights,
+                                                                      strict=True))
+    return method, config, merged
+
+
+# ---------------------------------------------------------------- the item side
+
+def merge_item_side(sources: list[AdapterFolder], weights: list[float], catalogue: list[str],
+                    backbone: RecModel, vocab: ItemVocab, item_rank: int | None = None
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The merged item side's tensors (``regiontune.item_side.*``) and what was done."""
+    base_table, base_bias = (t.detach().float() for t in backbone.item_table())
+    hidden = base_table.shape[1]
+    n = len(catalogue)
+    position = {item: i for i, item in enumerate(catalogue)}
+    columns = vocab.columns(catalogue)
+    known = columns >= 0
+
+    a_blocks, b_blocks = [], []
+    bias = torch.zeros(n)
+    mass = torch.zeros(n)  # the summed weight of the sources holding each item
+    lowest = None  # the lowest item bias any source gives (backbone + adapter)
+    for folder, weight in zip(sources, weights, strict=True):
+        t = folder.tensors
+        cat = list(folder.meta["catalogue"])
+        src_cols = vocab.columns(cat)
+        src_bias = t.get(ITEM_PREFIX + "bias", torch.zeros(len(cat))).float()
+        effective = src_bias + base_bias[src_cols.clamp(min=0)] * (src_cols >= 0)
+        lowest = effective.min() if lowest is None else torch.minimum(lowest, effective.min())
+        here = [(i, position[item]) for i, item in enumerate(cat) if item in position]
+        if not here:
+            a_blocks.append(None)
+            b_blocks.append(None)
+            continue
+        src_idx = torch.tensor([i for i, _ in here])
+        dst_idx = torch.tensor([j for _, j in here])
+        mass[dst_idx] += weight
+        bias[dst_idx] += weight * src_bias[src_idx]
+        if ITEM_PREFIX + "lowrank_a" in t:
+            a = torch.zeros(n, t[ITEM_PREFIX + "lowrank_a"].shape[1])
+            a[dst_idx] = weight * t[ITEM_PREFIX + "lowrank_a"].float()[src_idx]
+            a_blocks.append(a)
+            b_blocks.append(t[ITEM_PREFIX + "lowrank_b"].float())
+        else:
+            a_blocks.append(None)
+            b_blocks.append(None)
+    held = mass > 0
+    scale = torch.where(held, 1.0 / mass.clamp(min=1e-12), torch.zeros(n))
+    bias = bias * scale  # renormalised over the sources holding the item
+    a_parts = [a * scale[:, None] for a in a_blocks if a is not None]
+    b_parts = [b for b in b_blocks if b is not None]
+    fallback = ~held & ~known  # in no source, unknown to the backbone
+    if fallback.any():
+        mean = base_table.mean(dim=0)
+        a_parts.append(fallback.float()[:, None])
+        b_parts.append(mean[None, :])
+        bias[fallback] = float(lowest)
+    a = torch.cat(a_parts, dim=1) if a_parts else torch.zeros(n, 0)
+    b = torch.cat(b_parts, dim=0) if b_parts else torch.zeros(0, hidden)
+    exact_rank = a.shape[1]
+    if item_rank is not None and item_rank < exact_rank:
+        a, b = project(a, b, item_rank)
+    tensors = {ITEM_PREFIX + "bias": bias}
+    if a.shape[1]:
+        tensors[ITEM_PREFIX + "lowrank_a"] = a.contiguous()
+        tensors[ITEM_PREFIX + "lowrank_b"] = b.contiguous()
+    info = {"items_in_sources": int(held.sum()), "items_backbone_only": int((~held & known).sum()),
+            "items_fallback": int(fallback.sum()),
+            "fallback_bias": float(lowest) if fallback.any() else None,
+            "item_rank_exact": exact_rank,
+            "item_rank_mode": "exact" if a.shape[1] == exact_rank else "projected"}
+    return tensors, info
+
+
+def project(a: torch.Tensor, b: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The best rank-``rank`` approximation of ``a @ b`` (truncated SVD), as new (a, b)."""
+    if rank < 1:
+        raise ValueError(f"item_rank must be >= 1, got {rank}")
+    u, s, vh = torch.linalg.svd(a @ b, full_matrices=False)
+    return (u[:, :rank] * s[:rank]).contiguous(), vh[:rank].contiguous()
+
+
+# ---------------------------------------------------------------- the whole merge
+
+def merge_adapters(paths: Sequence[str | Path], weights: Sequence[float] | str,
+                   backbone_dir: str | Path, out: str | Path, *, region: str | None = None,
+                   catalogue: list[str] | None = None, item_rank: int | None = None,
+                   dtype: str = "auto") -> dict[str, Any]:
+    """Merge the adapters in ``paths`` with ``weights`` (or ``"overlap"``, which needs
+    ``catalogue``) into ``out``; returns the metadata written to ``region.json``.
+
+    Checks, before anything is written: every source is an adapter of the backbone in
+    ``backbone_dir`` (fingerprint), all share one method, regions are not repeated, weights
+    are non-negative and sum to a positive number.
+    """
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise ValueError("name at least one adapter to merge")
+    region = region or Path(out).name
+    if not REGION_NAME.fullmatch(region):
+        raise ValueError(f"region name {region!r}: use 1-64 letters, digits, '_', '.' or '-'")
+    backbone, vocab, bmeta = load_backbone(backbone_dir)
+    fingerprint = bmeta["fingerprint"]
+    folders = [AdapterFolder.read(p, fingerprint) for p in paths]
+    methods = {f.trained_method for f in folders}
+    if len(methods) > 1:
+        listed = ", ".join(f"{f.path.name} ({f.trained_method})" for f in folders)
+        raise ValueError(f"cannot merge adapters of different methods: {listed}; merge "
+                         "adapters of one method")
+    regions = [f.region for f in folders]
+    repeated = sorted({str(r) for r in regions if regions.count(r) > 1})
+    if repeated:
+        raise ValueError(f"region(s) {repeated} named twice among the adapters to merge")
+    if isinstance(weights, str):
+        if weights != "overlap":
+            raise ValueError(f"unknown weights rule {weights!r}; use overlap or numbers")
+        if catalogue is None:
+            raise ValueError("overlap weights need the target's catalogue (--catalogue FILE)")
+        raw = overlap_weights([f.meta["catalogue"] for f in folders], catalogue)
+        if not any(raw):
+            raise ValueError("no source adapter's catalogue shares an item with the given "
+                             "catalogue: overlap weights are all 0")
+        rule = "overlap"
+    else:
+        if len(weights) != len(folders):
+            raise ValueError(f"{len(weights)} weights for {len(folders)} adapters")
+        raw, rule = list(weights), "given"
+    normalised = normalise(raw)
+    dropped = [f.path.name for f, w in zip(folders, normalised, strict=True) if w == 0]
+    if dropped:
+        logger.warning("left out of the merge (weight 0): %s", ", ".join(dropped))
+    kept = [(f, w) for f, w in zip(folders, normalised, strict=True) if w > 0]
+    folders, normalised = [f for f, _ in kept], [w for _, w in kept]
+
+    method = get_method(folders[0].trained_method)
+    body_sources = [replace(f, tensors=method_tensors(f.tensors)) for f in folders]
+    saved_as, config, body = method.merge(body_sources, normalised)
+    config = {**config, "base_model_name_or_path": str(Path(backbone_dir).resolve())}
+    given = catalogue is not None
+    if catalogue is None:
+        catalogue = list(dict.fromkeys(i for f in folders for i in f.meta["catalogue"]))
+    item_tensors, info = merge_item_side(folders, normalised, catalogue, backbone, vocab,
+                                         item_rank)
+    torch_dtype = weights_dtype(dtype, saved_as)
+    merged_from = [{"region": f.region, "weight": w, "method": f.trained_method,
+                    "path": f.path.name, "weights_fingerprint": weights_hash(f)}
+                   for f, w in zip(folders, normalised, strict=True)]
+    datasets = {f.meta.get("dataset") for f in folders}
+    rank = item_tensors[ITEM_PREFIX + "lowrank_a"].shape[1] if (
+        ITEM_PREFIX + "lowrank_a" in item_tensors) else 0
+    with atomic_dir(out) as tmp:
+        write_files(tmp, config, {**body, **item_tensors}, torch_dtype)
+        meta = {"region": region, "kind": "adapter", "method": saved_as,
+                "peft_loadable": get_method(saved_as).peft_loadable,
+                "weights_dtype": str(torch_dtype).removeprefix("torch."),
+                "adapter_bytes": (tmp / WEIGHTS).stat().st_size,
+                "catalogue": catalogue,
+                "new_items": [i for i, c in zip(catalogue, vocab.columns(catalogue).tolist(),
+                                                strict=True) if c < 0],
+                "item_rank": rank, "item_bias": True,
+                "backbone_fingerprint": fingerprint,
+                "backbone_path": str(Path(backbone_dir).resolve()),
+                "backbone_repo": bmeta.get("hub", {}).get("repo_id"),
+                "dataset": datasets.pop() if len(datasets) == 1 else None,
+                "merged_from": merged_from,
+                "merge": {"weights": rule, "catalogue": "given" if given else "union", **info}}
+        write_json(tmp / ADAPTER_META, meta)
+        from regiontune.artifacts.cards import write_card  # at call time (tests replace it)
+
+        write_card(tmp, meta, "adapter")
+    logger.info("merged adapter written to %s", out)
+    return meta
+
