@@ -4,7 +4,8 @@ Each call is validated and holds its adapters (in-flight counting) in its own th
 it joins the queue, so a bad request fails alone and never reaches a gathered batch. One
 worker thread takes the oldest queued call and gathers more for up to ``wait_ms`` after it
 arrived, or until ``max_rows`` rows are queued, or until no other call is on its way in
-(every caller inside ``recommend`` has queued already: a lone client waits for nobody), then
+(every caller inside ``recommend`` has queued already: a lone client waits for nobody, and
+when nothing is queued or running it runs its pass itself, :meth:`DynamicBatcher.solo`), then
 runs the gathered calls as one pass; while that pass runs, the next batch gathers. Calls are
 never split across passes; one larger than ``max_rows`` does not join (its caller runs it).
 The queue is bounded (``max_queue_rows``): a caller finding it full waits for room.
@@ -54,6 +55,8 @@ class DynamicBatcher:
         self._queued_rows = 0
         self._arriving = 0  # callers inside recommend() that have not queued (or left) yet
         self._closed = False
+        self._busy = False  # the worker is running a pass
+        self._solo = False  # a lone caller is running its own pass
         self.batches = self.gathered_jobs = 0
         self._worker = threading.Thread(target=self._loop, name="regiontune-batcher",
                                         daemon=True)
@@ -71,6 +74,21 @@ class DynamicBatcher:
         with self._cond:
             self._arriving -= 1
             self._cond.notify_all()
+
+    def solo(self) -> bool:
+        """True (and the caller leaves) when nothing is queued or running and nobody else is
+        on the way in: the lone caller runs its pass itself, without a hand-over."""
+        with self._cond:
+            if self._queue or self._busy or self._solo or self._arriving != 1:
+                return False
+            self._arriving -= 1
+            self._solo = True  # until solo_done(): the next callers queue
+            self._cond.notify_all()
+            return True
+
+    def solo_done(self) -> None:
+        with self._cond:
+            self._solo = False
 
     def fits(self, rows: int) -> bool:
         return 0 < rows <= self.max_rows and not self._closed
@@ -125,6 +143,7 @@ class DynamicBatcher:
                 batch.append(job)
                 rows += job.rows
             self._queued_rows -= rows
+            self._busy = True
             self._cond.notify_all()  # room for callers waiting on a full queue
             return batch
 
@@ -149,6 +168,8 @@ class DynamicBatcher:
                     except BaseException as one:  # noqa: BLE001 - handed to its caller
                         job.error = one
             finally:
+                with self._cond:
+                    self._busy = False
                 for job in batch:
                     job.done.set()
 

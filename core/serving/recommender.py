@@ -417,6 +417,11 @@ class Recommender:
         try:
             if batcher is None:
                 return self._recommend(histories, regions, entries, k, exclude_seen)
+            if batcher.solo():
+                try:
+                    return self._recommend(histories, regions, entries, k, exclude_seen)
+                finally:
+                    batcher.solo_done()
             return batcher.submit(Job((histories, regions, entries, k, exclude_seen),
                                       len(histories)))
         finally:
