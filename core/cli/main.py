@@ -14,6 +14,7 @@ from regiontune.cli.common import app
 COMMAND_MODULES = ("train",     # pretrain, adapt
                    "evaluate",  # evaluate, recommend
                    "compare",   # compare
+                   "merge",     # merge
                    "serve",     # serve
                    "hub",       # push, pull
                    "bench",     # bench
