@@ -1,6 +1,8 @@
 """Full fine-tuning of a copy of the backbone, behind the same protocol as the adapters.
 
 Benchmarks treat it like any other method; its "adapter" file is a whole model's weights.
+Merging (``regiontune merge``): the inherited default, the weighted average of the whole
+models' weights (a model soup; ``MethodDefaults.merge``).
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""IA3: learned rescaling of keys, values and the FFN input (PEFT). No mixed batches."""
+"""IA3: learned rescaling of keys, values and the FFN input (PEFT). No mixed batches.
+
+Merging (``regiontune merge``): the inherited default, the weighted average of the scaling
+vectors (``MethodDefaults.merge``).
+"""
 
 from __future__ import annotations
 
