@@ -54,10 +54,20 @@ def serve(backbone: Path = typer.Option(..., "--backbone", help="Backbone direct
                                             "hub request may wait to connect or for a byte."),
           hub_deadline: float = typer.Option(120.0, "--hub-deadline", min=0.001, help="Seconds "
                                              "a whole hub download may take (then a 422)."),
+          read_token: str = typer.Option(None, "--read-token", envvar="REGIONTUNE_READ_TOKEN",
+                                         show_envvar=True, help="Bearer token required on read "
+                                         "routes (recommend, regions, metrics; the admin token "
+                                         "is accepted too); health and readiness stay open. "
+                                         "Prefer the env var (keeps it off the command line)."),
+          cors_origin: list[str] = typer.Option([], "--cors-origin", help="An origin "
+                                                 "(https://host[:port], or *) allowed "
+                                                 "cross-origin requests. Repeatable; none by "
+                                                 "default."),
           verbose: bool = VerboseOpt) -> None:
     """Serve every region from one process over HTTP.
 
     Admin routes (PUT/DELETE /v1/regions/...) require the token in REGIONTUNE_ADMIN_TOKEN.
+    --adapter sources load in the background: GET /readyz answers 503 until they are loaded.
     """
     from regiontune.serving.app import ServingLimits
     from regiontune.serving.app import serve as run
@@ -70,4 +80,5 @@ def serve(backbone: Path = typer.Option(..., "--backbone", help="Backbone direct
     run(backbone, adapters, host, port, os.environ.get("REGIONTUNE_ADMIN_TOKEN"),
         unknown_region, pairs, adapter_roots=adapter_root, limits=limits,
         hub_timeout_s=hub_timeout, hub_deadline_s=hub_deadline, batch_wait_ms=batch_wait_ms,
-        max_loaded_adapters=max_loaded_adapters, adapter_memory_mb=adapter_memory_mb)
+        max_loaded_adapters=max_loaded_adapters, adapter_memory_mb=adapter_memory_mb,
+        read_token=read_token, cors_origins=cors_origin)

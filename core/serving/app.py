@@ -1,40 +1,54 @@
 """HTTP API over a :class:`~regiontune.serving.recommender.Recommender` (FastAPI).
 
 Routes: ``POST /v1/recommend``, ``POST /v1/recommend/batch`` (one mixed-region pass),
-``GET /v1/regions``, ``PUT``/``DELETE /v1/regions/{region}`` (admin: ``Authorization: Bearer``
-when a token is configured), ``GET /healthz``, ``GET /metrics`` (Prometheus text format).
+``GET /v1/regions``, ``GET /v1/regions/{region}``, ``PUT``/``DELETE /v1/regions/{region}``
+(admin: ``Authorization: Bearer`` when an admin token is configured), ``GET /healthz``
+(liveness), ``GET /readyz`` (readiness: 503 until the backbone and every configured adapter are
+loaded), ``GET /metrics`` (Prometheus text format), ``/docs`` and ``/redoc`` (served from the
+installed ``fastapi-offline`` assets, no CDN; absent without them), ``/openapi.json``.
+
+Read routes (recommendations, regions, metrics) need ``Authorization: Bearer`` with the read
+(or the admin) token when a read token is configured; health, readiness and the API docs stay
+open. Cross-origin requests are allowed from the configured origins only (none by default).
 
 Every input gets an answer, bad input a 4xx with a message; the server keeps serving. Limits
 (:class:`ServingLimits`: body bytes, history length, item id length, batch size, ``k``) are
 checked before any work and published in the OpenAPI schema. One status per kind of error:
 
-* 401: admin route without the right bearer token;
-* 403: ``PUT`` of a local path outside the adapter roots (or with no roots configured);
-* 404: no such route; no adapter loaded for the region (``DELETE``, or a recommendation when
-  unknown regions are refused);
+* 401: a protected route without a valid bearer token;
+* 403: the read token on an admin route; ``PUT`` of a local path outside the adapter roots (or
+  with no roots configured);
+* 404: no such route; no adapter loaded for the region (``GET``/``DELETE`` of a region, or a
+  recommendation when unknown regions are refused);
 * 413: body larger than ``max_body_bytes`` (refused before it is read in full);
 * 422: the request does not validate: malformed JSON, ``NaN`` / ``Infinity``, lone surrogates,
   wrong types, limits exceeded, bad region name; or the adapter cannot be loaded (corrupt,
-  pickled, foreign backbone, non-finite weights, hub unreachable or past its deadline).
+  pickled, foreign backbone, non-finite weights, hub unreachable or past its deadline);
+* 503: ``/readyz`` only: not ready (the answer says why).
 """
 
 # No ``from __future__ import annotations`` here: the request models are built per app (their
 # limits are configurable) and FastAPI reads route annotations as objects.
 
 import hmac
+import importlib.util
 import logging
 import os
+import threading
 from collections.abc import Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi import Path as PathParam
-from fastapi.responses import PlainTextResponse
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from regiontune.artifacts import ADAPTER_META
-from regiontune.serving.errors import UnknownRegionError, check_region
+from regiontune.serving.errors import AdapterLoadError, UnknownRegionError, check_region
 from regiontune.serving.fetch import HUB_ID
 from regiontune.serving.http_errors import StrictJSONRoute, add_error_handlers, clip
 from regiontune.serving.middleware import BodyLimitMiddleware, Metrics, MetricsMiddleware
@@ -44,6 +58,7 @@ from regiontune.serving.schemas import (
     REGION_PATTERN,
     BatchResponse,
     LoadRequest,
+    ReadyResponse,
     Recommendation,
     RegionInfo,
     ServingLimits,
@@ -51,23 +66,103 @@ from regiontune.serving.schemas import (
     request_models,
 )
 
-__all__ = ["ServingLimits", "adapter_dirs", "adapter_source", "create_app", "public_path",
-           "serve"]
+__all__ = ["ServingLimits", "adapter_dirs", "adapter_source", "create_app", "docs_assets",
+           "public_path", "serve"]
 logger = logging.getLogger(__name__)
 TOKEN_ENV = "REGIONTUNE_ADMIN_TOKEN"
+READ_TOKEN_ENV = "REGIONTUNE_READ_TOKEN"
+# Swagger UI and ReDoc files shipped by the fastapi-offline package: name -> media type
+DOC_ASSETS = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css",
+              "redoc.standalone.js": "text/javascript", "favicon.png": "image/png"}
+
+
+def docs_assets() -> Path | None:
+    """The folder holding :data:`DOC_ASSETS` (the installed ``fastapi-offline`` package's
+    static files), or ``None``: then ``/docs`` and ``/redoc`` are not served."""
+    try:
+        spec = importlib.util.find_spec("fastapi_offline")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin:
+        return None
+    static = Path(spec.origin).parent / "static"
+    return static if all((static / name).is_file() for name in DOC_ASSETS) else None
+
+
+def _same(given: str, token: str | None) -> bool:
+    """``given`` equals ``token`` (constant-time; never with no token configured)."""
+    return token is not None and hmac.compare_digest(given.encode(), token.encode())
+
+
+class Readiness:
+    """What ``/readyz`` answers: the configured adapters (those loaded at start, those loading
+    in the background, and what admin routes load or unload since) against those loaded."""
+
+    def __init__(self, expected: Sequence[str], pending: Sequence[str]) -> None:
+        self.lock = threading.Lock()
+        self.expected = set(expected) | set(pending)
+        self.pending = set(pending)
+        self.failed: dict[str, str] = {}
+
+    def loaded(self, region: str) -> None:
+        with self.lock:
+            self.expected.add(region)
+            self.pending.discard(region)
+            self.failed.pop(region, None)
+
+    def failed_to_load(self, region: str, reason: str) -> None:
+        with self.lock:
+            self.pending.discard(region)
+            self.failed[region] = reason
+
+    def dropped(self, region: str) -> None:
+        with self.lock:
+            self.expected.discard(region)
+            self.pending.discard(region)
+            self.failed.pop(region, None)
+
+    def answer(self, loaded: set[str], fingerprint: str,
+               loadable: Any = None) -> dict[str, Any]:
+        """``loadable(region)``: whether a region not in memory loads on its first request
+        (evicted from an adapter budget: not missing)."""
+        with self.lock:
+            pending, failed = sorted(self.pending), dict(sorted(self.failed.items()))
+            missing = sorted(self.expected - loaded - self.pending - set(self.failed))
+        missing = [r for r in missing if loadable is None or not loadable(r)]
+        reasons = ([f"{len(pending)} adapter(s) still loading"] if pending else []) + \
+                  ([f"{len(failed)} adapter(s) failed to load"] if failed else []) + \
+                  ([f"{len(missing)} configured adapter(s) not loaded"] if missing else [])
+        return {"status": "not ready" if reasons else "ready",
+                "reason": "; ".join(reasons) or None, "backbone": fingerprint,
+                "regions": len(loaded), "pending": pending, "failed": failed,
+                "missing": missing}
 
 
 def create_app(recommender: Recommender, admin_token: str | None = None, max_history: int = 200,
                max_k: int = 1000, max_batch: int = 256, max_body_bytes: int = 2 * 2**20,
                max_item_chars: int = 256,
-               adapter_roots: Sequence[str | Path] | None = None) -> FastAPI:
+               adapter_roots: Sequence[str | Path] | None = None,
+               read_token: str | None = None, cors_origins: Sequence[str] = (),
+               preload: Sequence[tuple[str, str | Path]] = ()) -> FastAPI:
     """The FastAPI application serving ``recommender``.
 
     ``adapter_roots``: the directories an admin ``PUT`` may load local adapters from (a path
     relative to a root, or an absolute one inside a root; symbolic links resolved first);
     ``[]`` allows hub ids only. ``None`` (the library default, kept for in-process use) allows
     any local path and logs a warning; :func:`serve` always passes the roots.
+
+    ``read_token``: when given, read routes need it (or the admin token) as a bearer token.
+    ``cors_origins``: origins allowed cross-origin requests (``http(s)://host[:port]`` or
+    ``*``). ``preload``: ``(region, source)`` adapters loaded in the background once the app
+    starts (its lifespan); ``/readyz`` answers 503 until they are loaded, and names those that
+    failed (the others keep serving). The regions loaded when the app is made, and the preload
+    ones, are the configured adapters; admin ``PUT``/``DELETE`` add and remove regions.
     """
+    for origin in cors_origins:
+        if origin != "*" and not (origin.startswith(("http://", "https://"))
+                                  and "/" not in origin.split("://", 1)[1]):
+            raise ValueError(f"CORS origin {origin!r}: give scheme://host[:port] (no path), "
+                             "or *")
     limits = ServingLimits(max_body_bytes=max_body_bytes, max_history=max_history,
                            max_item_chars=max_item_chars, max_batch=max_batch, max_k=max_k)
     roots = None if adapter_roots is None else [Path(r).resolve() for r in adapter_roots]
@@ -80,45 +175,118 @@ def create_app(recommender: Recommender, admin_token: str | None = None, max_his
                    f"{limits.max_history} items of at most {limits.max_item_chars} characters, "
                    f"batches of at most {limits.max_batch} requests, k at most {limits.max_k}. "
                    "NaN and Infinity are not JSON and are refused (422).")
-    app = FastAPI(title="regiontune", version="1", description=description)
+    metrics = Metrics()
+    readiness = Readiness([info["region"] for info in recommender.regions()],
+                          [region for region, _ in preload])
+    labels = set(readiness.expected)  # regions that may be metric labels (grows on loads)
+
+    def load_configured() -> None:
+        for region, source in preload:
+            try:
+                recommender.load(region, source)
+            except Exception as err:  # noqa: BLE001 - any failure: reported, others go on
+                metrics.observe_load_failure()
+                cause = err.__cause__ or err
+                readiness.failed_to_load(region, f"cannot load the adapter from "
+                                         f"{public_path(str(source), roots)}: "
+                                         f"{type(cause).__name__}")
+                logger.error("region %s: %s", region, err)
+            else:
+                labels.add(region)
+                readiness.loaded(region)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        if preload:
+            threading.Thread(target=load_configured, name="regiontune-preload",
+                             daemon=True).start()
+        yield
+
+    assets = docs_assets()
+    app = FastAPI(title="regiontune", version="1", description=description, docs_url=None,
+                  redoc_url=None, lifespan=lifespan)
     app.router.route_class = StrictJSONRoute
     add_error_handlers(app)
     app.state.limits = limits
-    metrics = Metrics()
+    app.state.metrics = metrics  # Metrics.observe_batch: for a batcher to report its batches
+    app.state.readiness = readiness
     app.add_middleware(BodyLimitMiddleware, max_bytes=limits.max_body_bytes)
+    if cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins),
+                           allow_methods=["GET", "POST", "PUT", "DELETE"],
+                           allow_headers=["Authorization", "Content-Type"], max_age=600)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts the 413s too
-    bearer = HTTPBearer(auto_error=False, description=f"the admin token (${TOKEN_ENV}); "
-                        "required on admin routes when the server has one")
+    bearer = HTTPBearer(auto_error=False, scheme_name="AdminToken",
+                        description=f"the admin token (${TOKEN_ENV}); required on admin "
+                                    "routes when the server has one")
+    read_bearer = HTTPBearer(auto_error=False, scheme_name="ReadToken",
+                             description=f"the read token (${READ_TOKEN_ENV}; the admin token "
+                                         "is accepted too); required on read routes when the "
+                                         "server has one")
     too_large = error_doc(f"body larger than {limits.max_body_bytes} bytes")
     invalid = error_doc("invalid request: malformed JSON, NaN/Infinity, wrong type, a limit "
                         "exceeded, or a bad region name")
     unknown = error_doc("no adapter loaded for the region (when unknown regions are refused)")
-    read_errors = {413: too_large, 422: invalid, 404: unknown}
+    unauthorised = error_doc("missing or wrong bearer token")
+    read_auth = {401: error_doc("missing or wrong bearer token (read or admin token)")} \
+        if read_token is not None else {}
+    read_errors = {413: too_large, 422: invalid, 404: unknown, **read_auth}
 
     def require_admin(credentials: Annotated[HTTPAuthorizationCredentials | None,
                                              Depends(bearer)]) -> None:
         # a dependency: checked before the body is validated
         if admin_token is None:
             return
-        given = credentials.credentials if credentials is not None else ""
-        if not hmac.compare_digest(given.strip().encode(), admin_token.encode()):
-            raise HTTPException(401, "admin route: send Authorization: Bearer <token>",
+        given = credentials.credentials.strip() if credentials is not None else ""
+        is_admin, is_reader = _same(given, admin_token), _same(given, read_token)
+        if is_admin:
+            return
+        if is_reader:
+            raise HTTPException(403, "admin route: the read token does not open it; send the "
+                                     "admin token")
+        raise HTTPException(401, "admin route: send Authorization: Bearer <token>",
+                            headers={"WWW-Authenticate": "Bearer"})
+
+    def require_reader(credentials: Annotated[HTTPAuthorizationCredentials | None,
+                                              Depends(read_bearer)]) -> None:
+        given = credentials.credentials.strip() if credentials is not None else ""
+        is_reader, is_admin = _same(given, read_token), _same(given, admin_token)
+        if not (is_reader or is_admin):
+            raise HTTPException(401, "read route: send Authorization: Bearer <read token>",
                                 headers={"WWW-Authenticate": "Bearer"})
+
+    reader = [Depends(require_reader)] if read_token is not None else []
 
     def public(info: dict[str, Any]) -> dict[str, Any]:
         return {**info, "path": public_path(info["path"], roots)}
 
-    @app.post("/v1/recommend", response_model=Recommendation, responses=read_errors)
+    def answer_counted(requests: list) -> list[dict[str, Any]]:
+        rows = [r.region for r in requests]
+        try:
+            out = answer(recommender, requests, metrics.observe_batch)
+        except HTTPException as err:
+            metrics.observe_rows(rows, labels, err.status_code)
+            raise
+        except Exception:
+            metrics.observe_rows(rows, labels, 500)
+            raise
+        metrics.observe_rows(rows, labels)
+        return out
+
+    @app.post("/v1/recommend", response_model=Recommendation, responses=read_errors,
+              dependencies=reader)
     def recommend(body: RecommendRequest) -> dict[str, Any]:
         """Top-k items of one region's catalogue for one history."""
-        return answer(recommender, [body])[0]
+        return answer_counted([body])[0]
 
-    @app.post("/v1/recommend/batch", response_model=BatchResponse, responses=read_errors)
+    @app.post("/v1/recommend/batch", response_model=BatchResponse, responses=read_errors,
+              dependencies=reader)
     def recommend_batch(body: BatchRequest) -> dict[str, Any]:
         """Several requests (any regions) answered together."""
-        return {"results": answer(recommender, body.requests)}
+        return {"results": answer_counted(body.requests)}
 
-    @app.get("/v1/regions", response_model=list[RegionInfo])
+    @app.get("/v1/regions", response_model=list[RegionInfo], responses=read_auth,
+             dependencies=reader)
     def regions() -> list[dict[str, Any]]:
         """The loaded region adapters."""
         return [public(info) for info in recommender.regions()]
@@ -126,11 +294,23 @@ def create_app(recommender: Recommender, admin_token: str | None = None, max_his
     admin = [Depends(require_admin)]
     RegionPath = Annotated[str, PathParam(pattern=REGION_PATTERN, max_length=64,
                                           description="region name")]
-    unauthorised = error_doc("missing or wrong bearer token")
+
+    @app.get("/v1/regions/{region}", response_model=RegionInfo, dependencies=reader,
+             responses={404: error_doc("no adapter loaded for the region"),
+                        422: error_doc("bad region name"), **read_auth})
+    def region_info(region: RegionPath) -> dict[str, Any]:
+        """One loaded region adapter (paths relative to their adapter root, or hub ids)."""
+        check_region(region)  # 422 (add_error_handlers)
+        for info in recommender.regions():
+            if info["region"] == region:
+                return public(info)
+        raise HTTPException(404, f"region {region!r} is not loaded (GET /v1/regions lists "
+                                 "the loaded ones)")
 
     @app.put("/v1/regions/{region}", response_model=RegionInfo, dependencies=admin,
              responses={401: unauthorised,
-                        403: error_doc("local path outside the adapter roots"),
+                        403: error_doc("the read token, or a local path outside the adapter "
+                                       "roots"),
                         413: too_large,
                         422: error_doc("invalid request, or the adapter cannot be loaded (the "
                                        "old one keeps serving)")})
@@ -138,13 +318,19 @@ def create_app(recommender: Recommender, admin_token: str | None = None, max_his
         """Load or replace a region's adapter; on failure the old one keeps serving (422)."""
         check_region(region)  # 422 (add_error_handlers)
         source = adapter_source(body.path, roots)
-        info = recommender.load(region, source)
+        try:
+            info = recommender.load(region, source)
+        except AdapterLoadError:
+            metrics.observe_load_failure()
+            raise
+        labels.add(region)
+        readiness.loaded(region)
         logger.info("admin: region %s now served from %s", region, body.path)
         return public(info)
 
     @app.delete("/v1/regions/{region}", dependencies=admin,
-                responses={401: unauthorised, 404: error_doc("region not loaded"),
-                           422: invalid})
+                responses={401: unauthorised, 403: error_doc("the read token"),
+                           404: error_doc("region not loaded"), 422: invalid})
     def delete_region(region: RegionPath) -> dict[str, str]:
         """Unload a region's adapter."""
         check_region(region)  # 422 (add_error_handlers)
@@ -152,26 +338,71 @@ def create_app(recommender: Recommender, admin_token: str | None = None, max_his
             recommender.unload(region)
         except UnknownRegionError as err:
             raise HTTPException(404, str(err)) from err
+        readiness.dropped(region)
         return {"region": region, "status": "unloaded"}
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
+        """Liveness: the process answers (never needs a token)."""
         return {"status": "ok", "regions": len(recommender.regions()),
                 "backbone": recommender.fingerprint}
 
-    @app.get("/metrics", response_class=PlainTextResponse)
+    @app.get("/readyz", response_model=ReadyResponse,
+             responses={503: {"model": ReadyResponse, "description": "not ready: the answer "
+                              "says why (adapters loading, failed or missing)"}})
+    def readyz() -> JSONResponse:
+        """Readiness: 200 when the backbone and every configured adapter are loaded, else
+        503 (never needs a token)."""
+        loaded = {info["region"] for info in recommender.regions()}
+        body = readiness.answer(loaded, recommender.fingerprint,
+                                lambda region: recommender.lazy_dir(region) is not None)
+        return JSONResponse(body, status_code=200 if body["status"] == "ready" else 503)
+
+    @app.get("/metrics", response_class=PlainTextResponse, dependencies=reader,
+             responses=read_auth)
     def prometheus() -> PlainTextResponse:
+        """Prometheus text format: HTTP requests, latency, requests in flight, rows and errors
+        per region, adapter load failures, rows per recommend call, recommender counters."""
         return PlainTextResponse(metrics.render(recommender.stats()),
                                  media_type="text/plain; version=0.0.4")
+
+    if assets is not None:
+        def asset_url(request: Request, name: str) -> str:
+            return f"{request.scope.get('root_path', '')}/docs/assets/{name}"
+
+        @app.get("/docs", include_in_schema=False)
+        def swagger_ui(request: Request) -> HTMLResponse:
+            return get_swagger_ui_html(
+                openapi_url=f"{request.scope.get('root_path', '')}{app.openapi_url}",
+                title="regiontune - Swagger UI",
+                swagger_js_url=asset_url(request, "swagger-ui-bundle.js"),
+                swagger_css_url=asset_url(request, "swagger-ui.css"),
+                swagger_favicon_url=asset_url(request, "favicon.png"))
+
+        @app.get("/redoc", include_in_schema=False)
+        def redoc(request: Request) -> HTMLResponse:
+            return get_redoc_html(
+                openapi_url=f"{request.scope.get('root_path', '')}{app.openapi_url}",
+                title="regiontune - ReDoc", redoc_js_url=asset_url(request, "redoc.standalone.js"),
+                redoc_favicon_url=asset_url(request, "favicon.png"), with_google_fonts=False)
+
+        @app.get("/docs/assets/{name}", include_in_schema=False)
+        def doc_asset(name: str) -> FileResponse:
+            if name not in DOC_ASSETS:
+                raise HTTPException(404, "no such documentation asset")
+            return FileResponse(assets / name, media_type=DOC_ASSETS[name],
+                                headers={"Cache-Control": "public, max-age=86400"})
 
     return app
 
 
-def answer(recommender: Recommender, requests: list) -> list[dict[str, Any]]:
+def answer(recommender: Recommender, requests: list,
+           observe_batch: Any = None) -> list[dict[str, Any]]:
     """Recommendations for validated requests, in their order, each cut to its own ``k``.
 
-    ``exclude_seen`` may differ per request: grouped so that each call is one mixed pass.
-    404 for a region without an adapter when the recommender refuses those."""
+    ``exclude_seen`` may differ per request: grouped so that each call is one mixed pass
+    (``observe_batch(rows)`` is called with the rows of each that ran). 404 for a region without an
+    adapter when the recommender refuses those."""
     out: list[dict[str, Any] | None] = [None] * len(requests)
     for flag in (True, False):
         rows = [i for i, r in enumerate(requests) if r.exclude_seen is flag]
@@ -185,6 +416,8 @@ def answer(recommender: Recommender, requests: list) -> list[dict[str, Any]]:
             raise HTTPException(404, f"{err}; this server refuses regions without an "
                                      "adapter (start it with --unknown-region backbone "
                                      "to serve them un-adapted)") from err
+        if observe_batch is not None:
+            observe_batch(len(rows))
         for i, result in zip(rows, got, strict=True):
             kk, unknown_items = requests[i].k, result["unknown_items"]
             out[i] = {**result, "items": result["items"][:kk],
@@ -258,15 +491,20 @@ def serve(backbone_dir: str | Path, adapters_dir: str | Path | None = None,
           adapter_roots: Sequence[str | Path] = (), limits: ServingLimits | None = None,
           hub_timeout_s: float = 10.0, hub_deadline_s: float = 120.0,
           batch_wait_ms: float = 2.0, max_loaded_adapters: int | None = None,
-          adapter_memory_mb: float | None = None) -> None:
-    """Load the backbone, every adapter under ``adapters_dir`` and each ``(region, source)``
-    of ``adapters`` (a directory or a hub id ``org/name[@revision]``), then run uvicorn.
+          adapter_memory_mb: float | None = None, read_token: str | None = None,
+          cors_origins: Sequence[str] = ()) -> None:
+    """Load the backbone and every adapter under ``adapters_dir``, then run uvicorn; each
+    ``(region, source)`` of ``adapters`` (a directory or a hub id ``org/name[@revision]``) is
+    loaded in the background once the server is up (``/readyz``: 503 until then; one that
+    fails is logged and named there, the others serve).
 
     Admin ``PUT`` loads local adapters only from ``adapters_dir`` and ``adapter_roots``.
     Unknown regions get a 404 unless ``unknown_region="backbone"``. Hub requests give up after
     ``hub_timeout_s`` without connecting or without a byte, a whole download after
     ``hub_deadline_s``. Without ``admin_token``, ``$REGIONTUNE_ADMIN_TOKEN`` is used (keeps it
-    off command lines). Temporary download folders are removed on shutdown.
+    off command lines); without ``read_token``, ``$REGIONTUNE_READ_TOKEN`` (none: read routes
+    are open). ``cors_origins``: see :func:`create_app`. Temporary download folders are
+    removed on shutdown.
     ``batch_wait_ms``: dynamic batching of concurrent requests (0: off; rows per pass:
     ``limits.max_batch``). With ``max_loaded_adapters`` or ``adapter_memory_mb``, the adapter
     roots' regions load on first request (as many as fit are preloaded) and the least
@@ -278,6 +516,7 @@ def serve(backbone_dir: str | Path, adapters_dir: str | Path | None = None,
 
     limits = limits or ServingLimits()
     admin_token = admin_token or os.environ.get(TOKEN_ENV) or None
+    read_token = read_token or os.environ.get(READ_TOKEN_ENV) or None
     roots = [Path(r) for r in ([adapters_dir] if adapters_dir is not None else [])]
     roots += [Path(r) for r in adapter_roots]
     for root in roots:
@@ -293,17 +532,17 @@ def serve(backbone_dir: str | Path, adapters_dir: str | Path | None = None,
                                         adapter_memory_mb=adapter_memory_mb,
                                         lazy_roots=roots if lazy else ())
     try:
-        for region, source in adapters or []:
-            recommender.load(region, source)
         if lazy:
             recommender.preload()
         if admin_token is None and host not in ("127.0.0.1", "localhost", "::1"):
             logger.warning("admin routes are open to anyone who can reach %s:%s; set %s",
                            host, port, TOKEN_ENV)
-        logger.info("serving %d regions on %s:%s (unknown regions: %s)",
-                    len(recommender.regions()), host, port, unknown_region)
+        logger.info("serving %d regions on %s:%s (unknown regions: %s)%s",
+                    len(recommender.regions()), host, port, unknown_region,
+                    f"; {len(adapters)} more loading" if adapters else "")
         app = create_app(recommender, admin_token=admin_token, adapter_roots=roots,
-                         **limits.__dict__)
+                         read_token=read_token, cors_origins=cors_origins,
+                         preload=list(adapters or []), **limits.__dict__)
         uvicorn.run(app, host=host, port=port)
     finally:
         recommender.close()

@@ -1,5 +1,6 @@
 """Pure ASGI middleware of the HTTP API: the body-size limit (413 before a large body is read)
-and request metrics (counts and latency per route template, as Prometheus text)."""
+and request metrics (counts and latency per route template, requests in flight, per-region
+rows and errors, adapter load failures, rows per recommend call; as Prometheus text)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import time
 from typing import Any
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+OTHER_REGION = "other"  # the label of regions without an adapter (labels stay bounded)
+MAX_REGION_LABELS = 1000  # distinct region labels kept; later regions count as OTHER_REGION
 
 
 class HTTPMiddleware:
@@ -84,6 +88,57 @@ class Metrics:
         self.buckets: dict[str, list[int]] = {}
         self.sums: dict[str, float] = {}
         self.counts: dict[str, int] = {}
+        self.in_flight = 0
+        self.region_rows: dict[str, int] = {}
+        self.region_errors: dict[tuple[str, int], int] = {}
+        self.load_failures = 0
+        self.batch_buckets = [0] * len(BATCH_BUCKETS)
+        self.batch_sum = 0
+        self.batch_count = 0
+
+    def enter(self) -> None:
+        with self.lock:
+            self.in_flight += 1
+
+    def leave(self) -> None:
+        with self.lock:
+            self.in_flight -= 1
+
+    def _label(self, region: str, known: set[str] | frozenset[str]) -> str:
+        """``region`` if it has an adapter (and the label budget allows), else "other":
+        client-chosen names never become labels."""
+        if region not in known:
+            return OTHER_REGION
+        if region in self.region_rows or len(self.region_rows) < MAX_REGION_LABELS:
+            return region
+        return OTHER_REGION
+
+    def observe_rows(self, regions: list[str], known: set[str] | frozenset[str],
+                     status: int | None = None) -> None:
+        """Recommendation rows asked of each region (``known``: the regions with an adapter);
+        with an error ``status``, each row's region also counts one error."""
+        with self.lock:
+            for region in regions:
+                label = self._label(region, known)
+                self.region_rows[label] = self.region_rows.get(label, 0) + 1
+                if status is not None:
+                    key = (label, status)
+                    self.region_errors[key] = self.region_errors.get(key, 0) + 1
+
+    def observe_load_failure(self) -> None:
+        """An adapter that could not be loaded (admin PUT or a load at start)."""
+        with self.lock:
+            self.load_failures += 1
+
+    def observe_batch(self, rows: int) -> None:
+        """Rows of one recommend call (one pass over the model; a batcher calls this once per
+        batch it runs)."""
+        with self.lock:
+            for i, bound in enumerate(BATCH_BUCKETS):
+                if rows <= bound:
+                    self.batch_buckets[i] += 1
+            self.batch_sum += rows
+            self.batch_count += 1
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         with self.lock:
@@ -114,6 +169,30 @@ class Metrics:
                 lines.append(f'{name}_bucket{{route="{route}",le="+Inf"}} {self.counts[route]}')
                 lines.append(f'{name}_sum{{route="{route}"}} {self.sums[route]:.6f}')
                 lines.append(f'{name}_count{{route="{route}"}} {self.counts[route]}')
+            lines += ["# HELP regiontune_http_requests_in_flight HTTP requests being answered.",
+                      "# TYPE regiontune_http_requests_in_flight gauge",
+                      f"regiontune_http_requests_in_flight {self.in_flight}",
+                      "# HELP regiontune_region_requests_total Recommendation rows asked of "
+                      f"each region (regions without an adapter: {OTHER_REGION}).",
+                      "# TYPE regiontune_region_requests_total counter"]
+            lines += [f'regiontune_region_requests_total{{region="{region}"}} {n}'
+                      for region, n in sorted(self.region_rows.items())]
+            lines += ["# HELP regiontune_region_errors_total Recommendation rows answered with "
+                      "an error, by region and status.",
+                      "# TYPE regiontune_region_errors_total counter"]
+            lines += [f'regiontune_region_errors_total{{region="{region}",status="{status}"}} '
+                      f'{n}' for (region, status), n in sorted(self.region_errors.items())]
+            lines += ["# HELP regiontune_adapter_load_failures_total Adapters that could not "
+                      "be loaded.",
+                      "# TYPE regiontune_adapter_load_failures_total counter",
+                      f"regiontune_adapter_load_failures_total {self.load_failures}",
+                      "# HELP regiontune_batch_rows Rows per recommend call.",
+                      "# TYPE regiontune_batch_rows histogram"]
+            lines += [f'regiontune_batch_rows_bucket{{le="{bound}"}} {n}'
+                      for bound, n in zip(BATCH_BUCKETS, self.batch_buckets, strict=True)]
+            lines += [f'regiontune_batch_rows_bucket{{le="+Inf"}} {self.batch_count}',
+                      f"regiontune_batch_rows_sum {self.batch_sum}",
+                      f"regiontune_batch_rows_count {self.batch_count}"]
         lines += ["# HELP regiontune_adapters_loaded Region adapters currently served.",
                   "# TYPE regiontune_adapters_loaded gauge",
                   f"regiontune_adapters_loaded {stats['adapters_loaded']}",
@@ -143,9 +222,11 @@ class MetricsMiddleware(HTTPMiddleware):
                 status["code"] = message["status"]
             await send(message)
 
+        self.metrics.enter()
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
+            self.metrics.leave()
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             self.metrics.observe(scope.get("method", "?"), route, status["code"],
                                  time.perf_counter() - started)

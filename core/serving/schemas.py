@@ -115,6 +115,22 @@ class RegionInfo(BaseModel):
     loaded_at: str
 
 
+class ReadyResponse(BaseModel):
+    """``GET /readyz``: 200 when the backbone and every configured adapter are loaded, else
+    503 with the reason."""
+    status: str = Field(description='"ready" or "not ready"')
+    reason: str | None = Field(None, description="why the server is not ready")
+    backbone: str = Field(description="the backbone's fingerprint")
+    regions: int = Field(description="region adapters loaded")
+    pending: list[str] = Field(default_factory=list, description="configured adapters still "
+                                                                 "loading")
+    failed: dict[str, str] = Field(default_factory=dict, description="configured adapters "
+                                   "that could not be loaded: region -> why (the server log "
+                                   "has the details)")
+    missing: list[str] = Field(default_factory=list, description="configured adapters no "
+                                                                 "longer loaded")
+
+
 class ErrorItem(BaseModel):
     loc: list[str | int]
     msg: str

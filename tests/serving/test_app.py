@@ -508,12 +508,23 @@ def test_serve_entry_point_defaults(dirs, monkeypatch):
           adapter_roots=[dirs["root"]], limits=ServingLimits(max_k=4))
     [(app, kw)] = apps
     assert kw == {"host": "127.0.0.1", "port": 8000}
-    client = TestClient(app)
-    assert client.post("/v1/recommend", json={"region": "wset", "k": 3}).status_code == 404
-    assert client.post("/v1/recommend", json={"region": "west", "k": 5}).status_code == 422
-    assert client.post("/v1/recommend", json={"region": "west", "k": 4}).status_code == 200
-    assert client.put("/v1/regions/d", json={"path": "delta"}).status_code == 200
-    assert client.put("/v1/regions/d", json={"path": "/"}).status_code == 403
+    with TestClient(app) as client:  # the lifespan loads --adapter sources in the background
+        wait_ready(client)
+        assert client.post("/v1/recommend", json={"region": "wset", "k": 3}).status_code == 404
+        assert client.post("/v1/recommend", json={"region": "west", "k": 5}).status_code == 422
+        assert client.post("/v1/recommend", json={"region": "west", "k": 4}).status_code == 200
+        assert client.put("/v1/regions/d", json={"path": "delta"}).status_code == 200
+        assert client.put("/v1/regions/d", json={"path": "/"}).status_code == 403
+
+
+def wait_ready(client, seconds: float = 60.0) -> dict:
+    """/readyz once nothing is pending any more (its last answer)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        body = client.get("/readyz").json()
+        if not body["pending"] or time.monotonic() > deadline:
+            return body
+        time.sleep(0.05)
 
 
 def test_middleware_passes_other_scopes_on():

@@ -1,5 +1,6 @@
 """Property-based fuzzing of the HTTP API (Hypothesis): generated bodies, path parameters and
-headers for every route; no answer may be a 5xx, and every answer must match its schema.
+headers for every route; no answer may be a 5xx, and every answer must match its schema. The
+app has an admin and a read token: bearer headers are drawn too (mostly valid).
 
 Bodies are drawn both shaped like the request models (each field valid or not, fields missing
 or extra) and as arbitrary JSON, serialised with NaN / Infinity allowed, plus raw bytes. The
@@ -19,10 +20,18 @@ from hypothesis import strategies as st
 
 from regiontune.serving.app import create_app
 from regiontune.serving.recommender import Recommender
-from regiontune.serving.schemas import BatchResponse, ErrorResponse, Recommendation, RegionInfo
+from regiontune.serving.schemas import (
+    BatchResponse,
+    ErrorResponse,
+    ReadyResponse,
+    Recommendation,
+    RegionInfo,
+)
 from tests.serving.helpers import histories, make_adapter
 
 TOKEN = "fuzz-admin-token"
+READ = "fuzz-read-token"
+READER = {"Authorization": f"Bearer {READ}"}
 LIMITS = {"max_history": 30, "max_k": 50, "max_batch": 5, "max_item_chars": 24,
           "max_body_bytes": 8192}
 FUZZ = settings(max_examples=100, deadline=5000, database=None,
@@ -43,7 +52,8 @@ def fuzz(tiny_backbone_dir, tiny_regions, tmp_path_factory):
             raise RuntimeError("no hub in the fuzz test")
 
         mp.setattr("regiontune.hub.client.pull", no_hub)
-        app = create_app(rec, admin_token=TOKEN, adapter_roots=[root], **LIMITS)
+        app = create_app(rec, admin_token=TOKEN, adapter_roots=[root], read_token=READ,
+                         cors_origins=["https://ui.example"], **LIMITS)
         items = sorted({i for h in histories(tiny_regions["west"], 6) for i in h})
         yield TestClient(app), items, app
     rec.close()
@@ -110,7 +120,12 @@ def payloads(draw, body_strategy):
 
 auth_headers = st.sampled_from([{"Authorization": f"Bearer {TOKEN}"}] * 3 + [
     {}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic abc"},
-    {"Authorization": f"bearer  {TOKEN} "}, {"Authorization": "Bearer"}])
+    {"Authorization": f"bearer  {TOKEN} "}, {"Authorization": "Bearer"}, READER])
+read_headers = st.sampled_from([READER] * 6 + [
+    {"Authorization": f"Bearer {TOKEN}"}, {}, {"Authorization": "Bearer wrong"},
+    {"Authorization": f"Bearer {READ} x"}, {"Authorization": "Bearer"},
+    {"Authorization": "Basic abc"}, {"Origin": "https://ui.example", **READER},
+    {"Origin": "https://evil.example", **READER}])
 path_regions = regions.map(lambda r: quote(r, safe="")) | st.sampled_from(
     ["%2E%2E", "%00", "%FF", "a%2Fb", "west%20", "%ED%A0%80"])
 
@@ -139,7 +154,8 @@ def send(client, method: str, url: str, payload, headers=None):
 def test_fuzz_recommend(fuzz, data):
     client, items, _ = fuzz
     payload = data.draw(payloads(recommend_bodies(items)))
-    check(send(client, "POST", "/v1/recommend", payload), Recommendation)
+    check(send(client, "POST", "/v1/recommend", payload, data.draw(read_headers)),
+          Recommendation)
 
 
 @FUZZ
@@ -150,8 +166,8 @@ def test_fuzz_recommend_batch(fuzz, data):
                                     else recommend_bodies(items))
     batch = mostly(st.builds(lambda rs: {"requests": rs}, st.lists(one, max_size=6)),
                    json_any)
-    check(send(client, "POST", "/v1/recommend/batch", data.draw(payloads(batch))),
-          BatchResponse)
+    check(send(client, "POST", "/v1/recommend/batch", data.draw(payloads(batch)),
+               data.draw(read_headers)), BatchResponse)
 
 
 @FUZZ
@@ -173,23 +189,63 @@ def test_fuzz_admin_routes(fuzz, data):
     restore = client.put("/v1/regions/west", json={"path": "west"},
                          headers={"Authorization": f"Bearer {TOKEN}"})
     assert restore.status_code == 200, restore.text
-    check(client.post("/v1/recommend", json={"region": "west", "k": 3}), Recommendation)
+    check(client.post("/v1/recommend", json={"region": "west", "k": 3}, headers=READER),
+          Recommendation)
 
 
 @FUZZ
 @given(data=st.data())
 def test_fuzz_read_routes(fuzz, data):
     client, _, _ = fuzz
-    url = data.draw(st.sampled_from(["/v1/regions", "/healthz", "/metrics", "/openapi.json",
-                                     "/docs", "/redoc"]))
-    method = data.draw(st.sampled_from(["GET"] * 4 + ["POST", "PUT", "DELETE", "HEAD"]))
-    response = send(client, method, url, data.draw(payloads(json_any)))
+    url = data.draw(st.sampled_from(["/v1/regions", "/healthz", "/readyz", "/metrics",
+                                     "/openapi.json", "/docs", "/redoc"]))
+    method = data.draw(st.sampled_from(["GET"] * 4 + ["POST", "PUT", "DELETE", "HEAD",
+                                                      "OPTIONS"]))
+    headers = data.draw(read_headers)
+    response = send(client, method, url, data.draw(payloads(json_any)), headers)
     assert response.status_code < 500, response.text[:300]
-    if method == "GET" and url == "/v1/regions":
+    authorised = headers.get("Authorization") in (READER["Authorization"], f"Bearer {TOKEN}")
+    if method == "GET" and url == "/v1/regions" and authorised:
         assert response.status_code == 200
         for info in response.json():
             RegionInfo.model_validate(info)
             assert not info["path"].startswith("/")
+    if method == "GET" and url in ("/healthz", "/readyz", "/openapi.json", "/docs", "/redoc"):
+        assert response.status_code == 200, (url, response.text[:300])  # open routes
+    if method == "GET" and url == "/readyz":
+        assert ReadyResponse.model_validate(response.json()).status == "ready"
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_region_info(fuzz, data):
+    client, _, _ = fuzz
+    # "", "." and ".." make the URL /v1/regions/ (the client drops dot segments): the list
+    region = data.draw(st.sampled_from(["west"] * 3)
+                       | path_regions.filter(lambda r: r not in ("", ".", "..")))
+    method = data.draw(st.sampled_from(["GET"] * 6 + ["POST", "OPTIONS", "HEAD"]))
+    response = client.request(method, f"/v1/regions/{region}", headers=data.draw(read_headers))
+    if method != "GET":  # no body (HEAD), or not this route's model (405, CORS preflight)
+        assert response.status_code < 500 and response.status_code != 200, method
+        return
+    check(response, RegionInfo)
+    if response.status_code == 200:
+        assert response.json()["region"] == "west" and not response.json()["path"].startswith(
+            "/")
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_doc_assets(fuzz, data):
+    client, _, _ = fuzz
+    name = data.draw(st.sampled_from(["swagger-ui-bundle.js", "swagger-ui.css",
+                                      "redoc.standalone.js", "favicon.png", "..", "%2E%2E",
+                                      "..%2Fcore.py", "%00", "a%2Fb"])
+                     | path_regions)
+    response = client.get(f"/docs/assets/{name}")
+    assert response.status_code in (200, 404), (name, response.status_code)
+    if response.status_code == 404:
+        ErrorResponse.model_validate(response.json())
 
 
 def test_every_route_is_fuzzed(fuzz):
@@ -197,6 +253,8 @@ def test_every_route_is_fuzzed(fuzz):
     _, _, app = fuzz
     fuzzed = {("POST", "/v1/recommend"), ("POST", "/v1/recommend/batch"),
               ("PUT", "/v1/regions/{region}"), ("DELETE", "/v1/regions/{region}"),
-              ("GET", "/v1/regions"), ("GET", "/healthz"), ("GET", "/metrics")}
+              ("GET", "/v1/regions"), ("GET", "/healthz"), ("GET", "/metrics"),
+              ("GET", "/v1/regions/{region}"), ("GET", "/readyz"), ("GET", "/docs"),
+              ("GET", "/redoc"), ("GET", "/docs/assets/{name}")}
     routes = {(m, r.path) for r in app.routes if isinstance(r, APIRoute) for m in r.methods}
     assert routes == fuzzed
