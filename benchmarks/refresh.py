@@ -1,0 +1,335 @@
+"""Refresh vs stale vs retrained adapters over time (issue 17): MovieLens-100K by period.
+
+    OMP_NUM_THREADS=1 python -m benchmarks.refresh [--periods 5] [--seeds 0] [--method lora]
+
+Data: ``ml-100k.inter`` (the ``ml-100k`` recipe's file), all 943 users as one region (the
+recipe's zip regions hold 18-150 users each: a fifth of that per period is too few), sorted
+by timestamp and cut into ``--periods`` consecutive periods of equal interaction counts.
+
+* a small backbone is pretrained on period 0 alone, and a first adapter trained on period 0;
+* at each later period p (1 .. P-2), three adapters of ``--method``:
+  - **stale**: the adapter in service at p-1, unchanged (no training);
+  - **refreshed**: that adapter refreshed on period p's interactions alone
+    (``train_region(parent=...)``, what ``regiontune adapt --init-from`` runs); the refreshed
+    adapter is the one in service at p (so refreshes chain: p0 -> p1 -> p2 ...);
+  - **retrained**: a new adapter trained on every interaction of periods 0..p.
+  Each training run splits its own data leave-last-out (the last two items of each user held
+  out for early stopping), as ``regiontune adapt`` does.
+* evaluation, next-period NDCG@10: every user with interactions both up to the end of p and
+  in p+1; the model reads the user's whole history up to the end of p (time order) and ranks
+  the catalogue known by the end of p (every item some interaction of periods 0..p holds),
+  the history excluded; relevant = the user's items of period p+1 within that catalogue
+  (binary), NDCG@10 with the ideal DCG of min(#relevant, 10) hits, averaged over users. Items
+  a model has no row for (the stale adapter lacks period p's new items) score -inf.
+
+Records (``benchmarks/results/refresh.json``): dataset, period, method (stale | refreshed |
+retrained), ndcg@10, train_seconds (``train_region``'s clock: training, early stopping and
+calibration), seed, and the run's details. The Markdown report and the PNG go beside it.
+Bar (issue 17): on every period, refreshed >= 97% of retrained NDCG@10 and > stale, at <= 50%
+of retraining's seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import shutil
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from benchmarks.common import (  # noqa: E402
+    RESULTS,
+    configure_logging,
+    integers,
+    load_results,
+    study_parser,
+    write_results,
+)
+from benchmarks.markdown import table  # noqa: E402
+from benchmarks.meta import run_meta  # noqa: E402
+from benchmarks.report import save_figure  # noqa: E402
+from regiontune.adapters import AdapterFolder, load_adapter, save_adapter  # noqa: E402
+from regiontune.config import AdaptConfig, ModelConfig, TrainConfig, to_dict  # noqa: E402
+from regiontune.data.loading import load_file  # noqa: E402
+from regiontune.data.splits import split_region  # noqa: E402
+from regiontune.evaluation.evaluate import task_scores  # noqa: E402
+from regiontune.model.backbone import load_backbone, save_backbone  # noqa: E402
+from regiontune.training.adapt import train_region  # noqa: E402
+from regiontune.training.pretrain import train_backbone  # noqa: E402
+
+log = logging.getLogger("benchmarks.refresh")
+NAME = "refresh"
+REGION = "all"
+METHODS = ("stale", "refreshed", "retrained")
+MODEL = ModelConfig(arch="llama", hidden_size=64, num_layers=2, num_heads=2,
+                    intermediate_size=128, max_len=50, dropout=0.2)
+PRETRAIN = TrainConfig(epochs=20, lr=2e-3, patience=3, batch_size=64, progress=False)
+ADAPT = TrainConfig(epochs=20, lr=5e-3, patience=3, batch_size=32, progress=False)
+K = 10
+BAR_QUALITY, BAR_SECONDS = 0.97, 0.5
+
+
+# ---------------------------------------------------------------- data
+
+def load_periods(data_dir: Path, periods: int) -> list[pd.DataFrame]:
+    """The interactions (one region) cut by time into ``periods`` equal-count slices."""
+    frame = load_file(data_dir / "ml-100k.inter", {"user": "user_id", "item": "item_id"},
+                      region=REGION)
+    frame = frame.sort_values(["timestamp", "user", "item"], kind="stable")
+    frame = frame.reset_index(drop=True)
+    cut = [len(frame) * i // periods for i in range(periods + 1)]
+    return [frame.iloc[cut[i]:cut[i + 1]].reset_index(drop=True) for i in range(periods)]
+
+
+def region_data(frame: pd.DataFrame):
+    return split_region(REGION, frame.reset_index(drop=True))
+
+
+def time_range(frame: pd.DataFrame) -> str:
+    low, high = (pd.to_datetime(frame["timestamp"].agg(f), unit="s").strftime("%Y-%m-%d")
+                 for f in ("min", "max"))
+    return f"{low} .. {high}"
+
+
+def next_period_cases(past: pd.DataFrame, upcoming: pd.DataFrame
+                      ) -> tuple[list[str], list[list[str]], list[set[str]]]:
+    """(catalogue, histories, relevant sets) of the next-period protocol (module docstring)."""
+    catalogue = sorted(past["item"].unique())
+    known = set(catalogue)
+    ordered = past.sort_values(["user", "timestamp"], kind="stable")
+    history = {u: list(g) for u, g in ordered.groupby("user", sort=True)["item"]}
+    nxt = {u: set(g) & known for u, g in upcoming.groupby("user", sort=True)["item"]}
+    users = [u for u in sorted(nxt) if u in history and nxt[u]]
+    return catalogue, [history[u] for u in users], [nxt[u] for u in users]
+
+
+def next_period_ndcg(task, catalogue: list[str], histories: list[list[str]],
+                     relevant: list[set[str]], k: int = K) -> float:
+    index = {item: i for i, item in enumerate(catalogue)}
+    scores = task_scores(task, histories, catalogue)
+    total = 0.0
+    for row, (history, rel) in enumerate(zip(histories, relevant, strict=True)):
+        s = scores[row].clone()
+        s[[index[i] for i in history if i in index]] = float("-inf")
+        top = torch.topk(s, k).indices.tolist()
+        dcg = sum(1 / math.log2(rank + 2) for rank, col in enumerate(top)
+                  if catalogue[col] in rel)
+        ideal = sum(1 / math.log2(rank + 2) for rank in range(min(len(rel), k)))
+        total += dcg / ideal
+    return total / max(len(histories), 1)
+
+
+# ---------------------------------------------------------------- the study
+
+def run_seed(periods: list[pd.DataFrame], method: str, seed: int, work: Path,
+             refresh_epochs: int | None = None) -> list[dict]:
+    work = work / f"seed{seed}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    pretrain_cfg = TrainConfig(**{**PRETRAIN.__dict__, "seed": seed})
+    adapt_train = TrainConfig(**{**ADAPT.__dict__, "seed": seed})
+    refresh_train = TrainConfig(**{**adapt_train.__dict__,
+                                   "epochs": refresh_epochs or adapt_train.epochs})
+    adapt_cfg = AdaptConfig(method=method, region=REGION)
+    started = time.perf_counter()
+    task, result = train_backbone({REGION: region_data(periods[0])}, MODEL, pretrain_cfg)
+    bb_meta = save_backbone(task.model, task.vocab, {"benchmark": NAME, "seed": seed},
+                            work / "backbone")
+    log.info("seed %d: backbone on period 0 (%s), %.0f s, valid ndcg@10 %.4f", seed,
+             time_range(periods[0]), time.perf_counter() - started, result.best_metric)
+    fingerprint = bb_meta["fingerprint"]
+
+    def fresh():
+        return load_backbone(work / "backbone")[:2]
+
+    def save(task, name: str) -> Path:
+        out = work / name
+        save_adapter(task, method, REGION, {"region": REGION, "backbone_fingerprint":
+                                            fingerprint}, out, adapt_cfg.weights_dtype)
+        return out
+
+    backbone, vocab = fresh()
+    first, stats = train_region(backbone, vocab, region_data(periods[0]), adapt_cfg, adapt_train)
+    in_service = save(first, "p0")
+    log.info("seed %d: adapter p0, %.0f s", seed, stats["train_seconds"])
+    records = []
+    for p in range(1, len(periods) - 1):
+        past = pd.concat(periods[:p + 1], ignore_index=True)
+        catalogue, histories, relevant = next_period_cases(past, periods[p + 1])
+        base = {"dataset": "ml-100k", "period": p, "seed": seed, "adapter_method": method,
+                "eval_period": p + 1, "eval_users": len(histories),
+                "period_range": time_range(periods[p]),
+                "eval_range": time_range(periods[p + 1])}
+        backbone, vocab = fresh()
+        stale = load_adapter(in_service, backbone, vocab, fingerprint)
+        runs = {"stale": (stale, {"train_seconds": 0.0}, 0)}
+        backbone, vocab = fresh()
+        parent = AdapterFolder.read(in_service, fingerprint)
+        refreshed, stats = train_region(backbone, vocab, region_data(periods[p]), adapt_cfg,
+                                        refresh_train, parent=parent)
+        runs["refreshed"] = (refreshed, stats, len(periods[p]))
+        backbone, vocab = fresh()
+        retrained, stats = train_region(backbone, vocab, region_data(past), adapt_cfg,
+                                        adapt_train)
+        runs["retrained"] = (retrained, stats, len(past))
+        for name, (task, stats, rows) in runs.items():
+            record = {**base, "method": name,
+                      "ndcg@10": round(next_period_ndcg(task, catalogue, histories, relevant),
+                                       5),
+                      "train_seconds": stats["train_seconds"], "train_interactions": rows,
+                      "epochs_run": stats.get("epochs_run", 0),
+                      "best_epoch": stats.get("best_epoch", 0),
+                      "catalogue": len(task.item_side.catalogue)}
+            records.append(record)
+            log.info("%s", record)
+        in_service = save(refreshed, f"p{p}")
+    return records
+
+
+# ---------------------------------------------------------------- report
+
+def verdicts(records: list[dict]) -> list[dict]:
+    """Per period (means over seeds): the bar's three checks."""
+    by = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        by[r["period"]][r["method"]].append(r)
+    out = []
+    for period in sorted(by):
+        mean = {m: {key: statistics.fmean(x[key] for x in by[period][m])
+                    for key in ("ndcg@10", "train_seconds")} for m in METHODS
+                if by[period][m]}
+        if len(mean) < len(METHODS):
+            continue
+        ref, ret, stale = mean["refreshed"], mean["retrained"], mean["stale"]
+        quality = ref["ndcg@10"] / ret["ndcg@10"] if ret["ndcg@10"] else float("nan")
+        seconds = (ref["train_seconds"] / ret["train_seconds"] if ret["train_seconds"]
+                   else float("nan"))
+        out.append({"period": period, "seeds": len(by[period]["refreshed"]), **{
+            f"{m}_{k}": mean[m][k] for m in METHODS for k in ("ndcg@10", "train_seconds")},
+            "quality_ratio": quality, "seconds_ratio": seconds,
+            "beats_stale": ref["ndcg@10"] > stale["ndcg@10"],
+            "met": (quality >= BAR_QUALITY and ref["ndcg@10"] > stale["ndcg@10"]
+                    and seconds <= BAR_SECONDS)})
+    return out
+
+
+def write_report(results: dict, path: Path) -> list[Path]:
+    records = results["records"]
+    rows = verdicts(records)
+    lines = [f"# Refresh vs stale vs retrained adapters ({results.get('dataset', 'ml-100k')})",
+             "", f"- command: `{results.get('command', '')}`",
+             f"- commit: `{results.get('meta', {}).get('git_commit')}`",
+             f"- created: {results.get('meta', {}).get('created')}",
+             f"- seeds: {sorted({r['seed'] for r in records})}; adapter method: "
+             f"{sorted({r['adapter_method'] for r in records})}; epochs (cap): adapters "
+             f"{results.get('config', {}).get('adapt', {}).get('epochs')}, refreshes "
+             f"{results.get('config', {}).get('refresh_epochs')}",
+             "", "Protocol: see the docstring of `benchmarks/refresh.py` (periods of equal "
+             "interaction counts, backbone pretrained on period 0; at period p the stale "
+             "adapter is the one in service at p-1, the refreshed one is it refreshed on "
+             "period p alone, the retrained one is new on periods 0..p; next-period "
+             "NDCG@10 on period p+1 for users seen before, over the catalogue known by the "
+             "end of p).", "",
+             f"Bar: refreshed >= {BAR_QUALITY:.0%} of retrained NDCG@10, > stale, at <= "
+             f"{BAR_SECONDS:.0%} of retraining's seconds, on every period.", ""]
+    detail = sorted(records, key=lambda r: (r["period"], r["seed"], METHODS.index(r["method"])))
+    lines += table(["period", "seed", "method", "train range", "eval users", "NDCG@10",
+                    "train s", "train interactions", "epochs (best)"],
+                   [[r["period"], r["seed"], r["method"],
+                     r["period_range"] if r["method"] == "refreshed" else
+                     ("–" if r["method"] == "stale" else f"periods 0..{r['period']}"),
+                     r["eval_users"], f"{r['ndcg@10']:.4f}", f"{r['train_seconds']:.1f}",
+                     r["train_interactions"], f"{r['epochs_run']} ({r['best_epoch']})"]
+                    for r in detail])
+    lines += ["", "## Verdict per period (means over seeds)", ""]
+    lines += table(["period", "stale", "refreshed", "retrained", "refreshed / retrained",
+                    "refreshed s / retrained s", "> stale", "bar"],
+                   [[v["period"], f"{v['stale_ndcg@10']:.4f}", f"{v['refreshed_ndcg@10']:.4f}",
+                     f"{v['retrained_ndcg@10']:.4f}", f"{v['quality_ratio']:.1%}",
+                     f"{v['seconds_ratio']:.1%}", "yes" if v["beats_stale"] else "no",
+                     "met" if v["met"] else "missed"] for v in rows])
+    if rows:
+        lines += ["", "Bar met on every period: "
+                  + ("**yes**" if all(v["met"] for v in rows) else "**no**")]
+    if results.get("notes"):
+        lines += ["", "## Notes", "", *results["notes"]]
+    md = path.with_suffix(".md")
+    md.write_text("\n".join(lines) + "\n")
+    return [md, plot(rows, path.with_suffix(".png"))]
+
+
+def plot(rows: list[dict], path: Path) -> Path:
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    periods = [v["period"] for v in rows]
+    for i, m in enumerate(METHODS):
+        left.plot(periods, [v[f"{m}_ndcg@10"] for v in rows], marker="os^"[i], label=m)
+    left.set(xlabel="period p (evaluated on p+1)", ylabel="next-period NDCG@10",
+             title="Quality")
+    left.set_xticks(periods)
+    left.legend()
+    width = 0.35
+    for i, m in enumerate(("refreshed", "retrained")):
+        right.bar([p + (i - 0.5) * width for p in periods],
+                  [v[f"{m}_train_seconds"] for v in rows], width, label=m, color=f"C{i + 1}")
+    right.set(xlabel="period p", ylabel="train seconds", title="Training time")
+    right.set_xticks(periods)
+    right.legend()
+    return save_figure(fig, path)
+
+
+# ---------------------------------------------------------------- entry point
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = study_parser(__doc__)
+    parser.add_argument("--data-dir", type=Path, default=Path("../shared/data/ml-100k"))
+    parser.add_argument("--periods", type=int, default=5)
+    parser.add_argument("--seeds", type=integers, default="0")
+    parser.add_argument("--method", default="lora", help="adapter method (registry name)")
+    parser.add_argument("--refresh-epochs", type=int, default=None,
+                        help="epoch cap of the refreshes (default: the adapters' 20)")
+    parser.add_argument("--work", type=Path, default=Path("runs/bench/refresh"))
+    parser.add_argument("--out", type=Path, default=RESULTS / f"{NAME}.json")
+    parser.add_argument("--report-only", action="store_true")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
+    configure_logging()
+    results = load_results(args.out, dataset="ml-100k")
+    if not args.report_only:
+        periods = load_periods(args.data_dir, args.periods)
+        if args.periods < 3:
+            raise SystemExit("--periods must be at least 3 (pretrain, refresh, evaluate)")
+        # a rerun replaces the records of the seeds it runs
+        results["records"] = [r for r in results["records"] if r["seed"] not in args.seeds]
+        results["command"] = "OMP_NUM_THREADS=1 python -m benchmarks.refresh " + " ".join(
+            sys.argv[1:] if argv is None else argv)
+        results["config"] = {"periods": args.periods, "method": args.method,
+                             "refresh_epochs": args.refresh_epochs or ADAPT.epochs,
+                             "model": to_dict(MODEL)["model"],
+                             "pretrain": to_dict(PRETRAIN)["train"],
+                             "adapt": to_dict(ADAPT)["train"],
+                             "period_ranges": [time_range(f) for f in periods]}
+        results["meta"] = run_meta(results["config"])
+        for seed in args.seeds:
+            results["records"] += run_seed(periods, args.method, seed, args.work,
+                                           args.refresh_epochs)
+            write_results(results, args.out)
+    for path in write_report(results, args.out):
+        log.info("wrote %s", path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""The refresh study's protocol pieces: periods, next-period cases, NDCG@10, verdicts."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from benchmarks import refresh
+
+
+def _frame(rows):
+    return pd.DataFrame(rows, columns=["user", "item", "timestamp"]).assign(region="all")
+
+
+def test_next_period_cases_use_the_past_catalogue_and_returning_users():
+    past = _frame([("u1", "a", 1), ("u1", "b", 2), ("u2", "c", 3)])
+    upcoming = _frame([("u1", "c", 10), ("u1", "z", 11), ("u3", "a", 12), ("u2", "z", 13)])
+    catalogue, histories, relevant = refresh.next_period_cases(past, upcoming)
+    assert catalogue == ["a", "b", "c"]
+    # u3 is new (no history), u2's only next item is unknown by the end of the period
+    assert histories == [["a", "b"]] and relevant == [{"c"}]
+
+
+def test_next_period_ndcg_excludes_the_history(monkeypatch):
+    catalogue = ["a", "b", "c", "d"]
+    # the history item "a" scores highest but is excluded; "c" then ranks first
+    monkeypatch.setattr(refresh, "task_scores",
+                        lambda task, h, c: torch.tensor([[9.0, 1.0, 5.0, 3.0]]))
+    assert refresh.next_period_ndcg(None, catalogue, [["a"]], [{"c"}], k=2) == 1.0
+    value = refresh.next_period_ndcg(None, catalogue, [["a"]], [{"b", "d"}], k=2)
+    ideal = 1 + 1 / math.log2(3)
+    assert value == pytest.approx((1 / math.log2(3)) / ideal)
+
+
+def test_verdicts_apply_the_bar():
+    def rec(period, method, ndcg, seconds):
+        return {"period": period, "method": method, "ndcg@10": ndcg, "train_seconds": seconds,
+                "seed": 0}
+    rows = refresh.verdicts([rec(1, "stale", 0.10, 0), rec(1, "refreshed", 0.20, 5),
+                             rec(1, "retrained", 0.20, 10), rec(2, "stale", 0.10, 0),
+                             rec(2, "refreshed", 0.19, 6), rec(2, "retrained", 0.20, 10)])
+    assert [v["met"] for v in rows] == [True, False]  # period 2: 95% and 60% of the seconds
+    assert rows[1]["quality_ratio"] == pytest.approx(0.95)
