@@ -1,17 +1,26 @@
 """Model cards (README.md) for backbones and region adapters, as ``huggingface_hub`` ModelCards.
 
-The YAML front matter is what the Hub indexes (library, base model, tags); the text says what
-the artefact is, how well it does and how to load it. Every key of the metadata may be missing:
-a card is still written, with the known parts only.
+The YAML front matter is what the Hub indexes: ``library_name``, ``license`` (Apache-2.0, the
+project's, unless the metadata names another), ``base_model`` (an adapter's backbone repo id
+when it was pulled from or pushed to the Hub; else omitted, the fingerprint is in the text),
+``datasets`` (only when the data recipe is a Hub dataset id ``org/name``; the built-in recipes
+are not), ``tags`` and the test metrics as ``model-index`` (task, data set and region, NDCG@k,
+HR@k, MRR). No ``pipeline_tag``: the Hub has no pipeline for recommendation, and a wrong one
+would offer a widget that cannot run. The text says what the artefact is, how well it does and
+how to load it. Every key of the metadata may be missing: a card is still written, with the
+known parts only. Cards never hold an absolute path (a machine's folders are not the reader's
+business): a path in the metadata is shown by its last component.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 # First line of the text of every generated card: `regiontune push` regenerates a README.md
 # holding it and leaves a hand-written one (without it) alone.
@@ -71,6 +80,79 @@ model, vocab, meta = load_backbone("{dir}")  # checks the weights against the fi
 """
 
 
+DEFAULT_LICENSE = "apache-2.0"  # the project's (pyproject.toml), as the Hub spells it
+TASK_TYPE = "recommendation"
+TASK_NAME = "Sequential recommendation (next item)"
+HUB_DATASET_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
+REPORTED_METRIC = re.compile(r"^(?:(?:ndcg|hr)@\d+|mrr)$")
+METRIC_NAMES = {"ndcg": "NDCG", "hr": "HR", "mrr": "MRR"}
+# an absolute path inside a string: after a start, a blank, a quote, '=' or '('
+_EMBEDDED_PATH = re.compile(r"(^|[\s'\"=(])((?:/|~/|[A-Za-z]:[\\/])[^\s'\"),]*)")
+
+
+def _last_part(path: str) -> str:
+    name = re.split(r"[\\/]", path.rstrip("/\\"))[-1]
+    return name or "."
+
+
+def public(value: Any) -> Any:
+    """``value`` with every absolute path (whole strings, or inside one) cut to its last
+    component, in nested dicts and lists too (keys included)."""
+    if isinstance(value, str):
+        return _EMBEDDED_PATH.sub(lambda m: m.group(1) + _last_part(m.group(2)), value)
+    if isinstance(value, dict):
+        return {public(k): public(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [public(v) for v in value]
+    return value
+
+
+def _recipe(meta: dict[str, Any]) -> str | None:
+    """The data recipe an artefact was trained on (adapter ``dataset``, or the config's)."""
+    config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    for section in (meta, config.get("data"), meta.get("data")):
+        if isinstance(section, dict):
+            value = section.get("dataset" if section is meta else "recipe")
+            if isinstance(value, str) and value:
+                return value
+    return None
+
+
+def _license(meta: dict[str, Any]) -> str:
+    value = meta.get("license")
+    return value.strip().lower() if isinstance(value, str) and value.strip() else DEFAULT_LICENSE
+
+
+def _metric_results(metrics: Any, recipe: str | None, region: str) -> list[EvalResult]:
+    """``model-index`` entries of one region's reported metrics (finite numbers only)."""
+    if not isinstance(metrics, dict):
+        return []
+    dataset = recipe or "unknown"
+    out = []
+    for name, value in metrics.items():
+        if not (isinstance(name, str) and REPORTED_METRIC.match(name)):
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not math.isfinite(value):
+            continue
+        base, _, k = name.partition("@")
+        out.append(EvalResult(task_type=TASK_TYPE, task_name=TASK_NAME, dataset_type=dataset,
+                              dataset_name=f"{dataset} ({region})", dataset_config=region,
+                              dataset_split="test", metric_type=name,
+                              metric_name=METRIC_NAMES[base] + (f"@{k}" if k else ""),
+                              metric_value=round(float(value), 6)))
+    return out
+
+
+def _card_data(meta: dict[str, Any], tags: list[str], model_name: str,
+               results: list[EvalResult], **fields: Any) -> ModelCardData:
+    recipe = _recipe(meta)
+    datasets = [recipe] if recipe and HUB_DATASET_ID.match(recipe) else None
+    return ModelCardData(library_name="regiontune", license=_license(meta), tags=tags,
+                         datasets=datasets, model_name=model_name if results else None,
+                         eval_results=results or None, **fields)
+
+
 def _fmt(value: Any) -> str:
     """One table cell: floats to 4 decimals, ints with separators, pipes escaped."""
     if isinstance(value, bool) or value is None:
@@ -117,13 +199,18 @@ def _card(data: ModelCardData, text: str) -> ModelCard:
 
 def adapter_card(meta: dict[str, Any]) -> ModelCard:
     """The card of a region adapter, from its ``region.json``."""
+    meta = public(meta)
     region = str(meta.get("region") or "unknown")
     method = str(meta.get("method") or "adapter")
     tags = ["recommendation", "region-adapter", method, "regiontune"]
     machine = {"kind": "adapter", "region": region, "method": method,
                "backbone_fingerprint": meta.get("backbone_fingerprint")}
-    data = ModelCardData(library_name="regiontune", base_model=meta.get("backbone_repo") or None,
-                         tags=tags, regiontune={k: v for k, v in machine.items() if v is not None})
+    repo = meta.get("backbone_repo")
+    data = _card_data(meta, tags, f"regiontune {method} adapter ({region})",
+                      _metric_results(meta.get("metrics"), _recipe(meta), region),
+                      base_model=repo if isinstance(repo, str) and HUB_DATASET_ID.match(repo)
+                      else None,
+                      regiontune={k: v for k, v in machine.items() if v is not None})
     catalogue, new_items = meta.get("catalogue"), meta.get("new_items")
     items = f"{len(catalogue):,} items" if isinstance(catalogue, (list, dict)) else None
     if items and isinstance(new_items, (list, dict)):
@@ -131,7 +218,7 @@ def adapter_card(meta: dict[str, Any]) -> ModelCard:
     backbone = meta.get("backbone_repo") or "a regiontune backbone"
     seconds = meta.get("train_seconds")
     facts = [
-        ("Region", f"`{region}`"), ("Method", f"`{method}`"), ("Data set", meta.get("dataset")),
+        ("Region", f"`{region}`"), ("Method", f"`{method}`"), ("Data set", _recipe(meta)),
         ("Backbone", f"{backbone} (fingerprint `{meta.get('backbone_fingerprint', '?')}`)"),
         ("Trainable parameters", meta.get("trainable_params")),
         ("Adapter file size", _size(meta["adapter_bytes"]) if "adapter_bytes" in meta else None),
@@ -176,12 +263,16 @@ def _flat(section: Any) -> list[tuple[str, Any]]:
 
 def backbone_card(meta: dict[str, Any]) -> ModelCard:
     """The card of a backbone, from its ``regiontune.json``."""
+    meta = public(meta)
     regions = meta.get("regions") or []
     regions = [str(r) for r in regions] if isinstance(regions, (list, tuple)) else [str(regions)]
     tags = ["recommendation", "regiontune", "backbone"]
-    data = ModelCardData(library_name="regiontune", tags=tags,
-                         regiontune={"kind": "backbone", "fingerprint": meta.get("fingerprint"),
-                                     "regions": regions})
+    metrics = meta.get("metrics") if isinstance(meta.get("metrics"), dict) else {}
+    results = [result for region, values in metrics.items()
+               for result in _metric_results(values, _recipe(meta), str(region))]
+    data = _card_data(meta, tags, "regiontune backbone", results,
+                      regiontune={"kind": "backbone", "fingerprint": meta.get("fingerprint"),
+                                  "regions": regions})
     config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
     model_cfg = config.get("model", config)
     text = (f"# regiontune backbone\n\nA sequential recommendation transformer pretrained on "

@@ -257,6 +257,67 @@ def test_cards(tmp_path):
         write_card(tmp_path, meta, "dataset")
 
 
+def front_matter(path: Path) -> dict:
+    """The YAML front matter of a card file, parsed as the Hub parses it."""
+    import yaml
+    from huggingface_hub import ModelCard
+
+    text = path.read_text()
+    assert text.startswith("---\n")
+    raw = yaml.safe_load(text.split("---\n", 2)[1])
+    assert ModelCard.load(path).data.to_dict() == raw  # huggingface_hub reads it back whole
+    return raw
+
+
+def test_card_front_matter_renders_on_the_hub(tmp_path):
+    meta = json.loads((make_adapter(tmp_path) / "region.json").read_text())
+    meta["backbone_repo"] = "acme/backbone"
+    raw = front_matter(write_card(tmp_path / "a1", meta, "adapter"))
+    assert raw["base_model"] == "acme/backbone" and raw["license"] == "apache-2.0"
+    assert raw["library_name"] == "regiontune" and "region-adapter" in raw["tags"]
+    assert "pipeline_tag" not in raw  # the Hub has no recommendation pipeline
+    assert "datasets" not in raw  # "synthetic" is a built-in recipe, not a Hub dataset id
+    [entry] = raw["model-index"]
+    [result] = entry["results"]
+    assert result["task"]["type"] == "recommendation"
+    assert result["dataset"] == {"name": "synthetic (de)", "type": "synthetic", "config": "de",
+                                 "split": "test"}
+    assert {m["type"]: m["value"] for m in result["metrics"]} == {
+        "ndcg@10": 0.61, "hr@10": 0.8, "mrr": 0.5}
+    assert {m["name"] for m in result["metrics"]} == {"NDCG@10", "HR@10", "MRR"}
+    # no backbone repo: base_model omitted, the fingerprint is in the text; a public data set
+    # id and the metadata's own licence are used
+    local = {**meta, "backbone_repo": None, "dataset": "acme/clicks", "license": "MIT"}
+    path = write_card(tmp_path / "a2", local, "adapter")
+    raw = front_matter(path)
+    assert "base_model" not in raw and "sha256:aaa" in path.read_text()
+    assert raw["datasets"] == ["acme/clicks"] and raw["license"] == "mit"
+    bare = front_matter(write_card(tmp_path / "a3", {}, "adapter"))
+    assert "model-index" not in bare and bare["license"] == "apache-2.0"
+    bmeta = json.loads((make_backbone(tmp_path) / "regiontune.json").read_text())
+    raw = front_matter(write_card(tmp_path / "b", bmeta, "backbone"))
+    assert "base_model" not in raw and raw["license"] == "apache-2.0"
+    [entry] = raw["model-index"]
+    got = {(r["dataset"]["config"], m["type"]): m["value"]
+           for r in entry["results"] for m in r["metrics"]}
+    assert got == {("us", "ndcg@10"): 0.4, ("uk", "ndcg@10"): 0.3}
+
+
+def test_cards_hold_no_absolute_paths(tmp_path):
+    meta = json.loads((make_adapter(tmp_path) / "region.json").read_text())
+    meta.update(backbone_path="/home/alice/models/backbone", dataset="/home/alice/data/clicks",
+                config={"data": {"data_dir": "/home/alice/data", "recipe": "files"},
+                        "note": "read from '/home/alice/data/x.csv' on C:\\Users\\al\\d"},
+                metrics={"ndcg@10": 0.5, "source": "/home/alice/eval.json"})
+    bmeta = json.loads((make_backbone(tmp_path) / "regiontune.json").read_text())
+    bmeta.update(data={"recipe": "files", "data_dir": "/home/alice/data"},
+                 config={"data_dir": "/home/alice/data", "hidden_size": 8})
+    for card in (adapter_card(meta), backbone_card(bmeta)):
+        text = str(card)
+        assert "/home/" not in text and "alice" not in text and "Users" not in text, text
+    assert "clicks" in adapter_card(meta).text  # shown by its last component
+
+
 def test_pushed_card_and_hand_written_readme(hub_server, tmp_path):
     endpoint, token = hub_server
     src = make_adapter(tmp_path / "src")
