@@ -30,6 +30,18 @@ class RegionTask(ScoringTask):
         self.set_orders = backbone.config.set_orders
         self.num_negatives = num_negatives
         self.register_buffer("negative_mask", None, persistent=False)
+        # item text: catalogue items the backbone's vocabulary lacks but whose text vector its
+        # cache holds get the backbone's projection of that text as their base row
+        self.register_buffer("new_text", None, persistent=False)
+        self.register_buffer("new_has_text", None, persistent=False)
+        bank = getattr(backbone, "text_bank", None)
+        if getattr(backbone.config, "item_text", False) and bank is not None:
+            vectors, found = bank.rows(item_side.catalogue)
+            found = found & ~item_side.known.bool().cpu()
+            if found.any():
+                device = item_side.known.device
+                self.new_text = vectors.to(device)
+                self.new_has_text = found.float().to(device)
 
     def restrict_negatives(self, trained_items: set[str]) -> None:
         """Train the softmax over ``trained_items`` only; scoring still covers the catalogue."""
@@ -43,6 +55,9 @@ class RegionTask(ScoringTask):
     def output_table(self) -> tuple[torch.Tensor, torch.Tensor]:
         base_table, base_bias = self.backbone.item_table()
         table, bias = self.item_side.table(base_table, base_bias)
+        if self.new_text is not None:
+            text_rows = self.backbone.text_embedding(self.new_text)
+            table = table + self.new_has_text[:, None].to(text_rows.dtype) * text_rows
         if self.training and self.negative_mask is not None:
             # -inf logit: no probability, no gradient, for items the region never trained on
             bias = bias.masked_fill(~self.negative_mask, float("-inf"))

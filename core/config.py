@@ -39,6 +39,10 @@ class DataConfig:
     min_history: int = 3  # users with fewer interactions are not held out
     official_valid: bool = True  # wsdm22-xmrec: report on the official 100-candidate validation
     synthetic_scale: float = 1.0  # synthetic recipe: multiplies every region's user count
+    # item text (core/data/itemtext.py): a side file of item,text rows for the files recipe
+    # (or a "text" column of the interaction files: --columns text=YOUR_COLUMN); ml-100k and
+    # synthetic bring their own
+    item_text: str | None = None
 
 
 @dataclass
@@ -56,6 +60,12 @@ class ModelConfig:
     # orders of the set and averages (4 beat 1 on the WSDM t1 hold-out by 0.002 NDCG@10 on
     # two seeds: benchmarks/results/set_models.md); 1 reads the canonical order only
     set_orders: int = 4
+    # items as text: embedding = id row + a learned projection of the frozen encoder's text
+    # vector (core/model/textenc.py); items with text and no interactions get the text part
+    item_text: bool = False
+    text_encoder: str | None = None  # a local sentence-transformers/BERT folder; None: MiniLM
+    text_id_dropout: float = 0.0  # training: share of text items whose id row is dropped
+    text_loss: float = 0.0  # training: weight of the next-item loss over text-only embeddings
 
 
 # Adapters train at 3e-3: on the WSDM t1 hold-out (new-region backbone, all data) LoRA scored

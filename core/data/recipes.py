@@ -44,12 +44,14 @@ SYNTHETIC_SHARED_ITEMS = 400
 SYNTHETIC_LOCAL_ITEMS = 30  # region-only items per region
 
 
-def synthetic_frame(seed: int = 0, scale: float = 1.0) -> pd.DataFrame:
+def synthetic_frame(seed: int = 0, scale: float = 1.0,
+                    topics_out: dict[str, int] | None = None) -> pd.DataFrame:
     """Generate interactions with shared structure and regional shifts (deterministic).
 
     Items belong to topics; users walk between topics (a Markov chain shared by all regions,
     which is what a backbone can learn from big regions). Each region shifts topic tastes and
     item popularity and has items of its own, which is what an adapter has to learn.
+    ``topics_out``, when given, receives each item's topic (its item text is drawn from it).
     """
     rng = np.random.default_rng(seed)
     n_topics = SYNTHETIC_TOPICS
@@ -61,6 +63,8 @@ def synthetic_frame(seed: int = 0, scale: float = 1.0) -> pd.DataFrame:
         items = [f"i{j}" for j in range(SYNTHETIC_SHARED_ITEMS)]
         items += [f"{region}-{j}" for j in range(SYNTHETIC_LOCAL_ITEMS)]
         topics = np.concatenate([shared_topic, local_topic])
+        if topics_out is not None:
+            topics_out.update(zip(items, (int(t) for t in topics), strict=True))
         taste = rng.dirichlet(np.full(n_topics, 0.5))
         # regional popularity: a Zipf law over a region-specific permutation, local items boosted
         popularity = 1.0 / (1 + rng.permutation(len(items))) ** 0.8

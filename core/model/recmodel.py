@@ -38,7 +38,9 @@ class RecConfig(PretrainedConfig):
     def __init__(self, arch: str = "llama", n_items: int = 1, hidden_size: int = 128,
                  num_layers: int = 2, num_heads: int = 2, intermediate_size: int = 256,
                  max_len: int = 50, dropout: float = 0.2, ordered: bool = True,
-                 set_orders: int = 4, **kwargs) -> None:
+                 set_orders: int = 4, item_text: bool = False, text_dim: int = 0,
+                 text_encoder: str = "", text_encoder_hash: str = "",
+                 text_id_dropout: float = 0.0, text_loss: float = 0.0, **kwargs) -> None:
         if arch not in ARCHS:
             raise ValueError(f"unknown backbone architecture {arch!r}; choose one of {ARCHS}")
         if hidden_size % num_heads:
@@ -51,6 +53,18 @@ class RecConfig(PretrainedConfig):
         # unordered histories, causal families: user vectors averaged over this many orders
         # of the set (core/batching.py:set_orders); no weight depends on it
         self.set_orders = set_orders
+        # items as text (core/model/textenc.py): an item's embedding is its id row plus a
+        # learned projection of its frozen text vector; off, the model is the id-only one
+        self.item_text, self.text_dim = bool(item_text), int(text_dim)
+        self.text_encoder, self.text_encoder_hash = text_encoder, text_encoder_hash
+        # training only: the share of text items whose id row is dropped at a step, so the
+        # projection alone must carry them (what a never-trained item has)
+        self.text_id_dropout = float(text_id_dropout)
+        # training only: weight of a second next-item loss over the text-only table (the
+        # embedding a never-trained item has), so the projection learns to stand alone
+        self.text_loss = float(text_loss)
+        if self.item_text and self.text_dim <= 0:
+            raise ValueError("item_text needs text_dim, the text encoder's vector size")
         super().__init__(**kwargs)
 
     @property
@@ -96,6 +110,17 @@ class RecModel(PreTrainedModel):
         # The wrapped model's own 1-row word embedding is never used (we feed inputs_embeds);
         # frozen, so no optimizer or DDP ever waits for a gradient it cannot get.
         self.encoder.get_input_embeddings().weight.requires_grad_(False)
+        if config.item_text:
+            self.text_proj = nn.Linear(config.text_dim, config.hidden_size, bias=False)
+            # the frozen encoder's vectors of the vocabulary's items (zero rows: no text);
+            # not in the weights file: they live in the text-vector cache beside it
+            self.register_buffer("text_vectors",
+                                 torch.zeros(config.n_items + N_SPECIAL, config.text_dim),
+                                 persistent=False)
+            self.register_buffer("has_text", torch.zeros(config.n_items + N_SPECIAL),
+                                 persistent=False)
+        # text vectors of items outside the vocabulary (region-new items): item -> vector
+        self.text_bank = None
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -115,7 +140,7 @@ class RecModel(PreTrainedModel):
         if inputs_embeds is None:
             if input_ids is None:
                 raise ValueError("pass input_ids or inputs_embeds")
-            inputs_embeds = self.item_emb(input_ids)
+            inputs_embeds = self.embed_items(input_ids)
         if attention_mask is None:
             attention_mask = torch.ones(inputs_embeds.shape[:2], dtype=torch.long,
                                         device=inputs_embeds.device)
@@ -124,9 +149,51 @@ class RecModel(PreTrainedModel):
                            position_ids=self.position_ids(attention_mask), use_cache=False)
         return BaseModelOutput(last_hidden_state=out.last_hidden_state)
 
+    def _id_keep(self, n: int, device) -> torch.Tensor | None:
+        """Training with ``text_id_dropout``: 0 for the text items whose id row is dropped."""
+        p = self.config.text_id_dropout
+        if not (self.training and p > 0):
+            return None
+        return 1.0 - (torch.rand(n, device=device) < p).float() * self.has_text
+
+    def embed_items(self, ids: torch.Tensor) -> torch.Tensor:
+        """Input embeddings of token ids (the same rows as the output table)."""
+        if not self.config.item_text:
+            return self.item_emb(ids)
+        keep = self._id_keep(self.has_text.shape[0], ids.device)
+        rows = self.item_emb(ids) * (keep[ids, None] if keep is not None else 1.0)
+        return rows + self.has_text[ids, None] * self.text_proj(self.text_vectors[ids])
+
+    def text_embedding(self, vectors: torch.Tensor) -> torch.Tensor:
+        """The embedding an item gets from its text vector alone (items with no id row)."""
+        return self.text_proj(vectors.to(self.text_proj.weight.dtype))
+
+    def text_table(self) -> torch.Tensor:
+        """The items' text-only embeddings ``[n_items, hidden]`` (zero rows: no text)."""
+        rows = self.has_text[:, None] * self.text_proj(self.text_vectors)
+        return rows[N_SPECIAL:]
+
+    def set_text_vectors(self, items: list[str], text) -> None:
+        """Fill the text rows of the vocabulary's ``items`` (token order) from ``text``
+        (a :class:`~regiontune.model.textenc.TextVectors`); other items go to ``text_bank``."""
+        vectors, found = text.rows(list(items))
+        with torch.no_grad():
+            self.text_vectors.zero_()
+            self.has_text.zero_()
+            self.text_vectors[N_SPECIAL:] = vectors.to(self.text_vectors)
+            self.has_text[N_SPECIAL:] = found.to(self.has_text)
+        self.text_bank = text
+
     def item_table(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The output table over items (tied to the input embedding) and the item bias."""
-        return self.item_emb.weight[N_SPECIAL:], self.item_bias[N_SPECIAL:]
+        if not self.config.item_text:
+            return self.item_emb.weight[N_SPECIAL:], self.item_bias[N_SPECIAL:]
+        table = self.item_emb.weight
+        keep = self._id_keep(table.shape[0], table.device)
+        if keep is not None:
+            table = table * keep[:, None]
+        table = table + self.has_text[:, None] * self.text_proj(self.text_vectors)
+        return table[N_SPECIAL:], self.item_bias[N_SPECIAL:]
 
 
 def build_backbone(n_items: int, arch: str = "llama", ordered: bool = True, **sizes) -> RecModel:

@@ -66,6 +66,19 @@ class BackboneTask(ScoringTask):
         self.causal, self.ordered = model.config.causal, model.config.ordered
         self.set_orders = model.config.set_orders
 
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor,
+                targets: torch.Tensor) -> torch.Tensor:
+        weight = self.model.config.text_loss if self.model.config.item_text else 0.0
+        if not (self.training and weight > 0):
+            return super().forward(tokens, mask, targets)
+        # item text: the next item is predicted from the id+text table and, with ``weight``,
+        # from the text-only table, so a never-trained item's text embedding is a trained one
+        table, bias = self.output_table()
+        hidden = self.encode(tokens, mask, table=table)
+        loss = item_loss(hidden, targets, table, bias, self.num_negatives)
+        text_only = self.model.text_table()
+        return loss + weight * item_loss(hidden, targets, text_only, bias, self.num_negatives)
+
     def encode(self, tokens: torch.Tensor, mask: torch.Tensor,
                table: torch.Tensor | None = None) -> torch.Tensor:
         return self.model(input_ids=tokens, attention_mask=mask).last_hidden_state

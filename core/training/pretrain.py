@@ -10,12 +10,14 @@ from typing import Any
 from accelerate.utils import set_seed
 
 from regiontune.config import DataConfig, ModelConfig, TrainConfig, to_dict
+from regiontune.data.itemtext import load_item_text
 from regiontune.data.recipes import load_regions
 from regiontune.data.splits import RegionData, subsample_users
 from regiontune.evaluation.evaluate import evaluate_task
 from regiontune.model.backbone import save_backbone
 from regiontune.model.recmodel import build_backbone
 from regiontune.model.task import BackboneTask
+from regiontune.model.textenc import CACHE_FILE, TextVectors, encode_items
 from regiontune.model.vocab import ItemVocab
 from regiontune.training.loop import fit, make_accelerator
 
@@ -49,12 +51,36 @@ def test_metrics(task, regions: dict[str, RegionData]) -> dict[str, dict]:
     return out
 
 
+def text_options(model_cfg: ModelConfig, text: TextVectors | None) -> dict[str, Any]:
+    """The backbone config's item-text settings (none when item text is off)."""
+    if not model_cfg.item_text:
+        return {}
+    if text is None:
+        raise ValueError("model.item_text is on: the item text vectors are needed "
+                         "(core/model/textenc.py: encode_items)")
+    return {"item_text": True, "text_dim": text.dim, "text_encoder": text.encoder,
+            "text_encoder_hash": text.encoder_hash,
+            "text_id_dropout": model_cfg.text_id_dropout, "text_loss": model_cfg.text_loss}
+
+
+def item_text_vectors(data_cfg: DataConfig, model_cfg: ModelConfig,
+                      cache: str | Path | None = None,
+                      progress: bool = True) -> TextVectors | None:
+    """The data's item text encoded by the configured encoder (``cache`` reused and
+    refreshed); None when item text is off."""
+    if not model_cfg.item_text:
+        return None
+    texts = load_item_text(data_cfg)
+    return encode_items(texts, model_cfg.text_encoder, cache, progress=progress)
+
+
 def train_backbone(regions: dict[str, RegionData], model_cfg: ModelConfig,
                    train_cfg: TrainConfig, work: str | Path | None = None, resume: bool = False,
-                   accelerator=None, desc: str = "pretrain"):
+                   accelerator=None, desc: str = "pretrain", text: TextVectors | None = None):
     """Build a backbone over the regions' pooled items and train it; returns (task, result).
 
-    Also the ``scratch`` baseline: the same architecture trained on one region alone.
+    Also the ``scratch`` baseline: the same architecture trained on one region alone. With
+    ``model_cfg.item_text`` the items' ``text`` vectors feed a learned projection.
     """
     set_seed(train_cfg.seed)  # initial weights follow the run's seed
     vocab = pooled_vocab(regions)
@@ -64,7 +90,10 @@ def train_backbone(regions: dict[str, RegionData], model_cfg: ModelConfig,
                            num_heads=model_cfg.num_heads,
                            intermediate_size=model_cfg.intermediate_size,
                            max_len=model_cfg.max_len, dropout=model_cfg.dropout,
-                           set_orders=model_cfg.set_orders)
+                           set_orders=model_cfg.set_orders,
+                           **text_options(model_cfg, text))
+    if model.config.item_text:
+        model.set_text_vectors(vocab.items, text)
     task = BackboneTask(model, vocab, train_cfg.num_negatives)
     sequences = [vocab.encode(h) for d in regions.values() for h in d.train.values()]
     sequences = [s for s in sequences if len(s) >= 2]
@@ -88,9 +117,16 @@ def pretrain(data_cfg: DataConfig, model_cfg: ModelConfig, train_cfg: TrainConfi
     accelerator = make_accelerator(train_cfg)
     out = Path(out)
     work = out.parent / f"{out.name}.work"  # checkpoints live beside, not inside, the artefact
+    text = None
+    if model_cfg.item_text:
+        work.mkdir(parents=True, exist_ok=True)
+        text = item_text_vectors(data_cfg, model_cfg, work / CACHE_FILE, train_cfg.progress)
+        extra_meta = {**(extra_meta or {}), "item_text": {
+            "encoder": text.encoder, "encoder_hash": text.encoder_hash, "items": len(text),
+            "dim": text.dim, "encode_seconds": round(text.seconds, 1)}}
     started = time.perf_counter()
     task, result = train_backbone(regions, model_cfg, train_cfg, work, resume, accelerator,
-                                  desc=desc)
+                                  desc=desc, text=text)
     seconds = time.perf_counter() - started
     meta = {"regions": sorted(regions), "data": {r: d.stats() for r, d in regions.items()},
             "train": {"best_valid_ndcg@10": result.best_metric, "best_epoch": result.best_epoch,
