@@ -50,6 +50,16 @@ def pretrain(out: Path = typer.Option(..., "--out", help="Backbone directory to 
              epochs: int = typer.Option(None, "--epochs", help="Maximum epochs."),
              resume: bool = typer.Option(False, "--resume", help="Continue from the last "
                                          "checkpoint of an interrupted run."),
+             text: bool = typer.Option(False, "--text", help="Items as text: an item's "
+                                       "embedding is its id row plus a learned projection of "
+                                       "its text vector (a frozen sentence encoder; needs "
+                                       "pip install 'regiontune[text]' or --text-encoder)."),
+             item_text: Path = typer.Option(None, "--item-text", help="Side file of item,text "
+                                            "rows (implies --text); ml-100k and synthetic "
+                                            "bring their own text."),
+             text_encoder: Path = typer.Option(None, "--text-encoder", help="A local "
+                                               "sentence-transformers/BERT folder (implies "
+                                               "--text; default: all-MiniLM-L6-v2)."),
              config: Path = ConfigOpt, set_: list[str] = SetOpt, verbose: bool = VerboseOpt
              ) -> None:
     """Pretrain a backbone on the pooled data of several regions."""
@@ -61,6 +71,12 @@ def pretrain(out: Path = typer.Option(..., "--out", help="Backbone directory to 
         cfg["model"].arch = arch
     if epochs:
         cfg["train"].epochs = epochs
+    if item_text:
+        data_cfg.item_text = str(item_text)
+    if text_encoder:
+        cfg["model"].text_encoder = str(text_encoder)
+    if text or item_text or text_encoder:
+        cfg["model"].item_text = True
     meta = run(data_cfg, cfg["model"], cfg["train"], out, resume=resume)
     print_metrics(meta.get("metrics", {}))
     typer.echo(f"backbone written to {out} ({meta.get('fingerprint')})")
