@@ -12,48 +12,60 @@ a few markets under ``--wsdm-adapters``; ``--quick``: the small synthetic model 
   alternating rounds);
 * ``many_regions``: 10,000 region folders (symlinks to the few trained adapters) under one
   adapter root, at most ``MAX_LOADED`` in memory, Zipf-popular regions, in a child process.
+
+This module runs the suite (``run``, ``main``), the in-process and memory scenarios and the
+targets; the HTTP scenarios live in :mod:`benchmarks.serving_http`, the scale fixture and
+``many_regions`` in :mod:`benchmarks.serving_scale` (their names are importable from here).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
-import itertools
 import json
 import logging
-import os
-import random
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psutil
 import torch
-import uvicorn
 from safetensors.torch import load_file, save_file
 
 from benchmarks.common import configure_logging, study_parser
 from benchmarks.meta import run_meta
 from benchmarks.report import write_results_and_report
+from benchmarks.serving_common import BATCH_WAIT_MS, FIELDS, ROOT, record
+from benchmarks.serving_http import CLIENTS, http_batching, http_load, plot_http
+from benchmarks.serving_scale import (
+    MAX_LOADED,
+    REGIONS_REGISTERED,
+    WSDM_BACKBONE,
+    ZIPF_S,
+    many_probe,
+    many_regions,
+    region_root,
+    scale_fixture,
+)
 from regiontune.adapters import save_adapter
 from regiontune.config import AdaptConfig, DataConfig, ModelConfig, TrainConfig
 from regiontune.data.recipes import load_regions
 from regiontune.model.backbone import load_backbone
-from regiontune.serving.app import create_app
 from regiontune.serving.recommender import Recommender, trim_heap
 from regiontune.training.adapt import train_region
 from regiontune.training.pretrain import pretrain
 
+# the scenarios of serving_http / serving_scale, importable from here as before
+__all__ = ["BATCH_WAIT_MS", "CLIENTS", "FIELDS", "MAX_LOADED", "REGIONS_REGISTERED", "ROOT",
+           "WSDM_BACKBONE", "ZIPF_S", "http_batching", "http_load", "main", "many_probe",
+           "many_regions", "plot_http", "record", "region_root", "run", "scale_fixture",
+           "targets"]
 log = logging.getLogger(__name__)
 SIZES = (1, 10, 100)
 BATCH = 64
@@ -61,25 +73,9 @@ BOTTLENECK_REGIONS = 64  # a mixed batch of BATCH rows: one bottleneck adapter p
 NOTE = ("adapters: one LoRA (and one bottleneck) adapter trained briefly on the synthetic 'west' "
         "region; the others are copies with perturbed weights over the same catalogue (same "
         "size, not same quality)")
-ROOT = Path(__file__).resolve().parents[1]
-WSDM_BACKBONE = ROOT / "runs/bench/wsdm/backbone-s1-s2-s3-t1-t2"
-WSDM_ADAPTERS = ROOT / "runs/serving-bench/wsdm-adapters"  # t1/, t2/, s3/: quick LoRA adapters
-WSDM_DATA = ROOT.parent / "shared/data/wsdm22-xmrec"
-CLIENTS = (1, 8, 32, 128)
-BATCH_WAIT_MS = 2.0
-REGIONS_REGISTERED = 10_000
-MAX_LOADED = 200
-ZIPF_S = 1.1
 SHARED_NOTE = ("measured on a 2-core machine shared with other agents' jobs (CPU contention "
                "varies); the load generator runs on the same cores as the server; both "
                "configurations are measured in alternating rounds so bursts hit both alike")
-FIELDS = ("scenario", "regions_loaded", "regions_per_batch", "batch_size", "requests_per_s",
-          "switch_ms", "load_ms", "rss_mb")
-
-
-def record(scenario: str, **values: Any) -> dict[str, Any]:
-    """A result row: every common field present (None where it does not apply)."""
-    return {**{f: None for f in FIELDS}, "scenario": scenario, **values}
 
 
 def build(root: Path, quick: bool) -> tuple[Path, list[Path], list[Path], list[list[str]]]:
@@ -235,300 +231,6 @@ def memory(backbone: Path, dirs: list[Path]) -> list[dict[str, Any]]:
     return records
 
 
-def http_load(backbone: Path, dirs: list[Path], histories: list[list[str]], seconds: float,
-              clients: int = 4) -> dict[str, Any]:
-    """Client threads over loopback while an admin thread replaces an adapter via PUT."""
-    rec = Recommender.from_dirs(backbone, dirs[:10])
-    rec.load("hot", dirs[10])
-    with socket.socket() as sock:  # a free port on loopback
-        sock.bind(("127.0.0.1", 0))
-        port, token = sock.getsockname()[1], "bench-token"
-    server = uvicorn.Server(uvicorn.Config(create_app(rec, admin_token=token), host="127.0.0.1",
-                                           port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
-    url, stop = f"http://127.0.0.1:{port}", threading.Event()
-    regions = [d.name for d in dirs[:10]] + ["hot"]
-    latencies: list[float] = []
-    counts = {"failed": 0, "replaced": 0, "failed_replacements": 0}
-
-    def client(seed: int) -> None:
-        rng = random.Random(seed)
-        with httpx.Client(base_url=url, timeout=30) as http:
-            while not stop.is_set():
-                body = {"region": rng.choice(regions), "history": rng.choice(histories)[-50:]}
-                start = time.perf_counter()
-                try:
-                    ok = http.post("/v1/recommend", json=body).status_code == 200
-                except httpx.HTTPError:
-                    ok = False
-                latencies.append((time.perf_counter() - start) * 1000)
-                counts["failed"] += not ok
-
-    def admin() -> None:
-        with httpx.Client(base_url=url, timeout=30,
-                          headers={"Authorization": f"Bearer {token}"}) as http:
-            while not stop.wait(0.2):
-                body = {"path": str(dirs[11 - counts["replaced"] % 2])}
-                ok = http.put("/v1/regions/hot", json=body).status_code == 200
-                counts["replaced" if ok else "failed_replacements"] += 1
-
-    workers = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-    workers.append(threading.Thread(target=admin))
-    start = time.perf_counter()
-    for w in workers:
-        w.start()
-    stop.wait(seconds)
-    stop.set()
-    for w in workers:
-        w.join()
-    elapsed, server.should_exit = time.perf_counter() - start, True
-    cuts = statistics.quantiles(latencies, n=100)
-    return record("http_load", regions_loaded=len(regions), regions_per_batch=1, batch_size=1,
-                  requests_per_s=round(len(latencies) / elapsed, 1), requests=len(latencies),
-                  failed_requests=counts["failed"], p50_ms=round(cuts[49], 2),
-                  p99_ms=round(cuts[98], 2), adapter_replacements=counts["replaced"],
-                  failed_replacements=counts["failed_replacements"], client_threads=clients,
-                  seconds=round(elapsed, 1))
-
-
-# ---------------------------------------------------------------- http: dynamic batching
-
-def wsdm_histories(markets: list[str], per_market: int = 400) -> dict[str, list[list[str]]]:
-    """Training histories (up to 50 items) of the first users of each market."""
-    import pandas as pd
-
-    out = {}
-    for market in markets:
-        frame = pd.read_csv(WSDM_DATA / market / "train_5core.tsv", sep="\t")
-        groups = frame.groupby("userId")["itemId"].apply(list)
-        out[market] = [h[:50] for h in groups.iloc[:per_market] if len(h) >= 2]
-    return out
-
-
-def start_server(backbone: Path, adapters: Path, batch_wait_ms: float, threads: int,
-                 extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
-    """``regiontune serve`` on a free loopback port; (process, base url) once it answers."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    exe = Path(sys.executable).parent / "regiontune"
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    proc = subprocess.Popen([str(exe), "serve", "--backbone", str(backbone), "--adapters",
-                             str(adapters), "--port", str(port), "--batch-wait-ms",
-                             str(batch_wait_ms), *extra], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"regiontune serve exited with {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("regiontune serve did not answer within 180 s")
-
-
-async def _load(url: str, clients: int, seconds: float, bodies: list[dict[str, Any]],
-                seed: int) -> tuple[list[float], int, float]:
-    """``clients`` closed-loop clients for ``seconds``: (latencies ms, failures, elapsed s)."""
-    latencies: list[float] = []
-    failed = [0]
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
-        stop_at = time.perf_counter() + seconds
-
-        async def client(i: int) -> None:
-            rng = random.Random(seed * 1000 + i)
-            while time.perf_counter() < stop_at:
-                start = time.perf_counter()
-                try:
-                    ok = (await http.post("/v1/recommend", json=rng.choice(bodies))
-                          ).status_code == 200
-                except httpx.HTTPError:
-                    ok = False
-                latencies.append((time.perf_counter() - start) * 1000)
-                failed[0] += not ok
-
-        start = time.perf_counter()
-        await asyncio.gather(*(client(i) for i in range(clients)))
-        return latencies, failed[0], time.perf_counter() - start
-
-
-def http_batching(backbone: Path, adapters: Path, histories: dict[str, list[list[str]]],
-                  clients: tuple[int, ...], seconds: float, rounds: int, threads: int
-                  ) -> list[dict[str, Any]]:
-    """Requests/s and latency per client count, dynamic batching on and off (interleaved)."""
-    bodies = [{"region": region, "history": h, "k": 10}
-              for region, hs in histories.items() for h in hs]
-    servers = {True: start_server(backbone, adapters, BATCH_WAIT_MS, threads),
-               False: start_server(backbone, adapters, 0, threads)}
-    got: dict[tuple[int, bool], list] = {(c, b): [[], 0, 0.0] for c in clients for b in servers}
-    try:
-        for _, url in servers.values():  # warm-up: first-call allocations, connections
-            asyncio.run(_load(url, 8, 1.0, bodies, 0))
-        for r in range(rounds):
-            for c in clients:
-                for batching in ((True, False) if r % 2 == 0 else (False, True)):
-                    lat, failed, elapsed = asyncio.run(
-                        _load(servers[batching][1], c, seconds, bodies, r))
-                    acc = got[(c, batching)]
-                    acc[0] += lat
-                    acc[1] += failed
-                    acc[2] += elapsed
-                    log.info("http: %d clients, batching %s: %.0f req/s", c, batching,
-                             len(lat) / elapsed)
-    finally:
-        for proc, _ in servers.values():
-            proc.terminate()
-            proc.wait(timeout=30)
-    records = []
-    for (c, batching), (lat, failed, elapsed) in got.items():
-        cuts = statistics.quantiles(lat, n=100)
-        records.append(record("http", clients=c, dynamic_batching=batching,
-                              batch_wait_ms=BATCH_WAIT_MS if batching else 0,
-                              regions_loaded=len(histories), regions_per_batch=None,
-                              requests=len(lat), failed_requests=failed,
-                              requests_per_s=round(len(lat) / elapsed, 1),
-                              p50_ms=round(cuts[49], 2), p99_ms=round(cuts[98], 2),
-                              seconds=round(elapsed, 1)))
-    return sorted(records, key=lambda r: (r["clients"], not r["dynamic_batching"]))
-
-
-# ---------------------------------------------------------------- many regions, one budget
-
-def region_root(root: Path, adapters: list[Path], n: int) -> list[str]:
-    """``n`` region folders under ``root``: symlinks to ``adapters`` in turn."""
-    root.mkdir(parents=True, exist_ok=True)
-    names = [f"r{i:05d}" for i in range(n)]
-    for i, name in enumerate(names):
-        (root / name).symlink_to(adapters[i % len(adapters)].resolve(), target_is_directory=True)
-    return names
-
-
-def many_probe(backbone: str, root: str, histories_json: str, max_loaded: int, seconds: float,
-               clients: int) -> dict[str, Any]:
-    """(In a child process.) Zipf-popular regions of ``root`` with at most ``max_loaded``
-    adapters: failures, RSS, load-on-miss time, hit rate."""
-    proc = psutil.Process()
-    histories = json.loads(Path(histories_json).read_text())  # per adapter: its market's
-    names = sorted(p.name for p in Path(root).iterdir())
-    rec = Recommender.from_dirs(backbone, unknown_region="error", lazy_roots=[root],
-                                max_loaded=max_loaded, batch_wait_ms=BATCH_WAIT_MS)
-    gc.collect()
-    trim_heap()
-    baseline = proc.memory_info().rss / 2**20
-    start = time.perf_counter()
-    rec.preload()
-    preload_s = time.perf_counter() - start
-    rng = random.Random(0)
-    order = names[:]
-    rng.shuffle(order)  # popularity rank -> region (the preloaded ones are not the popular)
-    weights = list(itertools.accumulate(1 / (r + 1) ** ZIPF_S for r in range(len(order))))
-    counts = {"requests": 0, "failed": 0}
-    peak = [proc.memory_info().rss / 2**20]
-    stop = threading.Event()
-    loaded_peak = [0]
-
-    def client(seed: int) -> None:
-        rand = random.Random(seed)
-        while not stop.is_set():
-            region = rand.choices(order, cum_weights=weights)[0]
-            market = int(region[1:]) % len(histories)
-            try:
-                rec.recommend([rand.choice(histories[market])], [region], k=10)
-            except Exception:  # noqa: BLE001 - counted
-                counts["failed"] += 1
-            counts["requests"] += 1
-
-    def sampler() -> None:
-        while not stop.wait(0.1):
-            peak[0] = max(peak[0], proc.memory_info().rss / 2**20)
-            loaded_peak[0] = max(loaded_peak[0], rec.stats()["adapters_loaded"])
-
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-    threads.append(threading.Thread(target=sampler))
-    stats0 = rec.stats()
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    stop.wait(seconds)
-    stop.set()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - start
-    stats = rec.stats()
-    gc.collect()
-    trim_heap()
-    hits = stats["region_hits"] - stats0["region_hits"]
-    misses = stats["region_misses"] - stats0["region_misses"]
-    loads = stats["lazy_loads"] - stats0["lazy_loads"]
-    tensor_mb = max(r["tensor_bytes"] for r in rec.regions()) / 2**20
-    return {"regions_registered": len(names), "max_loaded": max_loaded,
-            "requests": counts["requests"], "failed_requests": counts["failed"],
-            "requests_per_s": round(counts["requests"] / elapsed, 1),
-            "rss_mb": round(peak[0], 1), "rss_end_mb": round(proc.memory_info().rss / 2**20, 1),
-            "rss_backbone_mb": round(baseline, 1),
-            "adapter_tensor_mb": round(tensor_mb, 3),
-            "rss_budget_mb": round(baseline + 2 * max_loaded * tensor_mb, 1),
-            "load_on_miss_ms": round((stats["lazy_load_us"] - stats0["lazy_load_us"])
-                                     / max(loads, 1) / 1000, 2),
-            "hit_rate": round(hits / max(hits + misses, 1), 3),
-            "evictions": stats["evictions"] - stats0["evictions"], "lazy_loads": loads,
-            "adapters_loaded_peak": loaded_peak[0], "retired_pending": stats["retired_pending"],
-            "preload_s": round(preload_s, 1), "clients": clients, "zipf_s": ZIPF_S,
-            "seconds": round(elapsed, 1)}
-
-
-def many_regions(backbone: Path, adapters: list[Path], histories: list[list[list[str]]],
-                 tmp: Path, seconds: float, threads: int) -> dict[str, Any]:
-    root = tmp / "many-regions"
-    region_root(root, adapters, REGIONS_REGISTERED)
-    hist = tmp / "many-histories.json"
-    hist.write_text(json.dumps(histories))
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    done = subprocess.run([sys.executable, "-m", "benchmarks.serving", "--many-probe",
-                           str(backbone), str(root), str(hist), str(MAX_LOADED), str(seconds)],
-                          capture_output=True, text=True, check=True, env=env, cwd=ROOT)
-    got = json.loads(done.stdout.strip().splitlines()[-1])
-    return record("many_regions", method="lora", regions_loaded=got["max_loaded"], **got)
-
-
-def plot_http(records: list[dict[str, Any]], path: Path) -> Path | None:
-    """Requests/s and p99 against clients, batching on and off."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    http = [r for r in records if r["scenario"] == "http"]
-    if not http:
-        return None
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for batching, style in ((True, "o-"), (False, "s--")):
-        rows = sorted((r for r in http if r["dynamic_batching"] is batching),
-                      key=lambda r: r["clients"])
-        label = "dynamic batching" if batching else "one pass per request"
-        xs = [r["clients"] for r in rows]
-        axes[0].plot(xs, [r["requests_per_s"] for r in rows], style, label=label)
-        axes[1].plot(xs, [r["p99_ms"] for r in rows], style, label=label)
-    for ax, title in zip(axes, ("requests/s", "p99 latency (ms)"), strict=True):
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("concurrent clients")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
 def targets(records: list[dict[str, Any]]) -> dict[str, Any]:
     """The serving targets, each with its measured value and whether it holds."""
     def value(scenario: str, key: str) -> float:  # at the most regions loaded
@@ -559,26 +261,6 @@ def targets(records: list[dict[str, Any]]) -> dict[str, Any]:
             many["adapters_loaded_peak"] - many["max_loaded"], "<= 0", 0, -1)
     return {name: {"value": v, "target": text, "ok": (v - bound) * sign >= 0}
             for name, (v, text, bound, sign) in checks.items()}
-
-
-def scale_fixture(tmp: Path, quick: bool, backbone: Path, dirs: list[Path],
-                  histories: list[list[str]]) -> tuple[Path, Path, dict[str, list[list[str]]]]:
-    """(backbone, adapters folder, histories per region) of the http and many_regions runs:
-    the WSDM backbone and its market adapters, or (quick) the small synthetic ones."""
-    if quick:
-        folder = tmp / "http-adapters"
-        folder.mkdir()
-        for d in dirs[:3]:
-            (folder / d.name).symlink_to(d, target_is_directory=True)
-        return backbone, folder, {d.name: histories for d in dirs[:3]}
-    markets = sorted(p.name for p in WSDM_ADAPTERS.iterdir()
-                     if (p / "region.json").is_file()) if WSDM_ADAPTERS.is_dir() else []
-    if not WSDM_BACKBONE.is_dir() or not markets:
-        raise FileNotFoundError(f"the http scenarios need {WSDM_BACKBONE} and LoRA adapters "
-                                f"under {WSDM_ADAPTERS}/<market> (regiontune adapt --backbone "
-                                "... --data wsdm22-xmrec --region t1 --fraction 0.1 --epochs "
-                                "3 --out ...), or --quick")
-    return WSDM_BACKBONE, WSDM_ADAPTERS, wsdm_histories(markets)
 
 
 def run(out_json: Path, quick: bool, threads: int = 1) -> dict[str, Any]:

@@ -1,6 +1,9 @@
 """Serving: one process, one backbone, hot-swapped region adapters; the HTTP app.
 
-``recommender`` (the Recommender), ``entries`` (loaded regions, shared bodies, item batches),
-``forward`` (the mixed-region forward), ``fetch`` (adapter files and hub downloads),
-``errors``; the HTTP side: ``app`` (routes), ``schemas``, ``http_errors``, ``middleware``.
+``recommender`` (the Recommender), ``budget`` (adapter budget: lazy loads, LRU eviction),
+``entries`` (loaded regions, shared bodies, item batches), ``forward`` (the mixed-region
+forward), ``batching`` (dynamic batching), ``fetch`` (adapter files and hub downloads),
+``errors``; the HTTP side: ``app`` (routes, ``create_app``, ``serve``), ``auth`` (bearer
+tokens), ``ops`` (readiness), ``roots`` (adapter roots, public paths), ``docs`` (offline API
+docs), ``schemas``, ``http_errors``, ``middleware``.
 """

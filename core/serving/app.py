@@ -30,8 +30,6 @@ checked before any work and published in the OpenAPI schema. One status per kind
 # No ``from __future__ import annotations`` here: the request models are built per app (their
 # limits are configurable) and FastAPI reads route annotations as objects.
 
-import hmac
-import importlib.util
 import logging
 import os
 import threading
@@ -40,19 +38,19 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException
 from fastapi import Path as PathParam
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.responses import JSONResponse, PlainTextResponse
 
-from regiontune.artifacts import ADAPTER_META
+from regiontune.serving.auth import READ_TOKEN_ENV, TOKEN_ENV, token_dependencies
+from regiontune.serving.docs import add_docs_routes, docs_assets
 from regiontune.serving.errors import AdapterLoadError, UnknownRegionError, check_region
-from regiontune.serving.fetch import HUB_ID
-from regiontune.serving.http_errors import StrictJSONRoute, add_error_handlers, clip
+from regiontune.serving.http_errors import StrictJSONRoute, add_error_handlers
 from regiontune.serving.middleware import BodyLimitMiddleware, Metrics, MetricsMiddleware
+from regiontune.serving.ops import Readiness
 from regiontune.serving.recommender import Recommender
+from regiontune.serving.roots import adapter_dirs, adapter_source, public_path
 from regiontune.serving.schemas import (
     MAX_UNKNOWN_ECHO,
     REGION_PATTERN,
@@ -69,73 +67,6 @@ from regiontune.serving.schemas import (
 __all__ = ["ServingLimits", "adapter_dirs", "adapter_source", "create_app", "docs_assets",
            "public_path", "serve"]
 logger = logging.getLogger(__name__)
-TOKEN_ENV = "REGIONTUNE_ADMIN_TOKEN"
-READ_TOKEN_ENV = "REGIONTUNE_READ_TOKEN"
-# Swagger UI and ReDoc files shipped by the fastapi-offline package: name -> media type
-DOC_ASSETS = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css",
-              "redoc.standalone.js": "text/javascript", "favicon.png": "image/png"}
-
-
-def docs_assets() -> Path | None:
-    """The folder holding :data:`DOC_ASSETS` (the installed ``fastapi-offline`` package's
-    static files), or ``None``: then ``/docs`` and ``/redoc`` are not served."""
-    try:
-        spec = importlib.util.find_spec("fastapi_offline")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.origin:
-        return None
-    static = Path(spec.origin).parent / "static"
-    return static if all((static / name).is_file() for name in DOC_ASSETS) else None
-
-
-def _same(given: str, token: str | None) -> bool:
-    """``given`` equals ``token`` (constant-time; never with no token configured)."""
-    return token is not None and hmac.compare_digest(given.encode(), token.encode())
-
-
-class Readiness:
-    """What ``/readyz`` answers: the configured adapters (those loaded at start, those loading
-    in the background, and what admin routes load or unload since) against those loaded."""
-
-    def __init__(self, expected: Sequence[str], pending: Sequence[str]) -> None:
-        self.lock = threading.Lock()
-        self.expected = set(expected) | set(pending)
-        self.pending = set(pending)
-        self.failed: dict[str, str] = {}
-
-    def loaded(self, region: str) -> None:
-        with self.lock:
-            self.expected.add(region)
-            self.pending.discard(region)
-            self.failed.pop(region, None)
-
-    def failed_to_load(self, region: str, reason: str) -> None:
-        with self.lock:
-            self.pending.discard(region)
-            self.failed[region] = reason
-
-    def dropped(self, region: str) -> None:
-        with self.lock:
-            self.expected.discard(region)
-            self.pending.discard(region)
-            self.failed.pop(region, None)
-
-    def answer(self, loaded: set[str], fingerprint: str,
-               loadable: Any = None) -> dict[str, Any]:
-        """``loadable(region)``: whether a region not in memory loads on its first request
-        (evicted from an adapter budget: not missing)."""
-        with self.lock:
-            pending, failed = sorted(self.pending), dict(sorted(self.failed.items()))
-            missing = sorted(self.expected - loaded - self.pending - set(self.failed))
-        missing = [r for r in missing if loadable is None or not loadable(r)]
-        reasons = ([f"{len(pending)} adapter(s) still loading"] if pending else []) + \
-                  ([f"{len(failed)} adapter(s) failed to load"] if failed else []) + \
-                  ([f"{len(missing)} configured adapter(s) not loaded"] if missing else [])
-        return {"status": "not ready" if reasons else "ready",
-                "reason": "; ".join(reasons) or None, "backbone": fingerprint,
-                "regions": len(loaded), "pending": pending, "failed": failed,
-                "missing": missing}
 
 
 def create_app(recommender: Recommender, admin_token: str | None = None, max_history: int = 200,
@@ -216,13 +147,7 @@ def create_app(recommender: Recommender, admin_token: str | None = None, max_his
                            allow_methods=["GET", "POST", "PUT", "DELETE"],
                            allow_headers=["Authorization", "Content-Type"], max_age=600)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts the 413s too
-    bearer = HTTPBearer(auto_error=False, scheme_name="AdminToken",
-                        description=f"the admin token (${TOKEN_ENV}); required on admin "
-                                    "routes when the server has one")
-    read_bearer = HTTPBearer(auto_error=False, scheme_name="ReadToken",
-                             description=f"the read token (${READ_TOKEN_ENV}; the admin token "
-                                         "is accepted too); required on read routes when the "
-                                         "server has one")
+    admin, reader = token_dependencies(admin_token, read_token)
     too_large = error_doc(f"body larger than {limits.max_body_bytes} bytes")
     invalid = error_doc("invalid request: malformed JSON, NaN/Infinity, wrong type, a limit "
                         "exceeded, or a bad region name")
@@ -232,30 +157,6 @@ def create_app(recommender: Recommender, admin_token: str | None = None, max_his
         if read_token is not None else {}
     read_errors = {413: too_large, 422: invalid, 404: unknown, **read_auth}
 
-    def require_admin(credentials: Annotated[HTTPAuthorizationCredentials | None,
-                                             Depends(bearer)]) -> None:
-        # a dependency: checked before the body is validated
-        if admin_token is None:
-            return
-        given = credentials.credentials.strip() if credentials is not None else ""
-        is_admin, is_reader = _same(given, admin_token), _same(given, read_token)
-        if is_admin:
-            return
-        if is_reader:
-            raise HTTPException(403, "admin route: the read token does not open it; send the "
-                                     "admin token")
-        raise HTTPException(401, "admin route: send Authorization: Bearer <token>",
-                            headers={"WWW-Authenticate": "Bearer"})
-
-    def require_reader(credentials: Annotated[HTTPAuthorizationCredentials | None,
-                                              Depends(read_bearer)]) -> None:
-        given = credentials.credentials.strip() if credentials is not None else ""
-        is_reader, is_admin = _same(given, read_token), _same(given, admin_token)
-        if not (is_reader or is_admin):
-            raise HTTPException(401, "read route: send Authorization: Bearer <read token>",
-                                headers={"WWW-Authenticate": "Bearer"})
-
-    reader = [Depends(require_reader)] if read_token is not None else []
 
     def public(info: dict[str, Any]) -> dict[str, Any]:
         return {**info, "path": public_path(info["path"], roots)}
@@ -291,7 +192,6 @@ def create_app(recommender: Recommender, admin_token: str | None = None, max_his
         """The loaded region adapters."""
         return [public(info) for info in recommender.regions()]
 
-    admin = [Depends(require_admin)]
     RegionPath = Annotated[str, PathParam(pattern=REGION_PATTERN, max_length=64,
                                           description="region name")]
 
@@ -367,31 +267,7 @@ def create_app(recommender: Recommender, admin_token: str | None = None, max_his
                                  media_type="text/plain; version=0.0.4")
 
     if assets is not None:
-        def asset_url(request: Request, name: str) -> str:
-            return f"{request.scope.get('root_path', '')}/docs/assets/{name}"
-
-        @app.get("/docs", include_in_schema=False)
-        def swagger_ui(request: Request) -> HTMLResponse:
-            return get_swagger_ui_html(
-                openapi_url=f"{request.scope.get('root_path', '')}{app.openapi_url}",
-                title="regiontune - Swagger UI",
-                swagger_js_url=asset_url(request, "swagger-ui-bundle.js"),
-                swagger_css_url=asset_url(request, "swagger-ui.css"),
-                swagger_favicon_url=asset_url(request, "favicon.png"))
-
-        @app.get("/redoc", include_in_schema=False)
-        def redoc(request: Request) -> HTMLResponse:
-            return get_redoc_html(
-                openapi_url=f"{request.scope.get('root_path', '')}{app.openapi_url}",
-                title="regiontune - ReDoc", redoc_js_url=asset_url(request, "redoc.standalone.js"),
-                redoc_favicon_url=asset_url(request, "favicon.png"), with_google_fonts=False)
-
-        @app.get("/docs/assets/{name}", include_in_schema=False)
-        def doc_asset(name: str) -> FileResponse:
-            if name not in DOC_ASSETS:
-                raise HTTPException(404, "no such documentation asset")
-            return FileResponse(assets / name, media_type=DOC_ASSETS[name],
-                                headers={"Cache-Control": "public, max-age=86400"})
+        add_docs_routes(app, assets)
 
     return app
 
@@ -425,64 +301,6 @@ def answer(recommender: Recommender, requests: list,
                       "unknown_items": unknown_items[:MAX_UNKNOWN_ECHO],
                       "unknown_count": len(unknown_items)}
     return out
-
-
-def adapter_source(text: str, roots: list[Path] | None) -> str | Path:
-    """What a ``PUT`` body's ``path`` names: a local directory inside an adapter root (a
-    resolved :class:`Path`) or a hub id (``str``). HTTPException 403 / 422 otherwise; decided
-    from the path alone (no directory is walked)."""
-    if "\x00" in text:
-        raise HTTPException(422, "path holds a NUL character")
-    if roots is None:  # unrestricted: the recommender tells directories from hub ids
-        return text
-    given = Path(text)
-    candidates = [given] if given.is_absolute() else [root / given for root in roots]
-    inside = False
-    for candidate in candidates:
-        try:
-            real = candidate.resolve()
-            if any(real.is_relative_to(root) for root in roots):
-                inside = True
-                if real.is_dir():
-                    return real
-        except (OSError, RuntimeError) as err:  # a symlink loop, a name too long
-            raise HTTPException(422, f"cannot resolve path {clip(text, 200)!r}: "
-                                     f"{type(err).__name__}") from err
-    if not given.is_absolute() and HUB_ID.fullmatch(text):
-        return text
-    if not inside:
-        hint = ("start the server with --adapter-root DIR to allow local adapters" if not roots
-                else "give a path relative to an adapter root, or a hub id ORG/NAME")
-        raise HTTPException(403, f"path {clip(text, 200)!r} is outside the adapter roots: "
-                                 f"{hint}")
-    raise HTTPException(422, f"no adapter directory {clip(text, 200)!r} under the adapter "
-                             "roots: check the name (GET /v1/regions shows the loaded ones)")
-
-
-def public_path(path: str, roots: list[Path] | None) -> str:
-    """A served adapter's source as shown to clients: relative to its adapter root, a hub id,
-    or the folder's name; never an absolute server path."""
-    local = Path(path)
-    try:
-        if not local.is_absolute() and not local.exists():
-            return path  # a hub id
-        real = local.resolve()
-    except (OSError, RuntimeError):
-        return local.name
-    for root in roots or []:
-        if real.is_relative_to(root):
-            return real.relative_to(root).as_posix() or "."
-    return real.name
-
-
-def adapter_dirs(adapters_dir: str | Path | None) -> list[Path]:
-    """Every adapter directory (holding region.json) directly under ``adapters_dir``."""
-    if adapters_dir is None:
-        return []
-    root = Path(adapters_dir)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: no such adapters directory")
-    return sorted(p for p in root.iterdir() if (p / ADAPTER_META).is_file())
 
 
 def serve(backbone_dir: str | Path, adapters_dir: str | Path | None = None,

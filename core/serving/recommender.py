@@ -19,26 +19,19 @@ loaded, replaced and unloaded while requests are served:
 
 Concurrent calls are gathered into one pass (``batch_wait_ms``, ``max_batch``:
 :mod:`regiontune.serving.batching`), after each is validated and holds its adapters alone.
-Many regions fit a memory budget (``max_loaded`` adapters and/or ``adapter_memory_mb`` of
-adapter tensors): regions whose folder ``<root>/<region>`` lies under one of ``lazy_roots``
-are loaded on their first request and the least recently used of them are evicted past the
-budget (an evicted adapter in use is deleted only when its last request ends, by the
-in-flight counting above). Explicitly loaded regions are never evicted.
+Many regions fit a memory budget (``max_loaded``, ``adapter_memory_mb``, ``lazy_roots``:
+:mod:`regiontune.serving.budget`): lazy regions load on first request, the least recently
+used are evicted past the budget; explicitly loaded regions are never evicted.
 
 The HTTP layer answers each error of :mod:`regiontune.serving.errors` with its status.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import functools
 import logging
 import threading
-import time
-from collections import Counter, OrderedDict, defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +43,7 @@ from regiontune.model.backbone import load_backbone
 from regiontune.model.recmodel import RecModel
 from regiontune.model.vocab import ItemVocab
 from regiontune.serving.batching import DynamicBatcher, Job
+from regiontune.serving.budget import AdapterBudget, entry_bytes, trim_heap
 from regiontune.serving.entries import (
     ItemBatch,
     RegionEntry,
@@ -77,30 +71,7 @@ DEFAULT_BATCH_WAIT_MS = 2.0
 DEFAULT_MAX_BATCH = 256
 
 
-@functools.cache
-def _malloc_trim() -> Any:
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
-    except (OSError, AttributeError, TypeError):  # not glibc: nothing to call
-        return None
-
-
-def _entry_bytes(entry: RegionEntry) -> int:
-    """What a loaded region holds in memory (adapter tensors + its item side)."""
-    return int(entry.meta.get("tensor_bytes") or 0)
-
-
-def trim_heap() -> None:
-    """Hand freed heap pages back to the OS after a load or unload (glibc's ``malloc_trim``;
-    a no-op elsewhere). Loads free memory: the adapter replaced, the file's tensors, the old
-    copy of a grown adapter bank; glibc keeps most of it resident otherwise (measured with
-    100 LoRA adapters: ~0.6x the adapter file size per adapter). ~0.5 ms."""
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
-
-
-class Recommender:
+class Recommender(AdapterBudget):
     """One backbone plus region adapters; thread safe; see the module docstring."""
 
     def __init__(self, backbone: RecModel, vocab: ItemVocab, meta: dict[str, Any],
@@ -136,20 +107,10 @@ class Recommender:
         self._in_flight: Counter = Counter()
         self._retired: list = []
         self._stats: Counter = Counter()
-        if max_loaded is not None and max_loaded < 1:
-            raise ValueError(f"max_loaded must be at least 1, not {max_loaded!r}")
-        if adapter_memory_mb is not None and not adapter_memory_mb > 0:
-            raise ValueError(f"adapter_memory_mb must be positive, not {adapter_memory_mb!r}")
+        self._init_budget(max_loaded, adapter_memory_mb, lazy_roots)
         if batch_wait_ms < 0 or max_batch < 1:
             raise ValueError(f"batch_wait_ms must be >= 0 and max_batch >= 1, not "
                              f"{batch_wait_ms!r}, {max_batch!r}")
-        self.max_loaded = max_loaded
-        self.memory_budget = None if adapter_memory_mb is None else int(adapter_memory_mb * 2**20)
-        self.lazy_roots = [Path(r) for r in lazy_roots]
-        self._lru: OrderedDict[str, None] = OrderedDict()  # evictable regions, oldest use first
-        self._bytes = 0  # adapter tensor bytes of the loaded regions
-        self._loading: dict[str, list] = {}  # region -> [Future, waiters]: one load per miss
-        self._lazy_lock = threading.Lock()
         self.batch_wait_ms, self.max_batch = float(batch_wait_ms), int(max_batch)
         self._batcher = (DynamicBatcher(self._run_jobs, self._run_job, batch_wait_ms, max_batch)
                          if batch_wait_ms > 0 else None)
@@ -242,121 +203,17 @@ class Recommender:
             self._lru.pop(region, None)
             if entry is not None:
                 snapshot[region] = entry
-                self._bytes += _entry_bytes(entry)
+                self._bytes += entry_bytes(entry)
                 if evictable:
                     self._lru[region] = None
                 if hold:
                     self._in_flight[entry] += hold
             self._snapshot = snapshot  # requests that started before keep the old dict
             if old is not None:
-                self._bytes -= _entry_bytes(old)
+                self._bytes -= entry_bytes(old)
                 self._retired.append(old)
         self._sweep()
         return old
-
-    def _over_budget(self) -> bool:
-        return ((self.max_loaded is not None and len(self._snapshot) > self.max_loaded)
-                or (self.memory_budget is not None and self._bytes > self.memory_budget))
-
-    def _evict(self, keep: str | None = None) -> int:
-        """Unload least recently used evictable regions until the budget holds (call under the
-        load lock). Regions no request uses go first; one in use is retired, and deleted when
-        its last request ends."""
-        evicted = 0
-        while True:
-            with self._state_lock:
-                if not self._over_budget():
-                    break
-                order = [r for r in self._lru if r != keep]
-                idle = [r for r in order if not self._in_flight[self._snapshot[r]]]
-                victim = (idle or order or [None])[0]
-            if victim is None:  # only pinned regions left: the budget cannot hold
-                logger.warning("adapter budget exceeded by regions that cannot be evicted "
-                               "(loaded explicitly): %d loaded, %.1f MiB", len(self._snapshot),
-                               self._bytes / 2**20)
-                break
-            self._swap(victim, None)
-            evicted += 1
-        if evicted:
-            with self._state_lock:
-                self._stats.update(evictions=evicted)
-            trim_heap()
-        return evicted
-
-    # ------------------------------------------------------------ lazy regions
-
-    def lazy_dir(self, region: str) -> Path | None:
-        """The folder ``<root>/<region>`` of the first lazy root holding one (or None)."""
-        if not self.lazy_roots:
-            return None
-        try:
-            check_region(region)
-        except InvalidRequestError:
-            return None
-        for root in self.lazy_roots:
-            if (root / region / ADAPTER_META).is_file():
-                return root / region
-        return None
-
-    def preload(self, limit: int | None = None) -> int:
-        """Load regions of the lazy roots (sorted) until the budget is full (or ``limit``);
-        they stay evictable. The number loaded."""
-        seen: set[str] = set()
-        loaded = 0
-        cap = self.max_loaded if limit is None else limit
-        for root in self.lazy_roots:
-            for folder in sorted(p for p in root.iterdir() if (p / ADAPTER_META).is_file()):
-                if cap is not None and len(self._snapshot) >= cap:
-                    return loaded
-                if folder.name in seen or folder.name in self._snapshot:
-                    continue
-                seen.add(folder.name)
-                entry = self._load_lazy(folder.name, folder, hold=False)
-                loaded += entry is not None
-                if self.memory_budget is not None and self._bytes >= self.memory_budget:
-                    return loaded
-        return loaded
-
-    def _load_lazy(self, region: str, directory: Path, hold: bool = True
-                   ) -> RegionEntry | None:
-        """``region``'s entry, loaded from ``directory`` once however many requests miss it
-        at the same time; with ``hold``, counted in flight for the caller (atomically with
-        its publication, so an eviction cannot pass in between)."""
-        with self._lazy_lock:
-            with self._state_lock:
-                entry = self._snapshot.get(region)
-                if entry is not None:  # loaded meanwhile
-                    if hold:
-                        self._in_flight[entry] += 1
-                    return entry
-            record = self._loading.get(region)
-            owner = record is None
-            if owner:
-                record = self._loading[region] = [Future(), 0]
-            elif hold:
-                record[1] += 1
-        if not owner:
-            return record[0].result()  # held for this caller by the owner's swap
-        start = time.perf_counter()
-        try:
-            entry = self._build(region, directory)
-        except BaseException as err:
-            with self._lazy_lock:
-                del self._loading[region]
-            record[0].set_exception(err)
-            raise
-        with self._load_lock:
-            with self._lazy_lock:
-                del self._loading[region]
-                self._swap(region, entry, hold=record[1] + int(hold), evictable=True)
-            self._evict(keep=region)
-        record[0].set_result(entry)
-        with self._state_lock:
-            self._stats.update(lazy_loads=1)
-            self._stats["lazy_load_us"] += int((time.perf_counter() - start) * 1e6)
-        trim_heap()
-        logger.debug("region %s loaded on first use from %s", region, directory)
-        return entry
 
     def _sweep(self) -> None:
         """Delete retired adapters that no request uses any more."""
