@@ -232,10 +232,38 @@ def adapter_card(meta: dict[str, Any]) -> ModelCard:
             f"{kind} that specialises a frozen regiontune recommendation backbone "
             f"to region **{region}**.\n\n{_table(facts)}\n## Evaluation\n\n"
             f"{_metrics_table(meta.get('metrics'), meta.get('protocol'))}\n"
-            + _ADAPTER_USAGE.format(dir="ADAPTER_DIR", region=region))
+            + _provenance(meta) + _ADAPTER_USAGE.format(dir="ADAPTER_DIR", region=region))
     if meta.get("peft_loadable"):
         text += _PEFT_USAGE.format(method=method, dir="ADAPTER_DIR")
     return _card(data, text)
+
+
+def _provenance(meta: dict[str, Any]) -> str:
+    """Where the adapter came from, when it was not trained from nothing: the parent it was
+    refreshed from (``lineage``) or the regions it was merged from (``merged_from``)."""
+    out = ""
+    lineage = meta.get("lineage")
+    if isinstance(lineage, dict) and isinstance(lineage.get("parent"), dict):
+        parent, period = lineage["parent"], lineage.get("data_period") or {}
+        before, after = lineage.get("metrics_before") or {}, lineage.get("metrics_after") or {}
+        rows = [("Refreshed from", f"`{parent.get('name', '?')}` (region "
+                 f"`{parent.get('region', '?')}`, trained {parent.get('trained_at', '?')}, "
+                 f"weights sha256 `{str(parent.get('weights_sha256', '?'))[:16]}`)"),
+                ("Generation", lineage.get("generation")),
+                ("New data", f"{lineage.get('interactions', '?')} interactions"
+                 + (f", {period.get('start')} to {period.get('end')}" if period else "")),
+                ("Items", f"{lineage.get('kept_items', '?')} kept, "
+                 f"{lineage.get('new_items', '?')} new"),
+                ("NDCG@10 on the new data", f"{_fmt(before.get('ndcg@10'))} before, "
+                 f"{_fmt(after.get('ndcg@10'))} after")]
+        out += "## Lineage\n\n" + _table(rows) + "\n"
+    merged = meta.get("merged_from")
+    if isinstance(merged, list) and merged:
+        rows = [(f"`{m.get('region', '?')}`", f"{_fmt(m.get('weight'))} (`{m.get('path', '?')}`,"
+                 f" {m.get('method', '?')})") for m in merged if isinstance(m, dict)]
+        out += ("## Merged from\n\nBuilt without this region's data, as a weighted combination "
+                "of other regions' adapters:\n\n" + _table(rows, ("Region", "Weight")) + "\n")
+    return out
 
 
 def _region_metrics(metrics: Any) -> str:

@@ -374,3 +374,22 @@ def test_real_adapter_round_trip_gives_identical_scores(hub_server, tmp_path, ti
         scores.append(task_scores(loaded, histories, island.catalogue))
     assert torch.equal(scores[0], scores[1])
     assert torch.allclose(scores[0], task_scores(task, histories, island.catalogue), atol=1e-5)
+
+
+def test_adapter_card_shows_lineage_and_merge_provenance():
+    refreshed = adapter_card({
+        "region": "de", "method": "lora", "lineage": {
+            "parent": {"name": "de-v1", "region": "de", "trained_at": "2026-11-01T00:00:00Z",
+                       "weights_sha256": "ab" * 32, "path": "../de-v1"},
+            "generation": 2, "data_period": {"start": "2026-11-01", "end": "2026-11-30"},
+            "interactions": 1234, "kept_items": 50, "new_items": 7,
+            "metrics_before": {"ndcg@10": 0.21}, "metrics_after": {"ndcg@10": 0.25}}})
+    for text in ("## Lineage", "`de-v1`", "| Generation | 2 |", "1234 interactions, 2026-11-01",
+                 "50 kept, 7 new", "0.2100 before, 0.2500 after"):
+        assert text in refreshed.text, text
+    merged = adapter_card({"region": "fr", "method": "lora", "merged_from": [
+        {"region": "de", "weight": 0.75, "path": "de", "method": "lora"},
+        {"region": "it", "weight": 0.25, "path": "it", "method": "lora"}]})
+    assert "## Merged from" in merged.text and "| `de` | 0.7500 (`de`, lora) |" in merged.text
+    plain = adapter_card({"region": "de", "method": "lora"})
+    assert "## Lineage" not in plain.text and "## Merged from" not in plain.text
