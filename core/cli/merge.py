@@ -78,6 +78,11 @@ def merge(out: Path = typer.Option(..., "--out", help="Directory for the merged 
           item_rank: int = typer.Option(None, "--item-rank", min=1, help="Project the merged "
                                         "item deltas to this rank (truncated SVD; default: "
                                         "exact, the sum of the sources' ranks)."),
+          new_items: str = typer.Option("zero", "--new-items", help="Embedding of items "
+                                        "new to every source and to the backbone: zero (they "
+                                        "add nothing to a history; scored by the lowest "
+                                        "source bias) or mean (the backbone's mean item "
+                                        "embedding)."),
           weights_dtype: str = typer.Option("auto", "--weights-dtype", help="auto (float16 "
                                             "for adapters, float32 for full), float32, "
                                             "float16 or bfloat16."),
@@ -87,8 +92,8 @@ def merge(out: Path = typer.Option(..., "--out", help="Directory for the merged 
 
     LoRA: the exact weighted sum of the deltas (AdaLoRA: of its LoRA exports, saved as LoRA);
     IA3, bottleneck, full: the weighted average of the tensors. Item side: per item, the
-    weighted average over the sources that hold it; items in none keep the backbone's row, or
-    get its mean item embedding and the lowest source bias when the backbone lacks them.
+    weighted average over the sources that hold it; items in none keep the backbone's row, or,
+    new to the backbone too, get the lowest source bias (see --new-items).
     """
     from regiontune.adapters.merge import merge_adapters, read_catalogue
 
@@ -106,7 +111,7 @@ def merge(out: Path = typer.Option(..., "--out", help="Directory for the merged 
     paths = resolve(names, adapter_root, adapter)
     rule = "overlap" if weights else [1.0 if w is None else w for w in given]
     meta = merge_adapters(paths, rule, backbone, out, region=region, catalogue=items,
-                          item_rank=item_rank, dtype=weights_dtype)
+                          item_rank=item_rank, new_items=new_items, dtype=weights_dtype)
     info = meta["merge"]
     typer.echo("sources: " + ", ".join(f"{m['region']} {m['weight']:.3f}"
                                        for m in meta["merged_from"]))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from peft.tuners.lora import LoraLayer
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from regiontune.adapters import METHODS, AdapterFolder, get_method, load_adapter, save_adapter
 from regiontune.adapters.base import MethodDefaults
@@ -145,12 +145,14 @@ def region_rows(task) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
             {i: float(bias[k]) for k, i in enumerate(cat)})
 
 
+@pytest.mark.parametrize("new_items", ["zero", "mean"])
 def test_item_side_is_the_per_item_weighted_average(lora_pair, tiny_backbone_dir, tiny_regions,
-                                                    tmp_path):
+                                                    tmp_path, new_items):
     _, west, delta = lora_pair
     target = tiny_regions["island"].catalogue
-    merge_adapters([west, delta], [1.0, 3.0], tiny_backbone_dir, tmp_path / "m",
-                   catalogue=target, dtype="float32")
+    meta = merge_adapters([west, delta], [1.0, 3.0], tiny_backbone_dir, tmp_path / "m",
+                          catalogue=target, dtype="float32", new_items=new_items)
+    assert meta["item_rank"] == 3 + 5 + (new_items == "mean")
     rows, bias = region_rows(load(tmp_path / "m", tiny_backbone_dir))
     w_rows, w_bias = region_rows(load(west, tiny_backbone_dir))
     d_rows, d_bias = region_rows(load(delta, tiny_backbone_dir))
@@ -170,11 +172,35 @@ def test_item_side_is_the_per_item_weighted_average(lora_pair, tiny_backbone_dir
             col = vocab.index[item]
             want, want_bias, kind = base_table[col], float(base_bias[col]), "backbone"
         else:
-            want, want_bias, kind = base_table.mean(0), lowest, "fallback"
+            want = base_table.mean(0) if new_items == "mean" else torch.zeros_like(want)
+            want_bias, kind = lowest, "fallback"
         seen[kind] += 1
         torch.testing.assert_close(rows[item], want.detach(), atol=1e-5, rtol=1e-4)
         assert bias[item] == pytest.approx(want_bias, abs=1e-5)
     assert seen["fallback"] and seen["one"] + seen["both"]  # island has region-only items
+
+
+def test_rows_a_source_never_trained_do_not_count(lora_pair, tiny_backbone_dir, tmp_path):
+    """Items a source's data never showed keep their initial row plus the unseen-items
+    offset, a level for that region alone: the source does not hold them."""
+    _, west, delta = lora_pair
+    edited = renamed_copy(delta, tmp_path / "delta2", "delta2")
+    write_json(edited / "region.json", {**read_json(edited / "region.json"),
+                                        "unseen_offset": 7.25})
+    tensors = load_file(str(edited / WEIGHTS))
+    tensors[ITEM_PREFIX + "lowrank_a"][:4] = 0
+    tensors[ITEM_PREFIX + "bias"][:4] = 7.25
+    save_file(tensors, str(edited / WEIGHTS), metadata={"format": "pt"})
+    untrained = read_json(edited / "region.json")["catalogue"][:4]
+    meta = merge_adapters([west, edited], [1, 1], tiny_backbone_dir, tmp_path / "m",
+                          catalogue=untrained, dtype="float32")
+    assert meta["merge"]["source_rows_untrained"] == 4
+    rows, bias = region_rows(load(tmp_path / "m", tiny_backbone_dir))
+    w_rows, w_bias = region_rows(load(west, tiny_backbone_dir))
+    for item in untrained:  # west's row where west holds it, else never the +7.25 level
+        assert bias[item] < 7
+        if item in w_rows:
+            assert bias[item] == pytest.approx(w_bias[item], abs=1e-5)
 
 
 def test_item_rank_projects_the_merged_deltas(lora_pair, tiny_backbone_dir, tmp_path):
@@ -262,6 +288,8 @@ def test_bad_merges_are_clear_errors_and_write_nothing(lora_pair, tiny_backbone_
     with pytest.raises(ValueError, match="named twice"):
         merge_adapters([west, renamed_copy(west, tmp_path / "w2", "west")], [1, 1],
                        tiny_backbone_dir, out)
+    with pytest.raises(ValueError, match="new_items"):
+        merge_adapters([west, delta], [1, 1], tiny_backbone_dir, out, new_items="median")
     with pytest.raises(ValueError, match="region name"):
         merge_adapters([west, delta], [1, 1], tiny_backbone_dir, out, region="a b/c")
     foreign = renamed_copy(delta, tmp_path / "foreign", "delta")

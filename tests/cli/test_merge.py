@@ -52,14 +52,16 @@ def test_merge_from_a_root_with_overlap_weights_and_a_catalogue(backbone, root, 
     out = tmp_path / "m"
     ok(invoke("merge", "--out", out, "--from", "island", "--from", "delta", "--backbone",
               backbone[0], "--adapter-root", root, "--weights", "overlap", "--catalogue",
-              tmp_path / "items.txt", "--region", "target-1", "--item-rank", "2"))
+              tmp_path / "items.txt", "--region", "target-1", "--item-rank", "2",
+              "--new-items", "mean"))
     meta = read_json(out / "region.json")
     assert meta["region"] == "target-1" and meta["catalogue"] == target
     raw = [len(set(target) & set(c)) / len(target) for c in (island, delta)]
     assert [m["weight"] for m in meta["merged_from"]] == pytest.approx(
         [w / sum(raw) for w in raw])
     assert meta["merge"]["weights"] == "overlap" and meta["item_rank"] == 2
-    assert meta["merge"]["items_fallback"] == 1 and "brand-new-item" in meta["new_items"]
+    assert meta["merge"]["new_item_embedding"] == "mean"
+    assert meta["merge"]["items_fallback"] >= 1 and "brand-new-item" in meta["new_items"]
 
 
 def test_equal_weights_by_default(backbone, root, tmp_path):
