@@ -13,7 +13,12 @@ from regiontune.cli.common import (
     DataDirOpt,
     DataOpt,
     FileOpt,
+    NegativesFromOpt,
+    NegativesOpt,
+    ProtocolOpt,
+    SepOpt,
     SetOpt,
+    TimeFormatOpt,
     VerboseOpt,
     app,
     backbone_data,
@@ -45,7 +50,10 @@ def pretrain(out: Path = typer.Option(..., "--out", help="Backbone directory to 
              regions: str = typer.Option(None, "--regions", help="Comma-separated regions to "
                                          "pretrain on (default: all)."),
              data: str = DataOpt, data_dir: Path = DataDirOpt, file: list[str] = FileOpt,
-             columns: list[str] = ColumnsOpt, arch: str = typer.Option(None, "--arch",
+             columns: list[str] = ColumnsOpt, sep: str = SepOpt,
+             time_format: str = TimeFormatOpt, protocol: str = ProtocolOpt,
+             negatives: int = NegativesOpt, negatives_from: str = NegativesFromOpt,
+             arch: str = typer.Option(None, "--arch",
              help="Backbone family: llama, gpt2 (causal) or bert (bidirectional)."),
              epochs: int = typer.Option(None, "--epochs", help="Maximum epochs."),
              resume: bool = typer.Option(False, "--resume", help="Continue from the last "
@@ -66,7 +74,9 @@ def pretrain(out: Path = typer.Option(..., "--out", help="Backbone directory to 
     from regiontune.training.pretrain import pretrain as run
 
     cfg = load_configs(config, set_)
-    data_cfg = data_config(cfg["data"], data, data_dir, file, columns, regions)
+    data_cfg = data_config(cfg["data"], data, data_dir, file, columns, regions, sep=sep,
+                           time_format=time_format, protocol=protocol, negatives=negatives,
+                           negatives_from=negatives_from)
     if arch:
         cfg["model"].arch = arch
     if epochs:
@@ -110,13 +120,18 @@ def adapt(backbone: Path = typer.Option(..., "--backbone", help="Backbone direct
                                             " float16 or bfloat16. Half precision halves the "
                                             "file and doubles the auto item rank."),
           data: str = DataOpt, data_dir: Path = DataDirOpt, file: list[str] = FileOpt,
-          columns: list[str] = ColumnsOpt,
+          columns: list[str] = ColumnsOpt, sep: str = SepOpt,
+          time_format: str = TimeFormatOpt, protocol: str = ProtocolOpt,
+          negatives: int = NegativesOpt, negatives_from: str = NegativesFromOpt,
           epochs: int = typer.Option(None, "--epochs", help="Maximum epochs."),
           resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run."),
           config: Path = ConfigOpt, set_: list[str] = SetOpt, verbose: bool = VerboseOpt) -> None:
     """Train a region's adapter on the frozen backbone and save it (PEFT layout)."""
     from regiontune.training.adapt import adapt as run
     from regiontune.training.adapt import parent_method
+
+    data_options = {"sep": sep, "time_format": time_format, "protocol": protocol,
+                    "negatives": negatives, "negatives_from": negatives_from}
 
     if init_from is not None:
         if method == SCRATCH:
@@ -136,10 +151,10 @@ def adapt(backbone: Path = typer.Option(..., "--backbone", help="Backbone direct
             raise ValueError("--method scratch trains a whole model: --option, --item-rank "
                              "and --weights-dtype do not apply")
         scratch(backbone, region, out, fraction, data, data_dir, file, columns, epochs, resume,
-                config, set_)
+                config, set_, data_options)
         return
     cfg = load_configs(config, set_, defaults={"train": {"lr": ADAPT_LR}})
-    data_cfg = data_config(cfg["data"], data, data_dir, file, columns, None)
+    data_cfg = data_config(cfg["data"], data, data_dir, file, columns, None, **data_options)
     if not (data or file or config):
         data_cfg = backbone_data(backbone, data_cfg)
     adapt_cfg = cfg["adapt"]
@@ -172,7 +187,8 @@ SCRATCH = "scratch"  # not an adapter method: a whole model, the comparison an a
 
 def scratch(backbone: Path, region: str, out: Path, fraction: float, data: str | None,
             data_dir: Path | None, file: list[str], columns: list[str], epochs: int | None,
-            resume: bool, config: Path | None, set_: list[str]) -> dict:
+            resume: bool, config: Path | None, set_: list[str],
+            data_options: dict | None = None) -> dict:
     """``adapt --method scratch``: the backbone's architecture (its saved model settings, then
     --config and --set) trained from random weights on ``region`` alone, on ``fraction`` of its
     users; written as a backbone directory, so ``evaluate --model`` reads it like the backbone.
@@ -186,7 +202,8 @@ def scratch(backbone: Path, region: str, out: Path, fraction: float, data: str |
     if not model:
         raise ValueError(f"{backbone}: the metadata records no model settings to copy")
     cfg = load_configs(config, set_, defaults={"model": model})
-    data_cfg = data_config(cfg["data"], data, data_dir, file, columns, None)
+    data_cfg = data_config(cfg["data"], data, data_dir, file, columns, None,
+                           **(data_options or {}))
     if not (data or file or config):
         data_cfg = backbone_data(backbone, data_cfg)
     data_cfg.regions = [region]

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from regiontune.data.recipes import synthetic_frame
-from tests.cli.helpers import RANKED, fails, invoke, ok
+from tests.cli.helpers import RANKED, TINY, fails, invoke, ok
 
 COLUMNS = ["--columns", "user=userId", "--columns", "item=itemId",
            "--columns", "timestamp=date"]
@@ -117,3 +117,25 @@ def test_compare_on_a_file_with_the_sampled_protocol(workdir, backbone, harbor, 
     kinds = [row["kind"] for row in report["rows"]]
     assert len(kinds) == 5 and report["test_users"] > 0  # backbone, adapter, 3 baselines
     assert all(row["users"] == report["test_users"] for row in report["rows"])
+
+
+def test_pretrain_and_adapt_take_the_same_data_options(workdir):
+    """A semicolon-separated file with day/month/year dates: --sep and --time-format reach
+    pretrain and adapt as they reach evaluate."""
+    iso = _write(workdir / "harbor-iso.txt", "island", delimiter=";")
+    lines = iso.read_text().splitlines()
+    dated = [lines[0]] + [";".join([*f.split(";")[:3], "/".join(f.split(";")[3].split("-")[::-1])])
+                          for f in lines[1:]]
+    path = workdir / "harbor-dmy.txt"
+    path.write_text("\n".join(dated) + "\n")
+    assert dated[1].endswith("/07/2016")
+    out = workdir / "bb-dmy"
+    ok(invoke("pretrain", "--out", out, "--file", f"harbor={path}", *COLUMNS, "--sep", ";",
+              "--time-format", "%d/%m/%Y", *TINY))
+    text = ok(invoke("adapt", "--backbone", out, "--region", "harbor", "--out",
+                     workdir / "ad-dmy", "--file", f"harbor={path}", *COLUMNS, "--sep", ";",
+                     "--time-format", "%d/%m/%Y", "--epochs", "1",
+                     "--set", "train.progress=false"))
+    assert "written to" in text
+    fails(invoke("pretrain", "--out", workdir / "bb-bad", "--file", f"harbor={path}", *COLUMNS,
+                 "--sep", ";", *TINY), "2016")  # dates unreadable without the format
