@@ -216,7 +216,11 @@ def to_markdown(results: dict) -> str:
         row.append(f"{sum(among) / len(among):.4f}" if among else "–")
         row.append(len({r['seed'] for r in records if r['method'] == m}))
         rows.append(row)
-    lines += ["Mean ± standard deviation over seeds " + ", ".join(map(str, seeds)) + ".", "",
+    lines += ["Mean ± standard deviation over seeds " + ", ".join(map(str, seeds)) + ". Full "
+              "ranking over the 1,682 items, seen excluded; *cold*: test cases whose target is "
+              "a held-out item (110-151 per seed), *cold among cold*: those targets ranked among "
+              "the held-out items alone (id-only and popularity give all of them one score: "
+              "ties count against the target, so 0).", "",
               *table(header, rows), ""]
     per_seed = [[r["seed"], r["method"], r["items"], f"{r['ndcg@10']:.4f}", r["users"],
                  f"{r['holdout_' + r['items'] + '_ndcg@10']:.4f}",
