@@ -23,10 +23,11 @@
   default (``new_items="zero"``), a zero embedding: in a history it then adds nothing (the
   bare backbone skips items it does not know), as a candidate it is scored by that cautious
   bias alone. ``new_items="mean"`` gives it the backbone's mean item embedding instead (one
-  more low-rank column whose ``B`` row is that mean). Measured on WSDM t1 (new-region
-  backbone, s1's LoRA merged alone onto t1's catalogue, 439 such items): NDCG@10 0.453 with
-  zero rows against 0.417 with the mean -- a history item read as "the average item" blurs
-  the user -- so zero is the default.
+  more low-rank column whose ``B`` row is that mean). Measured on WSDM (new-region
+  backbone, LoRA of s1, s2, s3 merged with equal weights onto the target's catalogue,
+  ``benchmarks/results/merge.md``): NDCG@10 t1 0.475 with zero rows against 0.441 with the
+  mean, t2 0.252 against 0.215 -- a history item read as "the average item" blurs the
+  user -- so zero is the default.
 
 ``weights="overlap"`` derives the weights from a given catalogue: each source's weight is the
 share of that catalogue its own catalogue holds (``|source ∩ target| / |target|``), then
@@ -293,6 +294,10 @@ def merge_adapters(paths: Sequence[str | Path], weights: Sequence[float] | str,
     region = region or Path(out).name
     if not REGION_NAME.fullmatch(region):
         raise ValueError(f"region name {region!r}: use 1-64 letters, digits, '_', '.' or '-'")
+    if catalogue is not None:
+        catalogue = list(dict.fromkeys(catalogue))
+        if not catalogue:
+            raise ValueError("the given catalogue is empty")
     backbone, vocab, bmeta = load_backbone(backbone_dir)
     fingerprint = bmeta["fingerprint"]
     folders = [AdapterFolder.read(p, fingerprint) for p in paths]
