@@ -69,8 +69,9 @@ REGION_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # the names the server accept
 
 # ---------------------------------------------------------------- finding the sources
 
-def find_adapters(root: str | Path) -> dict[str, Path]:
-    """Region -> adapter folder for every adapter directly under ``root`` (metadata only)."""
+def find_adapters(root: str | Path) -> dict[str, list[Path]]:
+    """Region -> the adapter folders directly under ``root`` that claim it (metadata only;
+    a caller that needs one folder per region refuses a region claimed twice)."""
     root = Path(root)
     if not root.is_dir():
         raise ArtifactError(f"{root}: no such adapter root directory")
@@ -79,13 +80,7 @@ def find_adapters(root: str | Path) -> dict[str, Path]:
         region = read_json(path / ADAPTER_META, "region metadata").get("region")
         if isinstance(region, str):
             found.setdefault(region, []).append(path)
-    clashes = {r: ps for r, ps in found.items() if len(ps) > 1}
-    if clashes:
-        raise ValueError("several adapters under " + str(root) + " claim one region: "
-                         + "; ".join(f"{r}: {', '.join(p.name for p in ps)}"
-                                     for r, ps in sorted(clashes.items()))
-                         + "; name the folders with --adapter instead")
-    return {r: ps[0] for r, ps in found.items()}
+    return found
 
 
 def read_catalogue(path: str | Path) -> list[str]:

@@ -33,8 +33,8 @@ def resolve(regions: list[str], roots: list[Path], dirs: list[Path]) -> list[Pat
         raise ValueError("say where the adapters are: --adapter-root ROOT or --adapter DIR")
     found: dict[str, set[Path]] = {}
     for root in roots:
-        for region, path in find_adapters(root).items():
-            found.setdefault(region, set()).add(path.resolve())
+        for region, claimants in find_adapters(root).items():
+            found.setdefault(region, set()).update(p.resolve() for p in claimants)
     for directory in dirs:
         region = read_json(directory / ADAPTER_META, "region metadata (not an adapter?)"
                            ).get("region")
@@ -48,7 +48,8 @@ def resolve(regions: list[str], roots: list[Path], dirs: list[Path]) -> list[Pat
     clashes = {r: found[r] for r in regions if len(found[r]) > 1}
     if clashes:
         raise ValueError("several adapters claim one region: " + "; ".join(
-            f"{r}: {', '.join(sorted(map(str, ps)))}" for r, ps in clashes.items()))
+            f"{r}: {', '.join(sorted(map(str, ps)))}" for r, ps in clashes.items())
+            + "; name the one to use with --adapter DIR")
     return [next(iter(found[r])) for r in regions]
 
 

@@ -305,11 +305,12 @@ def test_bad_merges_are_clear_errors_and_write_nothing(lora_pair, tiny_backbone_
 
 def test_find_adapters_and_catalogue_file(lora_pair, tmp_path):
     root, west, delta = lora_pair
-    assert find_adapters(root) == {"west": west, "delta": delta}
+    assert find_adapters(root) == {"west": [west], "delta": [delta]}
     renamed_copy(west, tmp_path / "a", "x")
     renamed_copy(delta, tmp_path / "b", "x")
-    with pytest.raises(ValueError, match="claim one region"):
-        find_adapters(tmp_path)
+    assert find_adapters(tmp_path) == {"x": [tmp_path / "a", tmp_path / "b"]}
+    with pytest.raises(ArtifactError, match="no such adapter root"):
+        find_adapters(tmp_path / "nowhere")
     path = tmp_path / "cat.txt"
     path.write_text("i1\n\n i2 \ni1\n")
     assert read_catalogue(path) == ["i1", "i2"]

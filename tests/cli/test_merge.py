@@ -95,4 +95,8 @@ def test_bad_merges_fail_clearly_and_write_nothing(backbone, root, tmp_path):
         fails(invoke(*base, *args), *fragments)
     fails(invoke("merge", "--out", out, "--backbone", backbone[0], "--from", "island"),
           "--adapter-root ROOT or --adapter DIR")
+    twice = tmp_path / "twice"
+    shutil.copytree(root / "island", twice)
+    fails(invoke(*base, "--from", "island", "--from", "delta", "--adapter", twice),
+          "several adapters claim one region", "island")
     assert not out.exists()
