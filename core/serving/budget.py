@@ -88,18 +88,23 @@ class AdapterBudget:
               evictable: bool = False) -> RegionEntry | None:
         raise NotImplementedError
 
-    def _over_budget(self) -> bool:
-        return ((self.max_loaded is not None and len(self._snapshot) > self.max_loaded)
-                or (self.memory_budget is not None and self._bytes > self.memory_budget))
+    def _over_budget(self, count: int = 0, size: int = 0) -> bool:
+        """The budget would not hold with ``count`` more regions of ``size`` more bytes."""
+        return ((self.max_loaded is not None and len(self._snapshot) + count > self.max_loaded)
+                or (self.memory_budget is not None
+                    and self._bytes + size > self.memory_budget))
 
-    def _evict(self, keep: str | None = None) -> int:
-        """Unload least recently used evictable regions until the budget holds (call under the
-        load lock). Regions no request uses go first; one in use is retired, and deleted when
-        its last request ends."""
+    def _evict(self, keep: str | None = None, incoming: RegionEntry | None = None) -> int:
+        """Unload least recently used evictable regions until the budget holds -- with room
+        for ``incoming`` (a new region about to be published) when given, so the number of
+        loaded regions never passes the budget, not even for a moment (call under the load
+        lock). Regions no request uses go first; one in use is retired, and deleted when its
+        last request ends."""
+        count, size = (1, entry_bytes(incoming)) if incoming is not None else (0, 0)
         evicted = 0
         while True:
             with self._state_lock:
-                if not self._over_budget():
+                if not self._over_budget(count, size):
                     break
                 order = [r for r in self._lru if r != keep]
                 idle = [r for r in order if not self._in_flight[self._snapshot[r]]]
@@ -178,6 +183,7 @@ class AdapterBudget:
             record[0].set_exception(err)
             raise
         with self._load_lock:
+            self._evict(keep=region, incoming=entry)  # room first: the budget never passes
             with self._lazy_lock:
                 del self._loading[region]
                 self._swap(region, entry, hold=record[1] + int(hold), evictable=True)

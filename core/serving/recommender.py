@@ -155,6 +155,8 @@ class Recommender(AdapterBudget):
         check_region(region)
         entry = self._build(region, path_or_hub_id)
         with self._load_lock:  # the swap alone
+            if region not in self._snapshot:  # a new region: make room before publishing
+                self._evict(keep=region, incoming=entry)
             old = self._swap(region, entry)
             self._evict(keep=region)
         trim_heap()

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from regiontune.serving.app import create_app, docs_assets
 from regiontune.serving.recommender import Recommender
 from regiontune.serving.schemas import ReadyResponse, RegionInfo
-from tests.serving.test_app import TOKEN, dirs, wait_ready  # noqa: F401 - dirs is a fixture
+from tests.serving.helpers import TOKEN, wait_ready
 
 READ = "r3ad-only-token"
 ADMIN_AUTH = {"Authorization": f"Bearer {TOKEN}"}
