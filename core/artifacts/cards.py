@@ -214,7 +214,7 @@ def adapter_card(meta: dict[str, Any]) -> ModelCard:
     catalogue, new_items = meta.get("catalogue"), meta.get("new_items")
     items = f"{len(catalogue):,} items" if isinstance(catalogue, (list, dict)) else None
     if items and isinstance(new_items, (list, dict)):
-        items += f" ({len(new_items):,} new to this region)"
+        items += f" ({len(new_items):,} unknown to the backbone)"
     backbone = meta.get("backbone_repo") or "a regiontune backbone"
     seconds = meta.get("train_seconds")
     facts = [

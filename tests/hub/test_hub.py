@@ -242,7 +242,7 @@ def test_cards(tmp_path):
     assert card.data.tags == ["recommendation", "region-adapter", "lora", "regiontune"]
     for text in ("region `de`", "0.6100", "leave-one-out", "regiontune recommend",
                  "from regiontune.adapters import load_adapter", "PeftModel.from_pretrained",
-                 "3 items (1 new", "sha256:aaa"):
+                 "3 items (1 unknown to the backbone)", "sha256:aaa"):
         assert text in card.text, text
     assert "i1" not in card.text  # the catalogue's size only
     bare = adapter_card({})  # every key may be missing
