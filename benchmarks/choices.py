@@ -49,6 +49,14 @@ VARIANTS = {
     "lora-distill0.5-lr3e-3": ("lora", {"distill": 0.5}, {"lr": 0.003}),
     "lora-lr3e-3-minsteps20": ("lora", {}, {"lr": 0.003, "min_epoch_steps": 20}),
     "lora-nocalib": ("lora", {"calibrate_unseen": False}, {}),
+    # the schedule grid of issue 15 (lr x maximum epochs; patience 5 as the default)
+    "lora-lr1e-3-e30": ("lora", {}, {"lr": 0.001, "epochs": 30}),
+    "lora-lr1e-3-e100": ("lora", {}, {"lr": 0.001, "epochs": 100}),
+    "lora-lr5e-3-e30": ("lora", {}, {"lr": 0.005, "epochs": 30}),
+    "lora-lr5e-3-e100": ("lora", {}, {"lr": 0.005, "epochs": 100}),
+    "lora-minsteps8": ("lora", {}, {"min_epoch_steps": 8}),
+    "lora-bs64": ("lora", {}, {"batch_size": 64}),
+    "lora-bs128": ("lora", {}, {"batch_size": 128}),
     "full": ("full", {}, {}),
     "full-distill0.5": ("full", {"distill": 0.5}, {}),
 }
@@ -109,9 +117,10 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"comma-separated, of: {', '.join(VARIANTS)}")
     parser.add_argument("--setting", default="new-region")
     add_grid_options(parser, regions="t1", seeds="0", fractions="1.0")
+    parser.add_argument("--out", type=Path, default=OUT, help="results JSON (default: %(default)s)")
     args = parser.parse_args(argv)
     configure_logging()
-    run(args.variants, args.setting, args.regions, args.fractions, args.seeds)
+    run(args.variants, args.setting, args.regions, args.fractions, args.seeds, args.out)
 
 
 if __name__ == "__main__":
