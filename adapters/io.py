@@ -18,6 +18,7 @@ from regiontune.model.vocab import ItemVocab
 
 from .base import get_method
 from .folder import WEIGHTS, AdapterFolder, write_files
+from .item_item import attach_item_item
 from .item_side import ItemSide
 from .region_task import RegionTask
 
@@ -70,7 +71,9 @@ def save_adapter(task: RegionTask, method_name: str, adapter_name: str, meta: di
                 "weights_dtype": str(torch_dtype).removeprefix("torch."),
                 "adapter_bytes": (tmp / WEIGHTS).stat().st_size,
                 "catalogue": task.item_side.catalogue, "new_items": task.item_side.new_items,
-                "item_rank": task.item_side.rank, "item_bias": task.item_side.has_bias, **extra}
+                "item_rank": task.item_side.rank, "item_bias": task.item_side.has_bias,
+                **({"cf_rank": task.item_item.rank} if task.item_item is not None else {}),
+                **extra}
         write_json(tmp / ADAPTER_META, meta)
         write_card(tmp, meta, "adapter")
     logger.info("adapter saved to %s", directory)
@@ -82,6 +85,7 @@ def build_item_side(folder: AdapterFolder, vocab: ItemVocab, hidden_size: int) -
     meta = folder.meta
     item_side = ItemSide(meta["catalogue"], vocab, hidden_size, int(meta.get("item_rank", 0)),
                          bool(meta.get("item_bias", True)))
+    attach_item_item(item_side, int(meta.get("cf_rank", 0)))
     item_side.load(folder.tensors)
     for p in item_side.parameters():
         p.requires_grad_(False)

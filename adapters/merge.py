@@ -296,6 +296,10 @@ def merge_adapters(paths: Sequence[str | Path], weights: Sequence[float] | str,
     backbone, vocab, bmeta = load_backbone(backbone_dir)
     fingerprint = bmeta["fingerprint"]
     folders = [AdapterFolder.read(p, fingerprint) for p in paths]
+    with_cf = [f.path.name for f in folders if int(f.meta.get("cf_rank", 0) or 0) > 0]
+    if with_cf:
+        raise ValueError(f"adapters with cf_rank > 0 (an item-item part) cannot be merged yet: "
+                         f"{', '.join(with_cf)}")
     methods = {f.trained_method for f in folders}
     if len(methods) > 1:
         listed = ", ".join(f"{f.path.name} ({f.trained_method})" for f in folders)

@@ -138,6 +138,10 @@ class AdaptConfig:
     # the starting point (the un-adapted backbone) competes with every epoch on the hold-out:
     # an adapter never ends below the backbone it adapts
     start_as_candidate: bool = True
+    # rank of the optional item-item (EASE-like) part (adapters/item_item.py): P, Q over the
+    # catalogue, initialised from EASE fitted on the region's training data, trained with the
+    # adapter; 0 turns it off. Not served yet (the server refuses such adapters).
+    cf_rank: int = 0
 
 
 def _coerce(value: str, target_type: Any) -> Any:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import logging
 import math
 import os
@@ -32,11 +33,13 @@ from regiontune.adapters import (
 )
 from regiontune.adapters.folder import WEIGHTS, AdapterFolder
 from regiontune.adapters.io import build_item_side, round_trainable, weights_dtype
+from regiontune.adapters.item_item import attach_item_item
 from regiontune.adapters.item_side import PREFIX
 from regiontune.artifacts import ADAPTER_META, BACKBONE_META, ArtifactError
 from regiontune.config import AdaptConfig, DataConfig, TrainConfig, to_dict
 from regiontune.data.recipes import load_data
-from regiontune.data.splits import RegionData, subsample_users
+from regiontune.data.splits import EvalCase, RegionData, subsample_users
+from regiontune.evaluation.baselines import tune_ease
 from regiontune.evaluation.evaluate import evaluate_task
 from regiontune.model.backbone import load_backbone
 from regiontune.model.recmodel import RecModel
@@ -66,7 +69,36 @@ def build_region_task(backbone: RecModel, vocab: ItemVocab, catalogue: list[str]
                               len(catalogue), adapt_cfg)
     item_side = ItemSide(catalogue, vocab, backbone.config.hidden_size, rank,
                          adapt_cfg.item_bias, scale=scale)
+    attach_item_item(item_side, adapt_cfg.cf_rank)  # zeros until init_item_item
     return RegionTask(body, base, item_side, num_negatives)
+
+
+_EASE_CACHE: dict[str, tuple[torch.Tensor, float, float]] = {}  # the last EASE fitted
+
+
+def ease_weights(train: dict[str, list[str]], catalogue: list[str], holdout: list[EvalCase]
+                 ) -> tuple[torch.Tensor, float, float]:
+    """EASE's ``B`` over ``catalogue`` fitted on ``train`` (lambda tuned on ``holdout``), the
+    lambda and EASE's NDCG@10 on ``holdout``. The last fit is kept: variants trained on the
+    same data reuse it."""
+    text = json.dumps([catalogue, sorted(train.items()),
+                       [(c.user, c.target, c.history) for c in holdout]])
+    key = hashlib.sha256(text.encode()).hexdigest()
+    if key not in _EASE_CACHE:
+        _EASE_CACHE.clear()
+        model, lam, ndcg = tune_ease(train, catalogue, holdout)
+        _EASE_CACHE[key] = (torch.from_numpy(model.b), lam, ndcg[lam])
+    return _EASE_CACHE[key]
+
+
+def init_item_item(task: RegionTask, data: RegionData) -> dict[str, Any]:
+    """The item-item part (``cf_rank > 0``) from the truncated SVD of EASE fitted on the
+    region's training histories, lambda tuned on the early-stopping hold-out."""
+    b, lam, ndcg = ease_weights(data.train, task.item_side.catalogue, data.valid[:VALID_CASES])
+    task.item_item.init_from(b)
+    logger.info("item-item part: rank %d from EASE (lambda %s, hold-out ndcg@10 %.4f)",
+                task.item_item.rank, lam, ndcg)
+    return {"cf_rank": task.item_item.rank, "cf_lambda": lam, "cf_ease_holdout_ndcg@10": ndcg}
 
 
 def auto_item_rank(backbone: RecModel, body, n_items: int, adapt_cfg: AdaptConfig) -> int:
@@ -210,6 +242,9 @@ def train_region(backbone: RecModel, vocab: ItemVocab, data: RegionData, adapt_c
     in the training softmax, and only items neither the parent nor the new data has seen are
     calibrated as unseen.
     """
+    if parent is not None and (adapt_cfg.cf_rank > 0 or parent.meta.get("cf_rank", 0)):
+        raise ValueError("an adapter with an item-item part (cf_rank > 0) cannot be refreshed "
+                         "yet: train a new adapter instead")
     if parent is not None and adapt_cfg.method != parent.trained_method:
         raise ValueError(f"method {adapt_cfg.method!r} differs from the parent adapter's "
                          f"{parent.trained_method!r}: a refresh continues the parent's method")
@@ -235,9 +270,12 @@ def train_region(backbone: RecModel, vocab: ItemVocab, data: RegionData, adapt_c
         task.restrict_negatives(trained_items(known))
     started = time.perf_counter()  # the teacher's fitting counts as training time
     distilled = {}
+    if task.item_item is not None:
+        distilled = init_item_item(task, data)
     if adapt_cfg.distill > 0:
-        task.teacher, distilled = fit_teacher(data.train, task.item_side.catalogue,
+        task.teacher, more = fit_teacher(data.train, task.item_side.catalogue,
                                               data.valid[:VALID_CASES], adapt_cfg.distill)
+        distilled = {**distilled, **more}
     sequences = region_sequences(task, data)
     method = get_method(adapt_cfg.method)
     result = fit(task, sequences,

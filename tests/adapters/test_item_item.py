@@ -1,0 +1,139 @@
+"""The optional item-item part of a region adapter (``AdaptConfig.cf_rank``, issue 13)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from regiontune.adapters import load_adapter, save_adapter
+from regiontune.adapters.item_item import ItemItem, _truncated_svd
+from regiontune.artifacts import ArtifactError
+from regiontune.config import AdaptConfig
+from regiontune.evaluation.evaluate import task_scores
+from regiontune.model.batching import read_users
+from regiontune.model.recmodel import N_SPECIAL
+from regiontune.training.adapt import build_region_task, ease_weights, train_region
+from tests.adapters.common import REGION, probe_histories
+from tests.conftest import TINY_TRAIN
+
+
+def _task(tiny_backbone, island, cf_rank: int):
+    backbone, vocab, _ = tiny_backbone
+    torch.manual_seed(0)
+    return build_region_task(backbone, vocab, island.catalogue,
+                             AdaptConfig(region=REGION, cf_rank=cf_rank))
+
+
+def test_cf_rank_0_scores_are_bit_identical(tiny_backbone_dir, island):
+    from regiontune.model.backbone import load_backbone
+
+    histories = probe_histories(island)
+    plain = _task(load_backbone(tiny_backbone_dir), island, 0)
+    assert plain.item_item is None
+    # the same adapter with the part attached but switched off by hand (P = 0): the
+    # transformer part of the scores is computed exactly as without it
+    scores = task_scores(plain, histories, island.catalogue)
+    # the scoring as it was before the part existed: embed with the region table, read the
+    # last position, dot with the table
+    plain.eval()
+    table, bias = plain.output_table()
+
+    def encode(tokens, mask):
+        specials = plain.backbone.item_emb.weight[:N_SPECIAL]
+        embeddings = F.embedding(tokens, torch.cat([specials, table]))
+        return plain.body(inputs_embeds=embeddings, attention_mask=mask).last_hidden_state[:, -1]
+
+    with torch.no_grad():
+        users = read_users(encode, [plain.vocab.encode(h) for h in histories], plain.max_len,
+                           plain.causal, plain.ordered, plain.set_orders)
+        before = (users @ table.T + bias)[:, plain.vocab.columns(island.catalogue)]
+    assert torch.equal(scores, before)
+    with_cf = _task(load_backbone(tiny_backbone_dir), island, 4)
+    with_cf.load_state_dict(plain.state_dict(), strict=False)
+    assert torch.equal(task_scores(with_cf, histories, island.catalogue), scores)
+
+
+def test_init_scores_are_transformer_plus_ease_svd(tiny_backbone_dir, island):
+    from regiontune.model.backbone import load_backbone
+
+    histories = [h for h in probe_histories(island) if h][:20]
+    plain = _task(load_backbone(tiny_backbone_dir), island, 0)
+    base = task_scores(plain, histories, island.catalogue)
+    rank = 8
+    task = _task(load_backbone(tiny_backbone_dir), island, rank)
+    task.load_state_dict(plain.state_dict(), strict=False)
+    b, lam, _ = ease_weights(island.train, island.catalogue, island.valid)
+    task.item_item.init_from(b)
+    # direct: sum over each history of the rank-r SVD of EASE's B
+    u, s, vh = torch.linalg.svd(b.float())
+    low = (u[:, :rank] * s[:rank]) @ vh[:rank]
+    index = {item: i for i, item in enumerate(island.catalogue)}
+    x = torch.zeros(len(histories), len(index))
+    for row, history in enumerate(histories):
+        x[row, sorted({index[i] for i in history})] = 1
+    expected = base + x @ low
+    got = task_scores(task, histories, island.catalogue)
+    assert any(len(set(h)) < len(h) for h in histories)  # repeats count once, as in EASE
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(got, base, atol=1e-3)
+
+
+def test_randomized_svd_matches_exact_on_a_large_matrix():
+    gen = torch.Generator().manual_seed(0)
+    n, rank = 2100, 16
+    left, right = torch.randn(n, rank, generator=gen), torch.randn(rank, n, generator=gen)
+    b = left @ right + 1e-3 * torch.randn(n, n, generator=gen)
+    u, s, v = _truncated_svd(b, rank)
+    assert torch.allclose((u * s) @ v.T, left @ right, atol=1e-2)
+
+
+def test_cloze_user_part_sums_the_visible_items():
+    part = ItemItem(3, 2)
+    with torch.no_grad():
+        part.p.copy_(torch.tensor([[1.0, 0], [0, 1], [1, 1]]))
+    tokens = torch.tensor([[0, 2, 1, 4, 2]])  # PAD, item 0, MASK, item 2, item 0 again
+    causal = part.users(tokens, causal=True)[0]
+    assert causal.tolist() == [[0, 0], [1, 0], [1, 0], [2, 1], [2, 1]]
+    cloze = part.users(tokens, causal=False)[0]
+    assert cloze.tolist() == [[2, 1]] * 5
+
+
+@pytest.fixture(scope="module")
+def trained_cf(tiny_backbone_dir, island, tmp_path_factory):
+    from regiontune.model.backbone import load_backbone
+
+    backbone, vocab, meta = load_backbone(tiny_backbone_dir)
+    cfg = AdaptConfig(region=REGION, cf_rank=4)
+    task, stats = train_region(backbone, vocab, island, cfg, replace(TINY_TRAIN, epochs=1))
+    out = tmp_path_factory.mktemp("cf") / "adapter"
+    saved = save_adapter(task, "lora", REGION, {"region": REGION,
+                                               "backbone_fingerprint": meta["fingerprint"]},
+                         out, cfg.weights_dtype)
+    return task, stats, saved, out
+
+
+def test_trains_saves_and_loads_identically(trained_cf, tiny_backbone_dir, island):
+    from regiontune.model.backbone import load_backbone
+
+    task, stats, saved, out = trained_cf
+    assert stats["cf_rank"] == 4 and stats["cf_lambda"] > 0
+    assert saved["cf_rank"] == 4
+    backbone, vocab, meta = load_backbone(tiny_backbone_dir)
+    loaded = load_adapter(out, backbone, vocab, meta["fingerprint"])
+    assert loaded.item_item is not None and loaded.item_item.rank == 4
+    histories = probe_histories(island)
+    assert torch.equal(task_scores(loaded, histories, island.catalogue),
+                       task_scores(task, histories, island.catalogue))
+
+
+def test_serving_refuses_with_a_clear_message(trained_cf, tiny_backbone_dir):
+    from regiontune.model.backbone import load_backbone
+    from regiontune.serving.entries import build_entry
+
+    *_, out = trained_cf
+    backbone, vocab, meta = load_backbone(tiny_backbone_dir)
+    with pytest.raises(ArtifactError, match="cf_rank > 0 .* not served yet"):
+        build_entry(REGION, out, backbone, vocab, meta["fingerprint"], {})
