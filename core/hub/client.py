@@ -12,6 +12,7 @@ logged, and every error message is scrubbed of them.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -48,7 +49,7 @@ from regiontune.artifacts import (
     refuse_pickles,
     write_json,
 )
-from regiontune.artifacts.cards import CARD_MARKER, write_card
+from regiontune.artifacts.cards import CARD_MARKER, public, write_card
 
 logger = logging.getLogger(__name__)
 
@@ -196,6 +197,30 @@ def _ensure_card(directory: Path, kind: str) -> None:
     write_card(directory, meta, kind)
 
 
+@contextlib.contextmanager
+def _publishable(directory: Path) -> Iterator[Path]:
+    """A view of ``directory`` to upload: its JSON files (``region.json``, ``regiontune.json``,
+    ``adapter_config.json``, ...) with every absolute path cut to its last component (a host's
+    paths never leave it), every other file linked (or copied) unchanged."""
+    with tempfile.TemporaryDirectory(prefix=".push-", dir=directory.parent) as tmp:
+        staged = Path(tmp) / directory.name
+        for src in sorted(directory.rglob("*")):
+            dest = staged / src.relative_to(directory)
+            if src.is_dir():
+                dest.mkdir(parents=True, exist_ok=True)
+                continue
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            data = read_json(src, src.name) if src.suffix == ".json" else None
+            if data is not None and public(data) != data:
+                dest.write_text(json.dumps(public(data), indent=2) + "\n")
+            else:  # unchanged, byte for byte
+                try:
+                    os.link(src, dest)
+                except OSError:  # another file system, or no hard links: copy
+                    shutil.copy2(src, dest)
+        yield staged
+
+
 def push(path: str | Path, repo_id: str, *, token: str | None = None,
          endpoint: str | None = None, private: bool = False, revision: str | None = None,
          commit_message: str | None = None) -> str:
@@ -221,8 +246,9 @@ def push(path: str | Path, repo_id: str, *, token: str | None = None,
         api.create_repo(repo_id, private=private, exist_ok=True)
         if revision and revision != "main":
             api.create_branch(repo_id, branch=revision, exist_ok=True)
-        info = api.upload_folder(repo_id=repo_id, folder_path=directory, revision=revision,
-                                 commit_message=message)
+        with _publishable(directory) as staged:
+            info = api.upload_folder(repo_id=repo_id, folder_path=staged, revision=revision,
+                                     commit_message=message)
     logger.info("pushed %s %s to %s/%s@%s (commit %s)", kind, directory, endpoint, repo_id,
                 revision or "main", info.oid)
     return info.oid

@@ -393,3 +393,21 @@ def test_adapter_card_shows_lineage_and_merge_provenance():
     assert "## Merged from" in merged.text and "| `de` | 0.7500 (`de`, lora) |" in merged.text
     plain = adapter_card({"region": "de", "method": "lora"})
     assert "## Lineage" not in plain.text and "## Merged from" not in plain.text
+
+
+def test_pushed_metadata_holds_no_absolute_paths(hub_server, tmp_path):
+    endpoint, token = hub_server
+    src = make_adapter(tmp_path / "src")
+    host = "/home/someone/secret-project/runs/backbone"
+    meta = json.loads((src / "region.json").read_text())
+    (src / "region.json").write_text(json.dumps({**meta, "backbone_path": host}))
+    config = json.loads((src / "adapter_config.json").read_text())
+    (src / "adapter_config.json").write_text(json.dumps({**config,
+                                                         "base_model_name_or_path": host}))
+    push(src, "acme/de-paths", token=token, endpoint=endpoint)
+    out = pull("acme/de-paths", tmp_path / "out", token=token, endpoint=endpoint)
+    for name in ("region.json", "adapter_config.json", "README.md"):
+        assert "/home/someone" not in (out / name).read_text(), name
+    assert json.loads((out / "region.json").read_text())["backbone_path"] == "backbone"
+    assert json.loads((src / "region.json").read_text())["backbone_path"] == host  # local kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]  # no staging left
