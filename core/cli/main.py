@@ -15,6 +15,7 @@ COMMAND_MODULES = ("train",     # pretrain, adapt
                    "evaluate",  # evaluate, recommend
                    "compare",   # compare
                    "merge",     # merge
+                   "grow",      # grow
                    "serve",     # serve
                    "hub",       # push, pull
                    "bench",     # bench

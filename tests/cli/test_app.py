@@ -17,8 +17,8 @@ from regiontune.cli.serve import serve
 from regiontune.hub.client import HubError
 from tests.cli.helpers import fails, invoke, ok
 
-COMMANDS = {"pretrain", "adapt", "evaluate", "recommend", "compare", "merge", "serve", "push",
-            "pull", "bench", "demo"}
+COMMANDS = {"pretrain", "adapt", "evaluate", "recommend", "compare", "merge", "grow", "serve",
+            "push", "pull", "bench", "demo"}
 
 
 def _commands() -> dict:
