@@ -257,7 +257,7 @@ def load_data(cfg: DataConfig) -> Loaded:
     for name, data in regions.items():
         if cfg.protocol == "sampled":
             sample_protocol(data, cfg.negatives, cfg.negatives_from, cfg.seed)
-        logger.info("region %s: %s", name, data.stats())
+        logger.debug("region %s: %s", name, data.stats())
     return regions, summary
 
 

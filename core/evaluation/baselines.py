@@ -180,11 +180,12 @@ def tune_ease(train: dict[str, list[str]], catalogue: list[str], valid_cases: li
         model._fit_gram(gram)
         ndcg = evaluate_scorer(model.score, catalogue, valid_cases)["ndcg@10"]
         results[lam] = ndcg
-        log.info("EASE lambda=%s valid ndcg@10=%.4f", lam, ndcg)
+        log.debug("EASE lambda=%s valid ndcg@10=%.4f", lam, ndcg)
         if best is None or ndcg > results[best_lam]:
             best, best_lam = model, lam
         else:
             del model  # keep only one dense B alive besides the best
+    log.info("EASE: lambda %s chosen on the hold-out (ndcg@10 %.4f)", best_lam, results[best_lam])
     return best, best_lam, results
 
 
@@ -199,9 +200,11 @@ def tune_itemknn(train: dict[str, list[str]], catalogue: list[str], valid_cases:
     for k in neighbours:
         model = ItemKNN(k).fit(train, catalogue)
         results[k] = evaluate_scorer(model.score, catalogue, valid_cases)["ndcg@10"]
-        log.info("ItemKNN k=%d valid ndcg@10=%.4f", k, results[k])
+        log.debug("ItemKNN k=%d valid ndcg@10=%.4f", k, results[k])
         if best is None or results[k] > results[best_k]:
             best, best_k = model, k
+    log.info("ItemKNN: %d neighbours chosen on the hold-out (ndcg@10 %.4f)", best_k,
+             results[best_k])
     return best, best_k, results
 
 
