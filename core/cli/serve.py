@@ -50,6 +50,11 @@ def serve(backbone: Path = typer.Option(..., "--backbone", help="Backbone direct
                                                   help="As --max-loaded-adapters, bounding "
                                                   "the MiB of adapter tensors instead."),
           max_k: int = typer.Option(1000, "--max-k", min=1, help="Items per answer."),
+          max_grow_items: int = typer.Option(1000, "--max-grow-items", min=1, help="Items "
+                                             "one admin POST /v1/regions/{region}/items may "
+                                             "add."),
+          max_grow_pairs: int = typer.Option(20000, "--max-grow-pairs", min=1, help="Co-"
+                                             "occurrence pairs one such call may send."),
           hub_timeout: float = typer.Option(10.0, "--hub-timeout", min=0.001, help="Seconds a "
                                             "hub request may wait to connect or for a byte."),
           hub_deadline: float = typer.Option(120.0, "--hub-deadline", min=0.001, help="Seconds "
@@ -66,7 +71,8 @@ def serve(backbone: Path = typer.Option(..., "--backbone", help="Backbone direct
           verbose: bool = VerboseOpt) -> None:
     """Serve every region from one process over HTTP.
 
-    Admin routes (PUT/DELETE /v1/regions/...) require the token in REGIONTUNE_ADMIN_TOKEN.
+    Admin routes (PUT/DELETE /v1/regions/..., POST /v1/regions/.../items) require the
+    token in REGIONTUNE_ADMIN_TOKEN.
     --adapter sources load in the background: GET /readyz answers 503 until they are loaded.
     """
     from regiontune.serving.app import ServingLimits
@@ -76,7 +82,8 @@ def serve(backbone: Path = typer.Option(..., "--backbone", help="Backbone direct
     if any(len(p) != 2 for p in pairs):
         raise ValueError("--adapter takes REGION=SOURCE")
     limits = ServingLimits(max_body_bytes=max_body_bytes, max_history=max_history,
-                           max_item_chars=max_item_chars, max_batch=max_batch, max_k=max_k)
+                           max_item_chars=max_item_chars, max_batch=max_batch, max_k=max_k,
+                           max_grow_items=max_grow_items, max_grow_pairs=max_grow_pairs)
     run(backbone, adapters, host, port, os.environ.get("REGIONTUNE_ADMIN_TOKEN"),
         unknown_region, pairs, adapter_roots=adapter_root, limits=limits,
         hub_timeout_s=hub_timeout, hub_deadline_s=hub_deadline, batch_wait_ms=batch_wait_ms,

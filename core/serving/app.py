@@ -45,7 +45,12 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 
 from regiontune.serving.auth import READ_TOKEN_ENV, TOKEN_ENV, token_dependencies
 from regiontune.serving.docs import add_docs_routes, docs_assets
-from regiontune.serving.errors import AdapterLoadError, UnknownRegionError, check_region
+from regiontune.serving.errors import (
+    AdapterLoadError,
+    PersistError,
+    UnknownRegionError,
+    check_region,
+)
 from regiontune.serving.http_errors import StrictJSONRoute, add_error_handlers
 from regiontune.serving.middleware import BodyLimitMiddleware, Metrics, MetricsMiddleware
 from regiontune.serving.ops import Readiness
@@ -55,12 +60,14 @@ from regiontune.serving.schemas import (
     MAX_UNKNOWN_ECHO,
     REGION_PATTERN,
     BatchResponse,
+    GrowResponse,
     LoadRequest,
     ReadyResponse,
     Recommendation,
     RegionInfo,
     ServingLimits,
     error_doc,
+    grow_model,
     request_models,
 )
 
@@ -71,7 +78,8 @@ logger = logging.getLogger(__name__)
 
 def create_app(recommender: Recommender, admin_token: str | None = None, max_history: int = 200,
                max_k: int = 1000, max_batch: int = 256, max_body_bytes: int = 2 * 2**20,
-               max_item_chars: int = 256,
+               max_item_chars: int = 256, max_grow_items: int = 1000,
+               max_grow_pairs: int = 20000,
                adapter_roots: Sequence[str | Path] | None = None,
                read_token: str | None = None, cors_origins: Sequence[str] = (),
                preload: Sequence[tuple[str, str | Path]] = ()) -> FastAPI:
@@ -95,12 +103,14 @@ def create_app(recommender: Recommender, admin_token: str | None = None, max_his
             raise ValueError(f"CORS origin {origin!r}: give scheme://host[:port] (no path), "
                              "or *")
     limits = ServingLimits(max_body_bytes=max_body_bytes, max_history=max_history,
-                           max_item_chars=max_item_chars, max_batch=max_batch, max_k=max_k)
+                           max_item_chars=max_item_chars, max_batch=max_batch, max_k=max_k,
+                           max_grow_items=max_grow_items, max_grow_pairs=max_grow_pairs)
     roots = None if adapter_roots is None else [Path(r).resolve() for r in adapter_roots]
     if roots is None:
         logger.warning("admin PUT may load adapters from any local path: pass adapter_roots "
                        "to restrict it")
     RecommendRequest, BatchRequest = request_models(limits)
+    GrowRequest = grow_model(limits)
     description = (f"{__doc__.splitlines()[0]}\n\nLimits: bodies of at most "
                    f"{limits.max_body_bytes} bytes (413 past that), histories of at most "
                    f"{limits.max_history} items of at most {limits.max_item_chars} characters, "
@@ -240,6 +250,49 @@ def create_app(recommender: Recommender, admin_token: str | None = None, max_his
             raise HTTPException(404, str(err)) from err
         readiness.dropped(region)
         return {"region": region, "status": "unloaded"}
+
+    @app.post("/v1/regions/{region}/items", response_model=GrowResponse, dependencies=admin,
+              responses={401: unauthorised, 403: error_doc("the read token"),
+                         404: error_doc("region not loaded"),
+                         409: error_doc("persist asked but the adapter's folder cannot be "
+                                        "rewritten (a hub adapter, outside the adapter roots, "
+                                        "or no longer the adapter served): nothing changed"),
+                         413: too_large,
+                         422: error_doc("invalid request: no items, too many, blank ids, "
+                                        "every item already in the catalogue, ...")})
+    def grow_region(region: RegionPath, body: GrowRequest) -> dict[str, Any]:
+        """Add items to a loaded region's catalogue without retraining, and hot-swap the
+        grown adapter in (old items keep their rows; requests in flight finish with the old
+        one). In memory only unless ``persist`` (see the body's fields)."""
+        check_region(region)  # 422 (add_error_handlers)
+        loaded = {info["region"]: info for info in recommender.regions()}
+        if region not in loaded:
+            raise HTTPException(404, f"region {region!r} is not loaded (GET /v1/regions lists "
+                                     "the loaded ones)")
+        target = persist_target(loaded[region]["path"]) if body.persist else None
+        try:
+            out = recommender.grow(region, body.items, [list(p) for p in body.pairs], target)
+        except UnknownRegionError as err:  # unloaded meanwhile
+            raise HTTPException(404, str(err)) from err
+        except PersistError as err:
+            raise HTTPException(409, str(err)) from err
+        logger.info("admin: region %s grown by %d item(s)%s", region, len(out["added"]),
+                    " (persisted)" if out["persisted"] else "")
+        return {**out, "path": public_path(out["path"], roots)}
+
+    def persist_target(path: str) -> Path:
+        """The served adapter's folder, when a grow may rewrite it: a local directory inside
+        the adapter roots (any local directory when the app has no roots: library use)."""
+        local = Path(path)
+        if not local.is_dir():
+            raise HTTPException(409, "cannot persist: this adapter was not loaded from a local "
+                                     "folder (a hub id); grow without persist, or load it "
+                                     "from an adapter root")
+        real = local.resolve()
+        if roots is not None and not any(real.is_relative_to(root) for root in roots):
+            raise HTTPException(409, "cannot persist: the adapter's folder is outside the "
+                                     "adapter roots")
+        return real
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:

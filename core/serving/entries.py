@@ -9,10 +9,12 @@ each such region gets its own body and its own sub-batch.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 import threading
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from regiontune.adapters import AdapterFolder, AdapterMethod, ItemSide, get_method
+from regiontune.adapters.grow import Growth, calibrated_offset, plan_growth
 from regiontune.adapters.io import build_item_side
 from regiontune.adapters.item_side import PREFIX as ITEM_SIDE_PREFIX
 from regiontune.adapters.routing import BASE, freeze, route, shared_clone
@@ -88,6 +91,24 @@ class SharedBody:
         return out.last_hidden_state[:, -1]
 
 
+class AdapterRef:
+    """The entries that route to one adapter of a shared body (an entry and its grown
+    successors share it): the adapter is removed with the last of them."""
+
+    def __init__(self) -> None:
+        self.count, self.lock = 1, threading.Lock()
+
+    def take(self) -> None:
+        with self.lock:
+            self.count += 1
+
+    def drop(self) -> bool:
+        """One entry fewer; True when it was the last."""
+        with self.lock:
+            self.count -= 1
+            return self.count == 0
+
+
 @dataclass(eq=False)  # identity semantics: entries are keys of the in-flight counts
 class RegionEntry:
     """One loaded region (immutable once published): its body route and its item side.
@@ -115,6 +136,7 @@ class RegionEntry:
     meta: dict[str, Any] = field(default_factory=dict)
     loaded_at: float = field(default_factory=time.time)
     fingerprint_ok: bool = True
+    ref: AdapterRef = field(default_factory=AdapterRef)  # who else routes to ``name``
 
     @property
     def hidden(self) -> int:
@@ -135,7 +157,7 @@ class RegionEntry:
 
     def release(self) -> None:
         """Free the adapter in its shared body (own bodies go with the last reference)."""
-        if self.shared is not None:
+        if self.shared is not None and self.ref.drop():
             self.shared.remove(self.name)
 
     def info(self) -> dict[str, Any]:
@@ -201,6 +223,48 @@ def build_entry(region: str, directory: Path, backbone: RecModel, vocab: ItemVoc
     small_meta["tensor_bytes"] = entry.item_bytes() + sum(
         t.nbytes for k, t in folder.tensors.items() if not k.startswith(ITEM_SIDE_PREFIX))
     return entry
+
+
+def plan_entry_growth(entry: RegionEntry, items: Iterable[str], vocab: ItemVocab,
+                      histories: Iterable[Sequence[str]] = ()) -> Growth:
+    """The rows ``items`` would get in ``entry``'s item side (:func:`plan_growth` on the
+    loaded factors; ``vocab``: the backbone's)."""
+    known = entry.columns >= 0
+    base_bias = entry.base_bias
+    bias = base_bias[entry.columns.clamp(min=0).long()] * known
+    if entry.item_bias is not None:
+        bias = bias + entry.item_bias
+
+    def rows(index: torch.Tensor) -> torch.Tensor:
+        columns = entry.columns[index].long()
+        out = entry.base_embed[N_SPECIAL + columns.clamp(min=0)] * (columns >= 0)[:, None]
+        if entry.item_a is not None:
+            out = out + entry.item_a[index] @ entry.item_b
+        return out
+
+    return plan_growth(entry.vocab.items, items, vocab=vocab, rows=rows, effective_bias=bias,
+                       base_table=entry.base_embed[N_SPECIAL:], base_bias=base_bias,
+                       lowrank_b=entry.item_b, has_bias=entry.item_bias is not None,
+                       unseen_offset=calibrated_offset(entry.meta), histories=histories)
+
+
+def grown_entry(entry: RegionEntry, growth: Growth, **record: Any) -> RegionEntry:
+    """A new entry: ``entry`` with ``growth``'s items appended (old rows, the same values),
+    routing to the same adapter (shared through ``ref``)."""
+    vocab = ItemVocab(entry.vocab.items + growth.added)
+    columns = torch.cat([entry.columns, growth.columns.to(torch.int32)])
+    item_a = None if entry.item_a is None else torch.cat([entry.item_a, growth.a_rows])
+    item_bias = None if entry.item_bias is None else torch.cat([entry.item_bias,
+                                                                  growth.bias_rows])
+    meta = {**entry.meta, "n_new_items": int(entry.meta.get("n_new_items", 0))
+            + len(growth.region_new),
+            "grown": [*(entry.meta.get("grown") or []), growth.record(**record)]}
+    new = dataclasses.replace(entry, vocab=vocab, columns=columns, item_a=item_a,
+                              item_bias=item_bias, meta=meta, loaded_at=time.time())
+    meta["tensor_bytes"] = int(entry.meta.get("tensor_bytes") or 0) + new.item_bytes() \
+        - entry.item_bytes()
+    entry.ref.take()
+    return new
 
 
 class ItemBatch:

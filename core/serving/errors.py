@@ -26,6 +26,10 @@ class AdapterLoadError(ServingError, ArtifactError):
     """An adapter could not be loaded; whatever served the region before still does."""
 
 
+class PersistError(ServingError):
+    """A change asked to be saved to the adapter's folder cannot be: nothing was changed."""
+
+
 def check_region(region: Any) -> str:
     """A region name: letters, digits, ``_``, ``-``, ``.``; no ``..`` (names reach paths)."""
     if not isinstance(region, str) or not REGION_NAME.fullmatch(region) or ".." in region \

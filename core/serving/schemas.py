@@ -37,6 +37,8 @@ class ServingLimits:
     max_item_chars: int = 256  # characters per item id
     max_batch: int = 256  # requests per batch (scores: batch x catalogue floats)
     max_k: int = 1000  # items returned per request
+    max_grow_items: int = 1000  # items added to a catalogue per call (admin)
+    max_grow_pairs: int = 20000  # co-occurrence pairs per grow call (admin)
 
     def __post_init__(self) -> None:
         for name, value in self.__dict__.items():
@@ -77,6 +79,49 @@ def request_models(limits: ServingLimits) -> tuple[type[BaseModel], type[BaseMod
                 "as can be.",
         requests=(list[one], Field(min_length=1, max_length=limits.max_batch)))
     return one, batch
+
+
+def grow_model(limits: ServingLimits) -> type[BaseModel]:
+    """The body of ``POST /v1/regions/{region}/items`` under ``limits``."""
+    item = Annotated[StrictStr, StringConstraints(min_length=1, max_length=limits.max_item_chars,
+                                                  pattern=r"\S")]
+    return create_model(
+        "GrowRequest", __config__=ConfigDict(extra="forbid"),
+        __doc__="Items to add to a region's catalogue without retraining.",
+        items=(list[item], Field(min_length=1, max_length=limits.max_grow_items,
+                                 description=f"item ids to add (at most "
+                                             f"{limits.max_grow_items}); ids the catalogue "
+                                             "already holds are skipped")),
+        pairs=(list[tuple[item, item]], Field(
+            default_factory=list, max_length=limits.max_grow_pairs,
+            description=f"co-occurrence pairs [new item, catalogue item] (at most "
+                        f"{limits.max_grow_pairs}): a new item's embedding starts as the "
+                        "count-weighted mean of the rows of the catalogue items it is paired "
+                        "with (else the backbone's mean item embedding)")),
+        persist=(StrictBool, Field(False, description="also rewrite the adapter's folder "
+                                   "(only for a local folder inside an adapter root that still "
+                                   "holds the served adapter); otherwise the growth lives in "
+                                   "memory until the region is reloaded, evicted or the "
+                                   "server restarts")))
+
+
+class GrowResponse(BaseModel):
+    region: str
+    added: list[str] = Field(description="items appended to the catalogue, in order")
+    already_present: list[str] = Field(description="items the catalogue already held "
+                                                   "(skipped)")
+    n_items: int = Field(description="catalogue size after the call")
+    embedding: dict[str, list[str]] = Field(description="how each added item's embedding "
+                                            "started: cooccurrence, mean, backbone (the "
+                                            "backbone knows it) or zero (item rank 0)")
+    bias: dict[str, list[str]] = Field(description="how each added item's bias was set: "
+                                       "unseen_offset, cooccurrence, backbone or lowest")
+    cooccurrences: int = Field(description="co-occurrence counts used")
+    projection_kept: float | None = Field(None, description="mean share of the target "
+                                          "embeddings' norm the rank-r rows keep")
+    persisted: bool = Field(description="the adapter's folder was rewritten too; false: in "
+                                        "memory only (lost on reload, eviction or restart)")
+    path: str
 
 
 class Recommendation(BaseModel):

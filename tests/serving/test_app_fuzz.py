@@ -23,6 +23,7 @@ from regiontune.serving.recommender import Recommender
 from regiontune.serving.schemas import (
     BatchResponse,
     ErrorResponse,
+    GrowResponse,
     ReadyResponse,
     Recommendation,
     RegionInfo,
@@ -195,6 +196,25 @@ def test_fuzz_admin_routes(fuzz, data):
 
 @FUZZ
 @given(data=st.data())
+def test_fuzz_grow_route(fuzz, data):
+    client, items, _ = fuzz
+    region = data.draw(mostly(st.just("west"), path_regions))
+    item = mostly(st.text(min_size=1, max_size=12).map(lambda t: f"new-{t}"),
+                  st.sampled_from(items) | st.text(max_size=30) | json_leaf)
+    spec = {"items": mostly(st.lists(item, min_size=1, max_size=4),
+                            st.lists(item, max_size=8) | json_any),
+            "pairs": mostly(st.lists(st.tuples(item, st.sampled_from(items)), max_size=4),
+                            json_any),
+            "persist": mostly(st.just(False), st.booleans() | json_leaf)}
+    body = st.composite(lambda draw: fields(draw, spec))() | json_any
+    check(send(client, "POST", f"/v1/regions/{region}/items", data.draw(payloads(body)),
+               data.draw(auth_headers)), GrowResponse)
+    check(client.post("/v1/recommend", json={"region": "west", "k": 3}, headers=READER),
+          Recommendation)
+
+
+@FUZZ
+@given(data=st.data())
 def test_fuzz_read_routes(fuzz, data):
     client, _, _ = fuzz
     url = data.draw(st.sampled_from(["/v1/regions", "/healthz", "/readyz", "/metrics",
@@ -253,6 +273,7 @@ def test_every_route_is_fuzzed(fuzz):
     _, _, app = fuzz
     fuzzed = {("POST", "/v1/recommend"), ("POST", "/v1/recommend/batch"),
               ("PUT", "/v1/regions/{region}"), ("DELETE", "/v1/regions/{region}"),
+              ("POST", "/v1/regions/{region}/items"),
               ("GET", "/v1/regions"), ("GET", "/healthz"), ("GET", "/metrics"),
               ("GET", "/v1/regions/{region}"), ("GET", "/readyz"), ("GET", "/docs"),
               ("GET", "/redoc"), ("GET", "/docs/assets/{name}")}
