@@ -1,8 +1,10 @@
 """HTTP API over a :class:`~regiontune.serving.recommender.Recommender` (FastAPI).
 
 Routes: ``POST /v1/recommend``, ``POST /v1/recommend/batch`` (one mixed-region pass),
-``GET /v1/regions``, ``GET /v1/regions/{region}``, ``PUT``/``DELETE /v1/regions/{region}``
-(admin: ``Authorization: Bearer`` when an admin token is configured), ``GET /healthz``
+``GET /v1/regions``, ``GET /v1/regions/{region}``, ``PUT``/``DELETE /v1/regions/{region}`` and
+``POST /v1/regions/{region}/items`` (catalogue growth without retraining, hot-swapped; in
+memory unless ``persist``) (admin: ``Authorization: Bearer`` when an admin token is
+configured), ``GET /healthz``
 (liveness), ``GET /readyz`` (readiness: 503 until the backbone and every configured adapter are
 loaded), ``GET /metrics`` (Prometheus text format), ``/docs`` and ``/redoc`` (served from the
 installed ``fastapi-offline`` assets, no CDN; absent without them), ``/openapi.json``.
@@ -20,6 +22,8 @@ checked before any work and published in the OpenAPI schema. One status per kind
   with no roots configured);
 * 404: no such route; no adapter loaded for the region (``GET``/``DELETE`` of a region, or a
   recommendation when unknown regions are refused);
+* 409: a grow asked to ``persist`` to a folder it may not rewrite (a hub adapter, outside the
+  adapter roots, or no longer the adapter served); nothing changed;
 * 413: body larger than ``max_body_bytes`` (refused before it is read in full);
 * 422: the request does not validate: malformed JSON, ``NaN`` / ``Infinity``, lone surrogates,
   wrong types, limits exceeded, bad region name; or the adapter cannot be loaded (corrupt,

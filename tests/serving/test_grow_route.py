@@ -75,7 +75,13 @@ def test_grow_in_memory_hot_swaps(setup):
     r = client.post("/v1/regions/west/items", headers=AUTH,
                     json={"items": ["fresh-3"], "persist": True})
     assert r.status_code == 409 and "grown in memory" in r.text
-    assert client.get("/v1/regions/west", headers=AUTH).json()["n_items"] == n + 2
+    info = client.get("/v1/regions/west", headers=AUTH).json()
+    assert info["n_items"] == n + 2
+    # the old and the grown entry route to one adapter: it stays until the last goes
+    bodies = [b for b in setup["rec"]._shared.values() if info["internal_name"] in b.names]
+    assert len(bodies) == 1 and info["internal_name"] in bodies[0].held()
+    assert client.delete("/v1/regions/west", headers=AUTH).status_code == 200
+    assert info["internal_name"] not in bodies[0].held()
 
 
 def test_grow_persisted_matches_a_reload(setup, tiny_backbone_dir):
