@@ -25,8 +25,8 @@ NEW = "fresh-1"  # new to the backbone and to the adapter
 
 def make_adapter(backbone_dir, data, out, method: str = "lora", rank: int = 8):
     backbone, vocab, bmeta = load_backbone(backbone_dir)
-    task, stats = train_region(backbone, vocab, data, AdaptConfig(method=method, region=REGION, item_rank=rank),
-                               replace(TINY_TRAIN, epochs=1))
+    adapt_cfg = AdaptConfig(method=method, region=REGION, item_rank=rank)
+    task, stats = train_region(backbone, vocab, data, adapt_cfg, replace(TINY_TRAIN, epochs=1))
     meta = {"region": REGION, "backbone_fingerprint": bmeta["fingerprint"], **stats}
     save_adapter(task, method, REGION, meta, out, "float16")
     return out
