@@ -61,6 +61,7 @@ VARIANTS = {
     "lora-cf64": ("lora", {"cf_rank": 64}, {}),
     "lora-cf128": ("lora", {"cf_rank": 128}, {}),
     "lora-cf256": ("lora", {"cf_rank": 256}, {}),
+    "lora-cf512": ("lora", {"cf_rank": 512}, {}),
     # the item-item part at a tenth of the learning rate, or P, Q kept at EASE's SVD (only
     # its weight learns)
     "lora-cf64-lr0.1": ("lora", {"cf_rank": 64}, {"lr_scales": {"item_side.item_item.": 0.1}}),

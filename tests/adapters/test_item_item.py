@@ -137,3 +137,18 @@ def test_serving_refuses_with_a_clear_message(trained_cf, tiny_backbone_dir):
     backbone, vocab, meta = load_backbone(tiny_backbone_dir)
     with pytest.raises(ArtifactError, match="cf_rank > 0 .* not served yet"):
         build_entry(REGION, out, backbone, vocab, meta["fingerprint"], {})
+
+
+def test_server_answers_a_put_of_such_an_adapter_with_a_422(trained_cf, tiny_backbone_dir):
+    from fastapi.testclient import TestClient
+
+    from regiontune.serving.app import create_app
+    from regiontune.serving.recommender import Recommender
+
+    *_, out = trained_cf
+    rec = Recommender.from_dirs(tiny_backbone_dir, [], unknown_region="backbone")
+    client = TestClient(create_app(rec, admin_token="t"))
+    r = client.put(f"/v1/regions/{REGION}", json={"path": str(out)},
+                   headers={"Authorization": "Bearer t"})
+    assert r.status_code == 422 and "cf_rank > 0" in r.json()["detail"]
+    assert "not served yet" in r.json()["detail"]
