@@ -233,10 +233,11 @@ def create_app(recommender: Recommender, admin_token: str | None = None, max_his
         check_region(region)  # 422 (add_error_handlers)
         source = adapter_source(body.path, roots)
         try:
-            info = recommender.load(region, source)
-        except AdapterLoadError:
+            info = recommender.load(region, source, same_region=not body.allow_other_region)
+        except AdapterLoadError as err:
             metrics.observe_load_failure()
-            raise
+            # the client named body.path: the answer never shows where it lies on this host
+            raise AdapterLoadError(str(err).replace(str(source), body.path)) from None
         labels.add(region)
         readiness.loaded(region)
         logger.info("admin: region %s now served from %s", region, body.path)

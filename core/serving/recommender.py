@@ -154,11 +154,13 @@ class Recommender(AdapterBudget):
 
     # ------------------------------------------------------------ adapter management
 
-    def load(self, region: str, path_or_hub_id: str | Path) -> dict[str, Any]:
+    def load(self, region: str, path_or_hub_id: str | Path,
+             same_region: bool = False) -> dict[str, Any]:
         """Load (or replace) ``region``'s adapter from a directory or a hub id ``org/name``
-        (never evicted: see :meth:`preload` and ``lazy_roots`` for evictable ones)."""
+        (never evicted: see :meth:`preload` and ``lazy_roots`` for evictable ones). With
+        ``same_region``, an adapter whose ``region.json`` names another region is refused."""
         check_region(region)
-        entry = self._build(region, path_or_hub_id)
+        entry = self._build(region, path_or_hub_id, same_region)
         with self._load_lock:  # the swap alone
             if region not in self._snapshot:  # a new region: make room before publishing
                 self._evict(keep=region, incoming=entry)
@@ -169,9 +171,18 @@ class Recommender(AdapterBudget):
                     entry.name, entry.served_as)
         return entry.info()
 
-    def _build(self, region: str, path_or_hub_id: str | Path) -> RegionEntry:
+    def _build(self, region: str, path_or_hub_id: str | Path,
+               same_region: bool = False) -> RegionEntry:
         try:  # outside the load lock: reading, downloading, building take their time
             with self.fetcher.fetched(path_or_hub_id) as (directory, hub_id):
+                if same_region:  # the metadata alone, before any weight is read
+                    trained_for = AdapterFolder.read(directory, self.fingerprint,
+                                                     weights=False).region
+                    if trained_for not in (None, region):
+                        raise ValueError(
+                            f"the adapter was trained for region {trained_for!r}, not "
+                            f"{region!r}; to serve it as {region!r} anyway, say so "
+                            '("allow_other_region": true)')
                 entry = build_entry(region, directory, self.backbone, self.vocab,
                                     self.fingerprint, self._shared)
                 if hub_id:  # the download folder goes away: name the source instead

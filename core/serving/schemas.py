@@ -144,6 +144,9 @@ class LoadRequest(BaseModel):
     path: StrictStr = Field(min_length=1, max_length=4096,
                             description="adapter directory (relative to an adapter root, or "
                                         "absolute inside one) or hub id ORG/NAME[@REVISION]")
+    allow_other_region: StrictBool = Field(
+        default=False, description="serve an adapter whose region.json names another region "
+                                   "under this one (refused otherwise: 422)")
 
 
 class RegionInfo(BaseModel):

@@ -99,7 +99,8 @@ def test_admin_routes_need_the_token(client, dirs, caplog):
     assert r.status_code == 200, r.text
     assert r.json()["region"] == "west" and r.json()["path"] == "west_b"  # root-relative
     assert good(client, dirs) != before
-    r = client.put("/v1/regions/fresh", json={"path": str(dirs["delta"])}, headers=auth)
+    r = client.put("/v1/regions/fresh", json={"path": str(dirs["delta"]),
+                                              "allow_other_region": True}, headers=auth)
     assert r.status_code == 200 and r.json()["method"] == "bottleneck"
     assert {x["region"] for x in client.get("/v1/regions").json()} == {"west", "delta", "fresh"}
     assert client.delete("/v1/regions/fresh", headers=auth).status_code == 200
@@ -176,7 +177,8 @@ def test_serve_entry_point_defaults(dirs, monkeypatch):
         assert client.post("/v1/recommend", json={"region": "wset", "k": 3}).status_code == 404
         assert client.post("/v1/recommend", json={"region": "west", "k": 5}).status_code == 422
         assert client.post("/v1/recommend", json={"region": "west", "k": 4}).status_code == 200
-        assert client.put("/v1/regions/d", json={"path": "delta"}).status_code == 200
+        put = client.put("/v1/regions/d", json={"path": "delta", "allow_other_region": True})
+        assert put.status_code == 200
         assert client.put("/v1/regions/d", json={"path": "/"}).status_code == 403
 
 

@@ -65,7 +65,9 @@ def test_readyz_503_while_loading_and_for_failures(dirs):  # noqa: F811
         text = client.get("/metrics").text
         assert metric(text, "regiontune_adapter_load_failures_total") == 1
         # an admin PUT that fixes the region makes the server ready
-        fixed = client.put("/v1/regions/broken", json={"path": "west_b"}, headers=ADMIN_AUTH)
+        fixed = client.put("/v1/regions/broken", json={"path": "west_b",
+                                                       "allow_other_region": True},
+                           headers=ADMIN_AUTH)
         assert fixed.status_code == 200, fixed.text
         assert client.get("/readyz").status_code == 200
         bad = client.put("/v1/regions/west", json={"path": "corrupt"}, headers=ADMIN_AUTH)
