@@ -1,6 +1,7 @@
 """Serving: one process, one backbone, hot-swapped region adapters; the HTTP app.
 
 ``recommender`` (the Recommender), ``budget`` (adapter budget: lazy loads, LRU eviction),
+``growth`` (catalogue growth of a loaded region),
 ``entries`` (loaded regions, shared bodies, item batches), ``forward`` (the mixed-region
 forward), ``batching`` (dynamic batching), ``fetch`` (adapter files and hub downloads),
 ``errors``; the HTTP side: ``app`` (routes, ``create_app``, ``serve``), ``auth`` (bearer

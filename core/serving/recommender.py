@@ -38,9 +38,7 @@ from typing import Any
 import torch
 
 from regiontune.adapters import METHODS, AdapterFolder
-from regiontune.adapters.grow import Growth, write_grown
-from regiontune.adapters.item_side import PREFIX as ITEM_SIDE_PREFIX
-from regiontune.artifacts import ADAPTER_META, ArtifactError, read_json
+from regiontune.artifacts import ADAPTER_META, read_json
 from regiontune.model.backbone import load_backbone
 from regiontune.model.recmodel import RecModel
 from regiontune.model.vocab import ItemVocab
@@ -52,8 +50,6 @@ from regiontune.serving.entries import (
     SharedBody,
     backbone_entry,
     build_entry,
-    grown_entry,
-    plan_entry_growth,
 )
 from regiontune.serving.errors import (
     AdapterLoadError,
@@ -65,6 +61,7 @@ from regiontune.serving.errors import (
 )
 from regiontune.serving.fetch import AdapterFetcher
 from regiontune.serving.forward import top_k, user_vectors
+from regiontune.serving.growth import CatalogueGrowth
 
 # the errors are defined in regiontune.serving.errors; importable from here as before
 __all__ = ["AdapterLoadError", "InvalidRequestError", "PersistError", "Recommender",
@@ -76,7 +73,7 @@ DEFAULT_BATCH_WAIT_MS = 2.0
 DEFAULT_MAX_BATCH = 256
 
 
-class Recommender(AdapterBudget):
+class Recommender(AdapterBudget, CatalogueGrowth):
     """One backbone plus region adapters; thread safe; see the module docstring."""
 
     def __init__(self, backbone: RecModel, vocab: ItemVocab, meta: dict[str, Any],
@@ -210,72 +207,6 @@ class Recommender(AdapterBudget):
             self._swap(region, None)
         trim_heap()
         logger.info("region %s unloaded", region)
-
-    def grow(self, region: str, items: Sequence[str],
-             histories: Iterable[Sequence[str]] = (),
-             persist_to: str | Path | None = None) -> dict[str, Any]:
-        """Add ``items`` to the catalogue of ``region``'s loaded adapter without retraining
-        (:mod:`regiontune.adapters.grow`; ``histories``: item sets in which new items
-        co-occur with catalogue items) and hot-swap the grown adapter in: requests in flight
-        finish with the old one, old items keep their rows.
-
-        In memory only, unless ``persist_to`` names the adapter's folder: it is then rewritten
-        (atomically) first, provided it still holds exactly the loaded item side (not replaced
-        on disk, not grown in memory before), else :class:`PersistError` and nothing changes.
-        An unloaded or lazily evicted region reloads from its folder: what was not persisted
-        is lost. Items already in the catalogue are skipped; none left, a blank id, an empty
-        list: :class:`InvalidRequestError`."""
-        check_region(region)
-        with self._load_lock:
-            entry = self._snapshot.get(region)
-            if entry is None:
-                raise UnknownRegionError(f"region {region!r} is not loaded")
-            try:
-                growth = plan_entry_growth(entry, items, self.vocab, histories)
-            except ValueError as err:
-                raise InvalidRequestError(str(err)) from err
-            if persist_to is not None:
-                growth = self._persist(entry, growth, Path(persist_to))
-            new = grown_entry(entry, growth, persisted=persist_to is not None)
-            self._swap(region, new, evictable=region in self._lru)
-            self._evict(keep=region)
-        logger.info("region %s: %d item(s) added (%s)", region, len(growth.added),
-                    "persisted" if persist_to is not None else "in memory only")
-        return {"region": region, "added": growth.added, "already_present": growth.already,
-                "n_items": len(new.vocab), "persisted": persist_to is not None,
-                "path": new.path, **{k: v for k, v in new.meta["grown"][-1].items()
-                                     if k in ("embedding", "bias", "cooccurrences",
-                                              "projection_kept")}}
-
-    def _persist(self, entry: RegionEntry, growth: Growth, directory: Path) -> Growth:
-        """Write the grown adapter over ``directory`` (which must hold what ``entry``
-        serves); the growth as saved (rows rounded to the file's dtype)."""
-        try:
-            folder = AdapterFolder.read(directory, self.fingerprint)
-            served = AdapterFolder.read(directory, self.fingerprint, serving=True)
-        except ArtifactError as err:
-            raise PersistError(f"cannot persist to the adapter's folder: {err}") from err
-        tensors = served.tensors
-        same = folder.meta.get("catalogue") == entry.vocab.items
-        for name, loaded in (("lowrank_a", entry.item_a), ("lowrank_b", entry.item_b),
-                             ("bias", entry.item_bias)):
-            saved = tensors.get(ITEM_SIDE_PREFIX + name)
-            if (saved is None) != (loaded is None):
-                same = False
-            elif saved is not None and same:
-                same = saved.shape == loaded.shape and torch.equal(saved.float(), loaded)
-        if not same:
-            raise PersistError("the adapter's folder no longer holds the adapter served (it "
-                               "was replaced on disk, or this region was grown in memory "
-                               "before): load it again (PUT), or grow without persist")
-        saved = tensors.get(ITEM_SIDE_PREFIX + "lowrank_a", tensors.get(ITEM_SIDE_PREFIX + "bias"))
-        if saved is not None:
-            growth = growth.rounded(saved.dtype)
-        try:
-            write_grown(folder, growth, directory, persisted=True)
-        except (OSError, ValueError) as err:
-            raise PersistError(f"cannot write the grown adapter: {err}") from err
-        return growth
 
     def _swap(self, region: str, entry: RegionEntry | None, hold: int = 0,
               evictable: bool = False) -> RegionEntry | None:

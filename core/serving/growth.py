@@ -1,0 +1,100 @@
+"""Catalogue growth of a loaded region (:meth:`CatalogueGrowth.grow`), a base class of the
+:class:`~regiontune.serving.recommender.Recommender`: items added to a served adapter without
+retraining (:mod:`regiontune.adapters.grow`), hot-swapped in, persisted on request.
+
+It works on the recommender's served state (``_snapshot``, ``_load_lock``, ``_lru``), its
+``_swap`` and ``_evict``, and its backbone ``vocab`` and ``fingerprint``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from regiontune.adapters import AdapterFolder
+from regiontune.adapters.grow import Growth, write_grown
+from regiontune.adapters.item_side import PREFIX as ITEM_SIDE_PREFIX
+from regiontune.artifacts import ArtifactError
+from regiontune.serving.entries import RegionEntry, grown_entry, plan_entry_growth
+from regiontune.serving.errors import (
+    InvalidRequestError,
+    PersistError,
+    UnknownRegionError,
+    check_region,
+)
+
+logger = logging.getLogger("regiontune.serving.recommender")
+
+
+class CatalogueGrowth:
+    """Growing a loaded region's catalogue (see the module docstring)."""
+
+    def grow(self, region: str, items: Sequence[str],
+             histories: Iterable[Sequence[str]] = (),
+             persist_to: str | Path | None = None) -> dict[str, Any]:
+        """Add ``items`` to the catalogue of ``region``'s loaded adapter without retraining
+        (:mod:`regiontune.adapters.grow`; ``histories``: item sets in which new items
+        co-occur with catalogue items) and hot-swap the grown adapter in: requests in flight
+        finish with the old one, old items keep their rows.
+
+        In memory only, unless ``persist_to`` names the adapter's folder: it is then rewritten
+        (atomically) first, provided it still holds exactly the loaded item side (not replaced
+        on disk, not grown in memory before), else :class:`PersistError` and nothing changes.
+        An unloaded or lazily evicted region reloads from its folder: what was not persisted
+        is lost. Items already in the catalogue are skipped; none left, a blank id, an empty
+        list: :class:`InvalidRequestError`."""
+        check_region(region)
+        with self._load_lock:
+            entry = self._snapshot.get(region)
+            if entry is None:
+                raise UnknownRegionError(f"region {region!r} is not loaded")
+            try:
+                growth = plan_entry_growth(entry, items, self.vocab, histories)
+            except ValueError as err:
+                raise InvalidRequestError(str(err)) from err
+            if persist_to is not None:
+                growth = self._persist(entry, growth, Path(persist_to))
+            new = grown_entry(entry, growth, persisted=persist_to is not None)
+            self._swap(region, new, evictable=region in self._lru)
+            self._evict(keep=region)
+        logger.info("region %s: %d item(s) added (%s)", region, len(growth.added),
+                    "persisted" if persist_to is not None else "in memory only")
+        return {"region": region, "added": growth.added, "already_present": growth.already,
+                "n_items": len(new.vocab), "persisted": persist_to is not None,
+                "path": new.path, **{k: v for k, v in new.meta["grown"][-1].items()
+                                     if k in ("embedding", "bias", "cooccurrences",
+                                              "projection_kept")}}
+
+    def _persist(self, entry: RegionEntry, growth: Growth, directory: Path) -> Growth:
+        """Write the grown adapter over ``directory`` (which must hold what ``entry``
+        serves); the growth as saved (rows rounded to the file's dtype)."""
+        try:
+            folder = AdapterFolder.read(directory, self.fingerprint)
+            served = AdapterFolder.read(directory, self.fingerprint, serving=True)
+        except ArtifactError as err:
+            raise PersistError(f"cannot persist to the adapter's folder: {err}") from err
+        tensors = served.tensors
+        same = folder.meta.get("catalogue") == entry.vocab.items
+        for name, loaded in (("lowrank_a", entry.item_a), ("lowrank_b", entry.item_b),
+                             ("bias", entry.item_bias)):
+            saved = tensors.get(ITEM_SIDE_PREFIX + name)
+            if (saved is None) != (loaded is None):
+                same = False
+            elif saved is not None and same:
+                same = saved.shape == loaded.shape and torch.equal(saved.float(), loaded)
+        if not same:
+            raise PersistError("the adapter's folder no longer holds the adapter served (it "
+                               "was replaced on disk, or this region was grown in memory "
+                               "before): load it again (PUT), or grow without persist")
+        saved = tensors.get(ITEM_SIDE_PREFIX + "lowrank_a", tensors.get(ITEM_SIDE_PREFIX + "bias"))
+        if saved is not None:
+            growth = growth.rounded(saved.dtype)
+        try:
+            write_grown(folder, growth, directory, persisted=True)
+        except (OSError, ValueError) as err:
+            raise PersistError(f"cannot write the grown adapter: {err}") from err
+        return growth
