@@ -257,6 +257,14 @@ def _provenance(meta: dict[str, Any]) -> str:
                 ("NDCG@10 on the new data", f"{_fmt(before.get('ndcg@10'))} before, "
                  f"{_fmt(after.get('ndcg@10'))} after")]
         out += "## Lineage\n\n" + _table(rows) + "\n"
+    grown = meta.get("grown")
+    if isinstance(grown, list) and grown:
+        rows = [(str(g.get("at", "?")), f"{len(g.get('items') or [])} item(s), "
+                 f"{g.get('cooccurrences', 0)} co-occurrence(s)")
+                for g in grown if isinstance(g, dict)]
+        out += ("## Catalogue growth\n\nItems added after training, without retraining "
+                "(rows from co-occurring items or the mean item):\n\n"
+                + _table(rows, ("When", "Added")) + "\n")
     merged = meta.get("merged_from")
     if isinstance(merged, list) and merged:
         rows = [(f"`{m.get('region', '?')}`", f"{_fmt(m.get('weight'))} (`{m.get('path', '?')}`,"

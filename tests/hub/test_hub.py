@@ -391,8 +391,13 @@ def test_adapter_card_shows_lineage_and_merge_provenance():
         {"region": "de", "weight": 0.75, "path": "de", "method": "lora"},
         {"region": "it", "weight": 0.25, "path": "it", "method": "lora"}]})
     assert "## Merged from" in merged.text and "| `de` | 0.7500 (`de`, lora) |" in merged.text
+    grown = adapter_card({"region": "de", "method": "lora", "grown": [
+        {"items": ["n1", "n2"], "cooccurrences": 5, "at": "2026-11-30T08:00:00Z"}]})
+    assert "## Catalogue growth" in grown.text
+    assert "| 2026-11-30T08:00:00Z | 2 item(s), 5 co-occurrence(s) |" in grown.text
     plain = adapter_card({"region": "de", "method": "lora"})
     assert "## Lineage" not in plain.text and "## Merged from" not in plain.text
+    assert "## Catalogue growth" not in plain.text
 
 
 def test_pushed_metadata_holds_no_absolute_paths(hub_server, tmp_path):
