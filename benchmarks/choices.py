@@ -71,6 +71,9 @@ VARIANTS = {
     "lora-cf128-fixed": ("lora", {"cf_rank": 128},
                          {"lr_scales": {"item_side.item_item.p": 0.0,
                                         "item_side.item_item.q": 0.0}}),
+    "lora-cf256-fixed": ("lora", {"cf_rank": 256},
+                         {"lr_scales": {"item_side.item_item.p": 0.0,
+                                        "item_side.item_item.q": 0.0}}),
     "full": ("full", {}, {}),
     "full-distill0.5": ("full", {"distill": 0.5}, {}),
 }
