@@ -56,6 +56,9 @@ def pretrain(out: Path = typer.Option(..., "--out", help="Backbone directory to 
              arch: str = typer.Option(None, "--arch",
              help="Backbone family: llama, gpt2 (causal) or bert (bidirectional)."),
              epochs: int = typer.Option(None, "--epochs", help="Maximum epochs."),
+             fraction: float = typer.Option(1.0, "--fraction", help="Seeded share of each "
+                                            "region's training users, e.g. 0.1 (evaluation "
+                                            "uses all)."),
              resume: bool = typer.Option(False, "--resume", help="Continue from the last "
                                          "checkpoint of an interrupted run."),
              text: bool = typer.Option(False, "--text", help="Items as text: an item's "
@@ -87,7 +90,9 @@ def pretrain(out: Path = typer.Option(..., "--out", help="Backbone directory to 
         cfg["model"].text_encoder = str(text_encoder)
     if text or item_text or text_encoder:
         cfg["model"].item_text = True
-    meta = run(data_cfg, cfg["model"], cfg["train"], out, resume=resume)
+    if not 0 < fraction <= 1:
+        raise ValueError(f"--fraction must be in (0, 1], not {fraction}")
+    meta = run(data_cfg, cfg["model"], cfg["train"], out, resume=resume, fraction=fraction)
     print_metrics(meta.get("metrics", {}))
     typer.echo(f"backbone written to {out} ({meta.get('fingerprint')})")
 

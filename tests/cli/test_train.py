@@ -74,3 +74,16 @@ def test_error_bad_set(workdir, bad):
 
 def test_error_unknown_recipe(workdir):
     fails(invoke("pretrain", "--out", workdir / "z", "--data", "nope", *TINY), "nope")
+
+
+def test_pretrain_fraction_trains_on_fewer_users(workdir, backbone):
+    out = workdir / "bb-half"
+    ok(invoke("pretrain", "--out", out, "--regions", "north,south", "--fraction", "0.5", *TINY))
+    half = json.loads((out / "regiontune.json").read_text())
+    full = json.loads((backbone[0] / "regiontune.json").read_text())
+    assert half["train"]["fraction"] == 0.5
+    for region in ("north", "south"):
+        assert half["data"][region]["users"] < full["data"][region]["users"]
+        assert half["data"][region]["test"] == full["data"][region]["test"]  # evaluation: all
+    fails(invoke("pretrain", "--out", workdir / "bb-zero", "--fraction", "0", *TINY),
+          "--fraction")
