@@ -84,10 +84,6 @@ class AdapterFolder:
             if recorded != backbone_fingerprint:
                 raise BackboneMismatchError(str(recorded), backbone_fingerprint, str(directory))
         trained = get_method(str(meta.get("method", "?")))  # a clear error before any weight
-        if serving and int(meta.get("cf_rank", 0) or 0) > 0:
-            raise ArtifactError(f"{directory}: adapters with cf_rank > 0 (an item-item part) "
-                                "are not served yet; evaluate it with regiontune evaluate, or "
-                                "serve an adapter trained with cf_rank 0")
         method, source = (trained.serving_form(directory) if serving
                           else (trained.name, directory))
         folder = cls(directory, meta, method, source)

@@ -11,7 +11,8 @@ transformer leaves it as is); it sees the items the transformer reads (the last 
 At adapt start ``P``, ``Q`` come from EASE fitted on the region's training histories (lambda
 tuned on the hold-out) by a truncated SVD of its weights ``B ~ (U sqrt S)(V sqrt S)^T``, then
 train with the adapter. Saved with the item side (``regiontune.item_side.item_item.*``;
-``cf_rank`` in ``region.json``). Serving does not know this part yet and refuses such adapters.
+``cf_rank`` in ``region.json``). Served by ``core/serving/item_item.py`` (the same ``[h, p]``
+scores); catalogue growth, merges and refreshes refuse such adapters.
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ from regiontune.adapters.item_side import PREFIX as ITEM_SIDE_PREFIX
 from regiontune.adapters.routing import BASE, freeze, route, shared_clone
 from regiontune.model.recmodel import N_SPECIAL, RecModel
 from regiontune.model.vocab import ItemVocab
+from regiontune.serving.item_item import ItemItemBatch, item_item_factors
 
 _VERSIONS = itertools.count(1)
 
@@ -117,6 +118,7 @@ class RegionEntry:
     cached. Item ``i`` of the catalogue is ``base row columns[i] + A[i] @ B`` (new items,
     ``columns[i] == -1``, have no base row) with bias ``base bias + bias[i]``; scores and
     input embeddings are computed from these factors per batch (see :class:`ItemBatch`).
+    The optional item-item part (``cf_rank > 0``) adds ``p . Q_i`` (``serving/item_item.py``).
     """
 
     region: str
@@ -131,6 +133,9 @@ class RegionEntry:
     item_a: torch.Tensor | None = None  # [n, r] low-rank item delta (None: rank 0)
     item_b: torch.Tensor | None = None  # [r, hidden]
     item_bias: torch.Tensor | None = None  # [n] bias delta (None: none)
+    cf_p: torch.Tensor | None = None  # [n, r] item-item part (None: no part)
+    cf_q: torch.Tensor | None = None  # [n, r]
+    cf_weight: torch.Tensor | None = None  # [] its weight w
     shared: SharedBody | None = None
     body: nn.Module | None = None  # own body when not shared
     meta: dict[str, Any] = field(default_factory=dict)
@@ -147,13 +152,17 @@ class RegionEntry:
         return 0 if self.item_a is None else self.item_a.shape[1]
 
     @property
+    def cf_rank(self) -> int:
+        return 0 if self.cf_p is None else self.cf_p.shape[1]
+
+    @property
     def adapted(self) -> bool:
         return self.served_as != "backbone"
 
     def item_bytes(self) -> int:
         """Bytes of this region's own item-side tensors (the base tables are shared)."""
-        return sum(t.nbytes for t in (self.columns, self.item_a, self.item_b, self.item_bias)
-                   if t is not None)
+        return sum(t.nbytes for t in (self.columns, self.item_a, self.item_b, self.item_bias,
+                                      self.cf_p, self.cf_q) if t is not None)
 
     def release(self) -> None:
         """Free the adapter in its shared body (own bodies go with the last reference)."""
@@ -194,7 +203,7 @@ def build_entry(region: str, directory: Path, backbone: RecModel, vocab: ItemVoc
     """Load an adapter directory into a new entry (shared bodies get a new adapter)."""
     folder = AdapterFolder.read(directory, backbone_fp, serving=True)
     item_side = build_item_side(folder, vocab, backbone.config.hidden_size)
-    factors = _item_factors(item_side)
+    factors = {**_item_factors(item_side), **item_item_factors(item_side)}
     # catalogue strings shared with the backbone vocabulary: only new items cost their own
     region_vocab = ItemVocab([vocab.items[vocab.index[i]] if i in vocab.index else i
                               for i in item_side.catalogue])
@@ -228,7 +237,11 @@ def build_entry(region: str, directory: Path, backbone: RecModel, vocab: ItemVoc
 def plan_entry_growth(entry: RegionEntry, items: Iterable[str], vocab: ItemVocab,
                       histories: Iterable[Sequence[str]] = ()) -> Growth:
     """The rows ``items`` would get in ``entry``'s item side (:func:`plan_growth` on the
-    loaded factors; ``vocab``: the backbone's)."""
+    loaded factors; ``vocab``: the backbone's). An item-item part is refused (ValueError)."""
+    if entry.cf_rank:
+        raise ValueError(f"region {entry.region!r}: its adapter has an item-item part "
+                         "(cf_rank > 0), which catalogue growth cannot extend; retrain the "
+                         "adapter on data with the new items instead")
     known = entry.columns >= 0
     base_bias = entry.base_bias
     bias = base_bias[entry.columns.clamp(min=0).long()] * known
@@ -280,9 +293,10 @@ class ItemBatch:
       (0 for new items) ``+ A[tok] @ B``; PAD and MASK take the base model's rows.
 
     Regions of smaller item rank (or none) are zero-padded to the largest: zeros add exactly
-    nothing. Item ``j`` of region ``u`` is row ``offsets[u] + j`` of the concatenations; with
-    several regions, a last sentinel row (column -1, bias ``-inf``, ``A`` 0) pads each row's
-    scores past the end of its catalogue.
+    nothing. The item-item parts (:class:`ItemItemBatch`) read the user vector's columns past
+    ``hidden`` (``[h, p]``, as the region task). Item ``j`` of region ``u`` is row
+    ``offsets[u] + j`` of the concatenations; with several regions, a last sentinel row
+    (column -1, bias ``-inf``, ``A`` 0) pads each row's scores past the end of its catalogue.
     """
 
     def __init__(self, entries: list[RegionEntry]) -> None:
@@ -295,6 +309,8 @@ class ItemBatch:
         self.width = max(sizes)
         self.sizes = torch.tensor(sizes, dtype=torch.long)
         self.offsets = torch.tensor([0, *itertools.accumulate(sizes)][:-1], dtype=torch.long)
+        self.hidden = unique[0].hidden
+        self.cf = ItemItemBatch.of(unique, sizes)  # None: no region has the part
         rank = max(e.rank for e in unique)
         columns = [e.columns for e in unique]
         bias = [e.item_bias if e.item_bias is not None else torch.zeros(n)
@@ -334,8 +350,14 @@ class ItemBatch:
                 out.baddbmm_(a, self.b[run])
         return out
 
+    def cf_users(self, rows: torch.Tensor, ids: torch.Tensor) -> torch.Tensor | None:
+        """The item-item columns ``p`` of ``rows``' user vectors (None: no part here)."""
+        return None if self.cf is None else self.cf.users(self.run[rows], self.offsets, ids)
+
     def scores(self, users: torch.Tensor) -> torch.Tensor:
-        """Scores ``[rows, width]`` of each row's catalogue, ``-inf`` past its end."""
+        """Scores ``[rows, width]`` of each row's catalogue, ``-inf`` past its end; ``users``:
+        ``[h, p]`` when the batch has an item-item part (:meth:`cf_users`)."""
+        users, cf = users[:, :self.hidden], users[:, self.hidden:]
         if len(self.bases) == 1:
             entry = self.bases[0][0]
             base = torch.addmm(entry.base_bias, users, entry.base_embed[N_SPECIAL:].T)
@@ -351,6 +373,8 @@ class ItemBatch:
             scores.masked_fill_(column < 0, 0.0)  # new items: no base part
             if self.a is not None:
                 scores.addmm_(users @ self.b[0].T, self.a.T)
+            if self.cf is not None and cf.shape[1]:
+                self.cf.add_scores(scores, cf, None)
             return scores.add_(self.bias)
         position = torch.arange(self.width)
         flat = torch.where(position < self.sizes[self.run][:, None],
@@ -361,6 +385,8 @@ class ItemBatch:
         if self.a is not None:
             user_b = torch.bmm(self.b[self.run], users[:, :, None])  # [rows, rank, 1]
             scores[:, :, None].baddbmm_(self.a[flat], user_b)
+        if self.cf is not None and cf.shape[1]:  # no column: every row's p is 0
+            self.cf.add_scores(scores, cf, flat)
         return scores.add_(self.bias[flat])
 
 

@@ -40,7 +40,8 @@ def plan_groups(entries: list[RegionEntry]) -> list[tuple[SharedBody | RegionEnt
 def user_vectors(entries: list[RegionEntry], tokens: list[list[int]], max_len: int,
                  causal: bool, ordered: bool, orders: int = 1, items: ItemBatch | None = None
                  ) -> tuple[torch.Tensor, int]:
-    """User vectors ``[rows, hidden]`` and the number of transformer forward passes run.
+    """User vectors ``[rows, hidden]`` (``[rows, hidden + r]``, ``[h, p]``, when a region of
+    the batch has an item-item part of rank up to ``r``) and the number of transformer passes.
 
     Each row is embedded with its own region's item side (only the tokens it holds), then
     routed to its own adapter. Causal rows without any known item have nothing to encode:
@@ -49,12 +50,13 @@ def user_vectors(entries: list[RegionEntry], tokens: list[list[int]], max_len: i
     Unordered histories are read as evaluation reads them (``core.batching.read_users``:
     averaged over ``orders`` orders of the set), so served and evaluated scores agree.
     """
-    hidden = entries[0].hidden if entries else 0
-    users = torch.zeros(len(entries), hidden)
-    passes = 0
     live = [i for i, t in enumerate(tokens) if t or not causal]
     if live and items is None:
         items = ItemBatch(entries)
+    hidden = entries[0].hidden if entries else 0
+    cf_rank = items.cf.rank if items is not None and items.cf is not None else 0
+    users = torch.zeros(len(entries), hidden + cf_rank)  # [h, p] with an item-item part
+    passes = 0
     for group, rows in plan_groups([entries[i] for i in live]):
         rows = [live[r] for r in rows]
         reads = []
@@ -64,8 +66,11 @@ def user_vectors(entries: list[RegionEntry], tokens: list[list[int]], max_len: i
             reads.append(1)
             embeds = items.embed(torch.tensor(rows), ids)
             if isinstance(group, SharedBody):
-                return group.encode(embeds, mask, [entries[r].name for r in rows])
-            return group.body(inputs_embeds=embeds, attention_mask=mask).last_hidden_state[:, -1]
+                out = group.encode(embeds, mask, [entries[r].name for r in rows])
+            else:
+                out = group.body(inputs_embeds=embeds, attention_mask=mask).last_hidden_state[:, -1]
+            cf = items.cf_users(torch.tensor(rows), ids)  # read from the same window
+            return out if cf is None else torch.cat([out, cf.to(out.dtype)], dim=-1)
 
         out = read_users(encode, [tokens[r] for r in rows], max_len, causal, ordered, orders)
         users[rows] = out.float()

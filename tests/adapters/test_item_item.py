@@ -10,7 +10,6 @@ import torch.nn.functional as F
 
 from regiontune.adapters import load_adapter, save_adapter
 from regiontune.adapters.item_item import ItemItem, _truncated_svd
-from regiontune.artifacts import ArtifactError
 from regiontune.config import AdaptConfig
 from regiontune.evaluation.evaluate import task_scores
 from regiontune.model.batching import read_users
@@ -129,26 +128,130 @@ def test_trains_saves_and_loads_identically(trained_cf, tiny_backbone_dir, islan
                        task_scores(task, histories, island.catalogue))
 
 
-def test_serving_refuses_with_a_clear_message(trained_cf, tiny_backbone_dir):
+def _rank_2_copy(src, dst):
+    """The adapter cut to its first 2 item-item columns: another rank, a valid adapter."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from regiontune.adapters.io import WEIGHTS
+
+    shutil.copytree(src, dst)
+    tensors = load_file(str(dst / WEIGHTS))
+    for k in ("p", "q"):
+        key = f"regiontune.item_side.item_item.{k}"
+        tensors[key] = tensors[key][:, :2].contiguous() * 1.5
+    save_file(tensors, str(dst / WEIGHTS), metadata={"format": "pt"})
+    meta = json.loads((dst / "region.json").read_text())
+    (dst / "region.json").write_text(json.dumps({**meta, "cf_rank": 2}))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def served_cf(trained_cf, tiny_backbone_dir, tiny_regions, tmp_path_factory):
+    """A recommender serving the cf adapter (rank 4), a rank-2 copy, a plain LoRA region and
+    a bottleneck region; {region: (task loaded from its folder, histories)}."""
     from regiontune.model.backbone import load_backbone
-    from regiontune.serving.entries import build_entry
+    from regiontune.serving.recommender import Recommender
+    from tests.serving.helpers import histories, make_adapter
 
     *_, out = trained_cf
-    backbone, vocab, meta = load_backbone(tiny_backbone_dir)
-    with pytest.raises(ArtifactError, match="cf_rank > 0 .* not served yet"):
-        build_entry(REGION, out, backbone, vocab, meta["fingerprint"], {})
+    root = tmp_path_factory.mktemp("served_cf")
+    dirs = {"cf": out, "cf2": _rank_2_copy(out, root / "cf2")}
+    make_adapter(tiny_backbone_dir, tiny_regions["west"], "lora", root / "west", 1)
+    make_adapter(tiny_backbone_dir, tiny_regions["delta"], "bottleneck", root / "delta", 2)
+    dirs |= {"west": root / "west", "delta": root / "delta"}
+    rec = Recommender.from_dirs(tiny_backbone_dir)
+    data = {"cf": tiny_regions[REGION], "cf2": tiny_regions[REGION],
+            "west": tiny_regions["west"], "delta": tiny_regions["delta"]}
+    tasks = {}
+    for region, directory in dirs.items():
+        rec.load(region, directory)
+        backbone, vocab, meta = load_backbone(tiny_backbone_dir)  # its own: LoRA wraps it
+        task = load_adapter(directory, backbone, vocab, meta["fingerprint"]).eval()
+        # long histories too: the item-item part reads the transformer's window only
+        long = [sum(data[region].train.values(), [])[:40]]
+        tasks[region] = (task, histories(data[region], 4) + long)
+    return rec, tasks
 
 
-def test_server_answers_a_put_of_such_an_adapter_with_a_422(trained_cf, tiny_backbone_dir):
+def _assert_served_like_the_task(results, rows) -> None:
+    for result, (task, history) in zip(results, rows, strict=True):
+        catalogue = task.item_side.catalogue
+        want = task_scores(task, [history], catalogue)[0]
+        top = want.topk(10)
+        got = torch.tensor(result["scores"])
+        torch.testing.assert_close(got, top.values, atol=1e-5, rtol=1e-5)
+        # the same items (up to the order of tied scores): each scores as the task scores it
+        index = {item: i for i, item in enumerate(catalogue)}
+        torch.testing.assert_close(got, want[[index[i] for i in result["items"]]],
+                                   atol=1e-5, rtol=1e-5)
+
+
+def test_served_cf_adapter_scores_as_its_task(served_cf):
+    rec, tasks = served_cf
+    entry = rec._snapshot["cf"]
+    assert entry.cf_rank == 4 and rec._snapshot["cf2"].cf_rank == 2
+    task, hs = tasks["cf"]
+    assert task.item_item is not None
+    results = rec.recommend(hs, ["cf"] * len(hs), k=10, exclude_seen=False)
+    _assert_served_like_the_task(results, [(task, h) for h in hs])
+
+
+def test_mixed_batch_of_cf_ranks_lora_and_bottleneck(served_cf):
+    rec, tasks = served_cf
+    rows = [(region, task, h) for region, (task, hs) in tasks.items() for h in hs]
+    rows = rows[::2] + rows[1::2]  # interleave regions
+    results = rec.recommend([h for *_, h in rows], [r for r, *_ in rows], k=10,
+                            exclude_seen=False)
+    assert [r["region"] for r in results] == [r for r, *_ in rows]
+    _assert_served_like_the_task(results, [(t, h) for _, t, h in rows])
+    # the part counts: without it the cf region ranks otherwise
+    task, hs = tasks["cf"]
+    cf = task.item_item
+    saved = cf.weight.detach().clone()
+    with torch.no_grad():
+        cf.weight.zero_()
+    try:
+        plain = task_scores(task, hs, task.item_side.catalogue)
+    finally:
+        with torch.no_grad():
+            cf.weight.copy_(saved)
+    assert not torch.allclose(plain, task_scores(task, hs, task.item_side.catalogue))
+
+
+def test_server_serves_a_put_cf_adapter(trained_cf, tiny_backbone_dir, served_cf):
     from fastapi.testclient import TestClient
 
     from regiontune.serving.app import create_app
     from regiontune.serving.recommender import Recommender
 
     *_, out = trained_cf
+    _, tasks = served_cf
+    task, hs = tasks["cf"]
     rec = Recommender.from_dirs(tiny_backbone_dir, [], unknown_region="backbone")
     client = TestClient(create_app(rec, admin_token="t"))
     r = client.put(f"/v1/regions/{REGION}", json={"path": str(out)},
                    headers={"Authorization": "Bearer t"})
-    assert r.status_code == 422 and "cf_rank > 0" in r.json()["detail"]
-    assert "not served yet" in r.json()["detail"]
+    assert r.status_code == 200, r.text
+    r = client.post("/v1/recommend", json={"region": REGION, "history": hs[1], "k": 10,
+                                           "exclude_seen": False})
+    assert r.status_code == 200, r.text
+    _assert_served_like_the_task([r.json()], [(task, hs[1])])
+
+
+def test_growth_refuses_cf_adapters(trained_cf, tiny_backbone_dir, served_cf, tmp_path):
+    from regiontune.adapters.grow import grow_catalogue
+    from regiontune.serving.errors import InvalidRequestError
+
+    *_, out = trained_cf
+    rec, _ = served_cf
+    with pytest.raises(InvalidRequestError, match=r"item-item part \(cf_rank > 0\).*cannot "
+                                                  "extend"):
+        rec.grow("cf", ["brand-new-item"])
+    assert rec._snapshot["cf"].cf_rank == 4 and "brand-new-item" not in rec._snapshot[
+        "cf"].vocab.index
+    with pytest.raises(ValueError, match="item_item.*cannot extend"):
+        grow_catalogue(out, tiny_backbone_dir, ["brand-new-item"], out=tmp_path / "grown")
+    assert not (tmp_path / "grown").exists()
