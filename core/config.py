@@ -31,9 +31,12 @@ class DataConfig:
     time_format: str | None = None  # strptime format of timestamps; None: epoch or ISO-8601
     # evaluation cases: full-ranking over the region catalogue, or "sampled": the target among
     # `negatives` items the user never had, drawn uniformly or by training popularity (seeded)
-    protocol: str = "full-ranking"  # full-ranking | sampled
+    protocol: str = "full-ranking"  # full-ranking | sampled | candidates
     negatives: int = 99
     negatives_from: str = "uniform"  # uniform | popularity
+    # protocol "candidates" (set by this): a file of user,item,candidates rows that replace the
+    # test cases (core/data/candidates.py); not for wsdm22-xmrec
+    candidates: str | None = None
     seed: int = 0
     max_valid_users: int = 2000  # early-stopping users per region (random hold-out)
     min_history: int = 3  # users with fewer interactions are not held out

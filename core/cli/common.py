@@ -64,13 +64,20 @@ def load_configs(config: Path | None, sets: list[str],
 def data_config(cfg: DataConfig, data: str | None, data_dir: Path | None, files: list[str],
                 columns: list[str], regions: str | None, sep: str | None = None,
                 time_format: str | None = None, protocol: str | None = None,
-                negatives: int | None = None, negatives_from: str | None = None
-                ) -> DataConfig:
+                negatives: int | None = None, negatives_from: str | None = None,
+                candidates: str | Path | None = None) -> DataConfig:
     """The data options of a command applied to ``cfg`` (those left unset keep its values)."""
     from regiontune.data.loading import normalize_sep
 
     if sep is not None:
         cfg.sep = normalize_sep(sep)
+    if candidates is not None:
+        if negatives is not None or negatives_from is not None:
+            raise ValueError("--candidates FILE brings its own lists: drop --negatives and "
+                             "--negatives-from")
+        cfg.candidates = str(candidates)
+        if protocol is None:
+            protocol = "candidates"
     if time_format is not None:
         cfg.time_format = time_format
     if protocol is not None:
@@ -152,13 +159,25 @@ TimeFormatOpt = typer.Option(None, "--time-format", help="strptime format of the
 ProtocolOpt = typer.Option(None, "--protocol", help="Evaluation cases: full-ranking (default: "
                            "the target against the whole region catalogue) or sampled (the "
                            "target among --negatives items the user never had, seeded by "
-                           "data.seed; see --negatives-from). Not for wsdm22-xmrec (its lists "
-                           "are fixed).")
+                           "data.seed; see --negatives-from) or candidates (set by "
+                           "--candidates). Not for wsdm22-xmrec (its lists are fixed).")
 NegativesOpt = typer.Option(None, "--negatives", help="Negatives per case of the sampled "
                             "protocol (default 99; implies --protocol sampled).")
 NegativesFromOpt = typer.Option(None, "--negatives-from", help="How the sampled protocol "
                                 "draws negatives: uniform (default) or popularity (in "
                                 "proportion to the item's training count).")
+CandidatesOpt = typer.Option(None, "--candidates", help="Your own candidate lists (sets the "
+                             "protocol candidates-N, N the median list size): a file "
+                             "(delimiter sniffed), one row per test case, columns user, item "
+                             "(the held-out positive), candidates (the other items, separated "
+                             "by , or |; quote the list in a comma-separated file) and "
+                             "optionally region (else the row applies to every region with "
+                             "that user). The rows replace the test cases: history = the "
+                             "user's interactions, the positive removed (from training too); "
+                             "users without a row are not tested; unknown users are skipped "
+                             "(counted); items the catalogue lacks are kept (never-trained). "
+                             "Validation stays the internal hold-out, ranked among N-1 uniform "
+                             "negatives.")
 VerboseOpt = typer.Option(False, "--verbose", "-v", help="Debug logging.")
 
 
@@ -171,6 +190,8 @@ def backbone_data(backbone: Path, cfg: DataConfig) -> DataConfig:
         return cfg
     merged = from_dict(DataConfig, saved["data"])
     merged.regions = cfg.regions
+    if cfg.candidates:  # --candidates given with the backbone's data
+        merged.candidates, merged.protocol = cfg.candidates, "candidates"
     return merged
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import typer
 
 from regiontune.cli.common import (
+    CandidatesOpt,
     ColumnsOpt,
     DataDirOpt,
     DataOpt,
@@ -156,6 +157,7 @@ def compare(backbone: Path = typer.Option(..., "--backbone", help="Backbone dire
             columns: list[str] = ColumnsOpt, sep: str = SepOpt,
             time_format: str = TimeFormatOpt, protocol: str = ProtocolOpt,
             negatives: int = NegativesOpt, negatives_from: str = NegativesFromOpt,
+            candidates: str = CandidatesOpt,
             k: int = typer.Option(10, "-k", help="Cut-off of NDCG@k and HR@k."),
             json_out: Path = typer.Option(None, "--json", help="Write the rows here as JSON."),
             verbose: bool = VerboseOpt) -> None:
@@ -166,7 +168,8 @@ def compare(backbone: Path = typer.Option(..., "--backbone", help="Backbone dire
         raise ValueError("-k must be positive")
     data_cfg = eval_data_config(backbone, [region], data, data_dir, file, columns, sep=sep,
                                 time_format=time_format, protocol=protocol,
-                                negatives=negatives, negatives_from=negatives_from)
+                                negatives=negatives, negatives_from=negatives_from,
+                                candidates=candidates)
     region_data = load_regions(data_cfg)[region]
     if not region_data.test:
         raise ValueError(f"region {region!r} has no test cases")

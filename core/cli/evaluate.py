@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from regiontune.cli.common import (
+    CandidatesOpt,
     ColumnsOpt,
     DataDirOpt,
     DataOpt,
@@ -76,6 +77,7 @@ def evaluate(model: Path = ModelOpt, adapter: list[Path] = AdapterOpt,
              columns: list[str] = ColumnsOpt, sep: str = SepOpt,
              time_format: str = TimeFormatOpt, protocol: str = ProtocolOpt,
              negatives: int = NegativesOpt, negatives_from: str = NegativesFromOpt,
+             candidates: str = CandidatesOpt,
              split: str = typer.Option("test", "--split", help="test or valid."),
              k: int = typer.Option(10, "-k", help="Cut-off of NDCG@k and HR@k."),
              json_out: Path = typer.Option(None, "--json", help="Write the metrics here "
@@ -99,7 +101,8 @@ def evaluate(model: Path = ModelOpt, adapter: list[Path] = AdapterOpt,
         names = list(meta.get("regions", []))
     data_cfg = eval_data_config(model, names, data, data_dir, file, columns, sep=sep,
                                 time_format=time_format, protocol=protocol,
-                                negatives=negatives, negatives_from=negatives_from)
+                                negatives=negatives, negatives_from=negatives_from,
+                                candidates=candidates)
     regions, summary = load_data(data_cfg)
     names = names or sorted(regions)
     typer.echo(f"data: {summary.line()}")

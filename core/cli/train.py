@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from regiontune.cli.common import (
+    CandidatesOpt,
     ColumnsOpt,
     ConfigOpt,
     DataDirOpt,
@@ -53,6 +54,7 @@ def pretrain(out: Path = typer.Option(..., "--out", help="Backbone directory to 
              columns: list[str] = ColumnsOpt, sep: str = SepOpt,
              time_format: str = TimeFormatOpt, protocol: str = ProtocolOpt,
              negatives: int = NegativesOpt, negatives_from: str = NegativesFromOpt,
+             candidates: str = CandidatesOpt,
              arch: str = typer.Option(None, "--arch",
              help="Backbone family: llama, gpt2 (causal) or bert (bidirectional)."),
              epochs: int = typer.Option(None, "--epochs", help="Maximum epochs."),
@@ -79,7 +81,7 @@ def pretrain(out: Path = typer.Option(..., "--out", help="Backbone directory to 
     cfg = load_configs(config, set_)
     data_cfg = data_config(cfg["data"], data, data_dir, file, columns, regions, sep=sep,
                            time_format=time_format, protocol=protocol, negatives=negatives,
-                           negatives_from=negatives_from)
+                           negatives_from=negatives_from, candidates=candidates)
     if arch:
         cfg["model"].arch = arch
     if epochs:
@@ -128,6 +130,7 @@ def adapt(backbone: Path = typer.Option(..., "--backbone", help="Backbone direct
           columns: list[str] = ColumnsOpt, sep: str = SepOpt,
           time_format: str = TimeFormatOpt, protocol: str = ProtocolOpt,
           negatives: int = NegativesOpt, negatives_from: str = NegativesFromOpt,
+          candidates: str = CandidatesOpt,
           epochs: int = typer.Option(None, "--epochs", help="Maximum epochs."),
           resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run."),
           config: Path = ConfigOpt, set_: list[str] = SetOpt, verbose: bool = VerboseOpt) -> None:
@@ -136,7 +139,8 @@ def adapt(backbone: Path = typer.Option(..., "--backbone", help="Backbone direct
     from regiontune.training.adapt import parent_method
 
     data_options = {"sep": sep, "time_format": time_format, "protocol": protocol,
-                    "negatives": negatives, "negatives_from": negatives_from}
+                    "negatives": negatives, "negatives_from": negatives_from,
+                    "candidates": candidates}
 
     if init_from is not None:
         if method == SCRATCH:

@@ -323,6 +323,16 @@ class LoadSummary:
                  + (f" {done} (duplicates={self.duplicates_policy})" if self.duplicates else "")]
         if self.time_range:
             parts.append(f"time {self.time_range[0]} to {self.time_range[1]} UTC")
+        lists = self.extra.get("candidates")  # the candidates protocol (data/candidates.py)
+        if lists:
+            text = (f"candidates {lists['file']}: {lists['cases']:,} test cases of "
+                    f"{lists['rows']:,} rows")
+            if lists["skipped"]:
+                text += f", {lists['skipped']:,} rows skipped (user unknown)"
+            if lists["unknown_items"]:
+                text += (f", {lists['unknown_items']:,} listed items unknown to the catalogue "
+                         "(kept: scored as never-trained items)")
+            parts.append(text)
         return ", ".join(parts)
 
     def as_dict(self) -> dict:

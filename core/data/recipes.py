@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from regiontune.config import DataConfig
+from regiontune.data.candidates import candidate_split
 from regiontune.data.loading import (
     DataError,
     LoadSummary,
@@ -95,6 +96,10 @@ def _deduplicate(frame: pd.DataFrame, cfg: DataConfig) -> tuple[pd.DataFrame, Lo
 
 def _split_all(frame: pd.DataFrame, cfg: DataConfig) -> Loaded:
     frame, summary = _deduplicate(frame, cfg)
+    if cfg.candidates:
+        out, summary.extra["candidates"] = candidate_split(
+            frame, cfg.candidates, cfg.min_history, cfg.seed, cfg.max_valid_users)
+        return out, summary
     out = {}
     for region, part in frame.groupby("region", sort=True):
         out[str(region)] = split_region(str(region), part.reset_index(drop=True),
@@ -235,7 +240,17 @@ FIXED_PROTOCOL = {"wsdm22-xmrec": "its official 100-candidate lists"}
 
 def _check_protocol(cfg: DataConfig) -> None:
     if cfg.protocol not in PROTOCOLS:
-        raise DataError(f"protocol {cfg.protocol!r} unknown; use {' or '.join(PROTOCOLS)}")
+        raise DataError(f"protocol {cfg.protocol!r} unknown; use {', '.join(PROTOCOLS)}")
+    if cfg.candidates and cfg.protocol == "full-ranking":
+        cfg.protocol = "candidates"  # a candidates file sets its protocol
+    if cfg.protocol == "candidates" and not cfg.candidates:
+        raise DataError("protocol 'candidates' reads your lists: pass --candidates FILE")
+    if cfg.candidates and cfg.protocol != "candidates":
+        raise DataError(f"--candidates FILE sets the protocol (its lists); drop --protocol "
+                        f"{cfg.protocol}")
+    if cfg.candidates and cfg.recipe in FIXED_PROTOCOL:
+        raise DataError(f"recipe {cfg.recipe!r} has a fixed protocol "
+                        f"({FIXED_PROTOCOL[cfg.recipe]}); drop --candidates")
     if cfg.protocol == "sampled" and cfg.recipe in FIXED_PROTOCOL:
         raise DataError(f"recipe {cfg.recipe!r} has a fixed protocol "
                         f"({FIXED_PROTOCOL[cfg.recipe]}); drop --protocol sampled")

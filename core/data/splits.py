@@ -55,11 +55,16 @@ def histories(frame: pd.DataFrame) -> dict[str, list[str]]:
     return {u: list(g) for u, g in frame.groupby("user", sort=True)["item"]}
 
 
-def leave_last_out(region: str, frame: pd.DataFrame, min_history: int) -> RegionData:
-    """Sequences: the last item of each user is the test target, the second last validation."""
+def leave_last_out(region: str, frame: pd.DataFrame, min_history: int,
+                   with_test: bool = True) -> RegionData:
+    """Sequences: the last item of each user is the test target, the second last validation
+    (without test cases: the last item is the validation target)."""
     train, valid, test = {}, [], []
     for user, items in histories(frame).items():
-        if len(items) >= min_history:
+        if not with_test and len(items) >= min_history:
+            train[user] = items[:-1]
+            valid.append(EvalCase(user, items[:-1], items[-1]))
+        elif with_test and len(items) >= min_history:
             train[user] = items[:-2]
             valid.append(EvalCase(user, items[:-2], items[-2]))
             test.append(EvalCase(user, items[:-1], items[-1]))
@@ -113,7 +118,7 @@ def sample_candidates(cases: list[EvalCase], pool: list[str], n_negatives: int,
         case.candidates = [case.target] + negatives
 
 
-PROTOCOLS = ("full-ranking", "sampled")
+PROTOCOLS = ("full-ranking", "sampled", "candidates")
 NEGATIVES_FROM = ("uniform", "popularity")
 
 
@@ -198,11 +203,11 @@ def _finish(region, frame, train, valid, test, ordered) -> RegionData:
 
 
 def split_region(region: str, frame: pd.DataFrame, min_history: int = 3, seed: int = 0,
-                 max_valid_users: int = 2000) -> RegionData:
+                 max_valid_users: int = 2000, with_test: bool = True) -> RegionData:
     """Pick the split a region's data calls for: by time where timestamps exist."""
     if "timestamp" in frame.columns:
-        return leave_last_out(region, frame, min_history)
-    return random_holdout(region, frame, min_history, seed, max_valid_users)
+        return leave_last_out(region, frame, min_history, with_test)
+    return random_holdout(region, frame, min_history, seed, max_valid_users, with_test)
 
 
 def subsample_users(data: RegionData, fraction: float, seed: int) -> RegionData:

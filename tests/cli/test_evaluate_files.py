@@ -139,3 +139,26 @@ def test_pretrain_and_adapt_take_the_same_data_options(workdir):
     assert "written to" in text
     fails(invoke("pretrain", "--out", workdir / "bb-bad", "--file", f"harbor={path}", *COLUMNS,
                  "--sep", ";", *TINY), "2016")  # dates unreadable without the format
+
+
+def test_evaluate_on_own_candidate_lists(workdir, backbone, harbor):
+    # one row per test case: user, item (the positive), candidates (20 others, |-separated)
+    frame = synthetic_frame(0, 0.2)
+    frame = frame[frame["region"] == "island"]
+    pool = sorted(frame["item"].unique())
+    rows = ["user\titem\tcandidates"]
+    for user, part in list(frame.groupby("user", sort=True))[:10]:
+        others = [i for i in pool if i not in set(part["item"])][:20]
+        rows.append(f"{user}\t{list(part['item'])[-1]}\t{'|'.join(others)}")
+    rows.append("ghost\ti1\ti2|i3")
+    lists = workdir / "harbor-lists.tsv"
+    lists.write_text("\n".join(rows) + "\n")
+    target = workdir / "eval-candidates.json"
+    text = ok(invoke("evaluate", "--model", backbone[0], "--file", f"harbor={harbor}",
+                     *COLUMNS, "--candidates", lists, "--json", target))
+    assert "10 test cases of 11 rows, 1 rows skipped (user unknown)" in text
+    row = json.loads(target.read_text())["harbor"]
+    assert row["protocol"] == "candidates-21" and row["users"] == 10
+    fails(invoke("evaluate", "--model", backbone[0], "--file", f"harbor={harbor}", *COLUMNS,
+                 "--candidates", workdir / "none.tsv", "--json", workdir / "x.json"),
+          "no such file")
