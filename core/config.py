@@ -143,7 +143,7 @@ class AdaptConfig:
     start_as_candidate: bool = True
     # rank of the optional item-item (EASE-like) part (adapters/item_item.py): P, Q over the
     # catalogue, initialised from EASE fitted on the region's training data, trained with the
-    # adapter; 0 turns it off. Not served yet (the server refuses such adapters).
+    # adapter; 0 turns it off. Served (core/serving/item_item.py); catalogue growth refuses it.
     cf_rank: int = 0
 
 
