@@ -1,9 +1,8 @@
-"""Loading and validating interaction files, and the data recipes (synthetic, ml-100k, wsdm)."""
+"""Loading and validating interaction files: formats, column mapping, bad cells, duplicates."""
 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -12,17 +11,6 @@ import pytest
 from regiontune.config import DataConfig
 from regiontune.data.loading import DataError, handle_duplicates, load_file, load_files
 from regiontune.data.recipes import SYNTHETIC_REGIONS, load_regions
-
-# the shared real data sits beside the project (../shared/data); REGIONTUNE_DATA overrides it
-
-DATA = Path(os.environ.get("REGIONTUNE_DATA",
-                           Path(__file__).resolve().parents[3] / "shared" / "data"))
-ML100K = DATA / "ml-100k"
-WSDM = DATA / "wsdm22-xmrec"
-needs_ml100k = pytest.mark.skipif(not (ML100K / "ml-100k.inter").is_file(),
-                                  reason="ml-100k not available")
-needs_wsdm = pytest.mark.skipif(not (WSDM / "t1" / "valid_run.tsv").is_file(),
-                                reason="wsdm22-xmrec not available")
 
 # the same interactions under the names a user's file might have
 ROWS = [("u1", "i1", 10), ("u1", "i2", 20), ("u2", "i1", 5), ("u2", "i3", 7)]
