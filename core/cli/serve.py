@@ -76,7 +76,7 @@ def serve(backbone: Path = typer.Option(..., "--backbone", help="Backbone direct
     --adapter sources load in the background: GET /readyz answers 503 until they are loaded.
     """
     from regiontune.serving.app import ServingLimits
-    from regiontune.serving.app import serve as run
+    from regiontune.serving.server import serve as run
 
     pairs = [tuple(a.split("=", 1)) for a in adapter]
     if any(len(p) != 2 for p in pairs):

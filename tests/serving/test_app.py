@@ -160,8 +160,9 @@ def test_serve_entry_point_defaults(dirs, monkeypatch):
     loads local adapters from its roots only, and applies the limits given."""
     import uvicorn
 
-    from regiontune.serving.app import ServingLimits, serve
+    from regiontune.serving.app import ServingLimits
     from regiontune.serving.errors import AdapterLoadError
+    from regiontune.serving.server import serve
 
     with pytest.raises(AdapterLoadError, match="claim one region"):
         serve(dirs["backbone"], dirs["root"])  # west, west_b and corrupt all claim "west"

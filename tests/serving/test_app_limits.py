@@ -236,7 +236,7 @@ def test_serve_refuses_unknown_regions_by_default():
     import inspect
 
     from regiontune.cli.serve import serve as cli_serve
-    from regiontune.serving.app import serve
+    from regiontune.serving.server import serve
 
     assert inspect.signature(serve).parameters["unknown_region"].default == "error"
     assert inspect.signature(cli_serve).parameters["unknown_region"].default.default == "error"

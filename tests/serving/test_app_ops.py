@@ -240,7 +240,7 @@ def test_serve_command_passes_read_token_and_cors(dirs, monkeypatch):  # noqa: F
     from regiontune.cli.main import app as cli
 
     calls = []
-    monkeypatch.setattr("regiontune.serving.app.serve", lambda *a, **kw: calls.append(kw))
+    monkeypatch.setattr("regiontune.serving.server.serve", lambda *a, **kw: calls.append(kw))
     monkeypatch.setenv("REGIONTUNE_READ_TOKEN", READ)
     args = ["serve", "--backbone", str(dirs["backbone"]), "--cors-origin",
             "https://a.example", "--cors-origin", "http://localhost:3000"]
