@@ -145,6 +145,11 @@ class AdaptConfig:
     # catalogue, initialised from EASE fitted on the region's training data, trained with the
     # adapter; 0 turns it off. Served (core/serving/item_item.py); catalogue growth refuses it.
     cf_rank: int = 0
+    # refresh only (--init-from): this seeded share of the parent's training histories (its
+    # users) is trained again with the new data, against forgetting; 0 turns it off. The
+    # parent's data is reloaded from the configuration its region.json records
+    # (training/replay.py).
+    replay: float = 0.0
 
 
 def _coerce(value: str, target_type: Any) -> Any:

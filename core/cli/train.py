@@ -115,6 +115,12 @@ def adapt(backbone: Path = typer.Option(..., "--backbone", help="Backbone direct
                                          "and the new items appended, optimizer and schedule "
                                          "restarted; region.json records the lineage (parent, "
                                          "data period, test metrics before and after)."),
+          replay: float = typer.Option(None, "--replay", help="With --init-from: train "
+                                       "again on this seeded share (0..1) of the parent's "
+                                       "training users (histories only), against forgetting; "
+                                       "their data is reloaded from the configuration the "
+                                       "parent's region.json records (an error if it is "
+                                       "gone). Default 0: none."),
           option: list[str] = typer.Option([], "--option", "-o", help="Method option KEY=VALUE"
                                            ", e.g. r=16, lora_alpha=32, targets=attention, "
                                            "reduction_factor=8, init_r=12. Repeatable."),
@@ -142,6 +148,9 @@ def adapt(backbone: Path = typer.Option(..., "--backbone", help="Backbone direct
                     "negatives": negatives, "negatives_from": negatives_from,
                     "candidates": candidates}
 
+    if replay is not None and init_from is None and replay != 0:
+        raise ValueError("--replay replays the parent adapter's training data: it needs "
+                         "--init-from PARENT_DIR")
     if init_from is not None:
         if method == SCRATCH:
             raise ValueError("--init-from refreshes an adapter; --method scratch trains a "
@@ -174,6 +183,8 @@ def adapt(backbone: Path = typer.Option(..., "--backbone", help="Backbone direct
         adapt_cfg.item_rank = item_rank
     if weights_dtype is not None:
         adapt_cfg.weights_dtype = weights_dtype
+    if replay is not None:
+        adapt_cfg.replay = replay
     if epochs:
         cfg["train"].epochs = epochs
     meta = run(backbone, data_cfg, adapt_cfg, cfg["train"], out, resume=resume,
@@ -186,6 +197,9 @@ def adapt(backbone: Path = typer.Option(..., "--backbone", help="Backbone direct
                    f"{lineage['new_items']:,} new items): NDCG@10 "
                    f"{before.get('ndcg@10', 0):.4f} before, {after.get('ndcg@10', 0):.4f} "
                    "after")
+        if lineage.get("replay"):
+            typer.echo(f"replayed {lineage['replay']['users']:,} of the parent's training "
+                       f"users (--replay {lineage['replay']['fraction']})")
     typer.echo(f"adapter ({adapt_cfg.method}, {meta['trainable_params']:,} trainable parameters, "
                f"{meta['adapter_bytes'] / 1024:.0f} KiB, {meta['train_seconds']:.0f} s) "
                f"written to {out}")

@@ -4,7 +4,9 @@ Refresh (``init_from``): an existing adapter continued on new data. Same backbon
 fingerprint before anything is trained or written), the parent's method and options, the
 parent's item side with the new data's items appended (old rows kept exactly, new rows as a
 fresh adapter starts them), a new optimizer and schedule, early stopping as usual; the saved
-metadata records the lineage (parent, data period, metrics before and after).
+metadata records the lineage (parent, data period, metrics before and after). Optional
+replay (``adapt_cfg.replay``): a seeded share of the parent's training histories trained again
+with the new data (training/replay.py).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import logging
 import math
 import os
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -46,6 +49,12 @@ from regiontune.model.recmodel import RecModel
 from regiontune.model.vocab import ItemVocab
 from regiontune.training.distill import fit_teacher
 from regiontune.training.loop import epoch_steps, fit, make_accelerator
+from regiontune.training.replay import (
+    check_replay,
+    parent_training_histories,
+    replay_record,
+    sample_replay,
+)
 from regiontune.training.unseen import calibrate_unseen, trained_items
 
 logger = logging.getLogger(__name__)
@@ -232,7 +241,8 @@ PARENT_ITEMS = "\0parent-catalogue"  # a pseudo-history: the items the parent al
 
 def train_region(backbone: RecModel, vocab: ItemVocab, data: RegionData, adapt_cfg: AdaptConfig,
                  train_cfg: TrainConfig, work: str | Path | None = None, resume: bool = False,
-                 accelerator=None, parent: AdapterFolder | None = None
+                 accelerator=None, parent: AdapterFolder | None = None,
+                 replay: dict[str, list[str]] | None = None
                  ) -> tuple[RegionTask, dict[str, Any]]:
     """Train one region's adapter (on ``adapt_cfg.fraction`` of its users); returns task, stats.
 
@@ -240,8 +250,10 @@ def train_region(backbone: RecModel, vocab: ItemVocab, data: RegionData, adapt_c
     instead of starting a new adapter (a refresh). Its catalogue comes first, the data's new
     items after; validation ranks over that whole catalogue; the items the parent knows stay
     in the training softmax, and only items neither the parent nor the new data has seen are
-    calibrated as unseen.
+    calibrated as unseen. ``replay`` (with ``parent``): the parent's training histories, of
+    which ``adapt_cfg.replay`` (seeded) join the training data (training/replay.py).
     """
+    check_replay(adapt_cfg.replay, parent.path if parent is not None else None)
     if parent is not None and (adapt_cfg.cf_rank > 0 or parent.meta.get("cf_rank", 0)):
         raise ValueError("an adapter with an item-item part (cf_rank > 0) cannot be refreshed "
                          "yet: train a new adapter instead")
@@ -255,6 +267,13 @@ def train_region(backbone: RecModel, vocab: ItemVocab, data: RegionData, adapt_c
                          "set item_bias: true, or calibrate_unseen: false")
     set_seed(train_cfg.seed)  # the adapter's initial weights too follow the run's seed
     data = subsample_users(data, adapt_cfg.fraction, train_cfg.seed)
+    replayed = {}
+    if parent is not None and adapt_cfg.replay > 0:
+        if replay is None:
+            raise ValueError("replay needs the parent's training histories")
+        replayed = sample_replay(replay, adapt_cfg.replay, train_cfg.seed,
+                                 list(parent.meta["catalogue"]) + data.catalogue)
+        data = replace(data, train={**data.train, **replayed})
     n_seq = sum(1 for h in data.train.values() if len(h) >= 2)
     total_steps = train_cfg.epochs * max(1, epoch_steps(n_seq, train_cfg))
     known = dict(data.train)  # what counts as trained: the data's items (and the parent's)
@@ -291,6 +310,8 @@ def train_region(backbone: RecModel, vocab: ItemVocab, data: RegionData, adapt_c
              "trainable_params": count_trainable(task), "best_epoch": result.best_epoch,
              "epochs_run": result.epochs_run, "stopped": result.stopped,
              "best_valid_ndcg@10": result.best_metric, "train_users": len(data.train)}
+    if parent is not None and adapt_cfg.replay > 0:
+        stats["replay"] = replay_record(adapt_cfg.replay, replayed)
     return task, stats
 
 
@@ -306,7 +327,9 @@ def adapt(backbone_dir: str | Path, data_cfg: DataConfig, adapt_cfg: AdaptConfig
     if not adapt_cfg.region:
         raise ValueError("name the region to adapt to (--region)")
     get_method(adapt_cfg.method)  # fail fast on a typo, before loading anything
+    check_replay(adapt_cfg.replay, init_from)
     out = Path(out)
+    replay = None
     if init_from is not None:
         if Path(init_from).resolve() == out.resolve():
             raise ValueError("--out must differ from --init-from: the parent adapter stays as "
@@ -316,6 +339,8 @@ def adapt(backbone_dir: str | Path, data_cfg: DataConfig, adapt_cfg: AdaptConfig
             raise ValueError(f"--method {adapt_cfg.method} differs from the parent adapter's "
                              f"method {method}: a refresh continues the parent's method "
                              "(drop --method)")
+        if adapt_cfg.replay > 0:  # the parent's data, reloaded before anything is trained
+            replay = parent_training_histories(read_parent(init_from))
     backbone, vocab, bmeta = load_backbone(backbone_dir)
     parent = (read_parent(init_from, bmeta["fingerprint"], weights=True)
               if init_from is not None else None)
@@ -332,7 +357,8 @@ def adapt(backbone_dir: str | Path, data_cfg: DataConfig, adapt_cfg: AdaptConfig
         del parent_task
     accelerator = make_accelerator(train_cfg)
     task, stats = train_region(backbone, vocab, data, adapt_cfg, train_cfg,
-                               out.parent / f"{out.name}.work", resume, accelerator, parent)
+                               out.parent / f"{out.name}.work", resume, accelerator, parent,
+                               replay)
     meta = {"region": adapt_cfg.region, "protocol": data.protocol,
             "backbone_fingerprint": bmeta["fingerprint"],
             "backbone_path": str(Path(backbone_dir).resolve()),
@@ -352,6 +378,7 @@ def adapt(backbone_dir: str | Path, data_cfg: DataConfig, adapt_cfg: AdaptConfig
             meta["lineage"] = lineage(parent, out, summary.time_range, summary.rows,
                                       len(catalogue) - len(parent.meta["catalogue"]),
                                       before, meta["metrics"])
+            meta["lineage"]["replay"] = stats.get("replay")
         meta = save_adapter(task, adapt_cfg.method, adapt_cfg.region or "default", meta, out,
                             adapt_cfg.weights_dtype)
     accelerator.wait_for_everyone()

@@ -60,3 +60,23 @@ def test_init_from_refuses_an_adapter_of_another_backbone(workdir, backbone, ada
     fails(invoke("adapt", "--backbone", backbone[0], "--region", "island", "--out", out,
                  "--init-from", foreign, *QUICK), "was trained on backbone sha256:fff")
     assert not out.exists() and not (workdir / "never.work").exists()
+
+
+def test_init_from_with_replay_records_it(workdir, backbone, adapter):
+    out = workdir / "island-replayed"
+    text = ok(invoke("adapt", "--backbone", backbone[0], "--region", "island", "--out", out,
+                     "--init-from", adapter[0], "--replay", "0.5", *QUICK))
+    meta = json.loads((out / ADAPTER_META).read_text())
+    replay = meta["lineage"]["replay"]
+    assert replay["fraction"] == 0.5 and replay["users"] > 0
+    assert f"replayed {replay['users']:,} of the parent's training users" in text
+
+
+def test_replay_needs_init_from_and_a_share(workdir, backbone, adapter):
+    out = workdir / "never"
+    fails(invoke("adapt", "--backbone", backbone[0], "--region", "island", "--out", out,
+                 "--replay", "0.5", *QUICK), "--replay", "needs --init-from")
+    fails(invoke("adapt", "--backbone", backbone[0], "--region", "island", "--out", out,
+                 "--init-from", adapter[0], "--replay", "1.5", *QUICK),
+          "--replay must be in [0, 1]")
+    assert not out.exists() and not (workdir / "never.work").exists()
