@@ -12,6 +12,11 @@ by timestamp and cut into ``--periods`` consecutive periods of equal interaction
   - **refreshed**: that adapter refreshed on period p's interactions alone
     (``train_region(parent=...)``, what ``regiontune adapt --init-from`` runs); the refreshed
     adapter is the one in service at p (so refreshes chain: p0 -> p1 -> p2 ...);
+  - **refreshed-replay**: as refreshed, with ``--replay`` (default 0.5, fixed a priori, not
+    tuned) of the parent's training users trained again with period p
+    (``train_region(parent=..., replay=...)``, what ``adapt --init-from --replay`` runs); it
+    chains too (p0 -> p1 -> p2 ...), so its parent was trained on period p-1 (period 0 for
+    p = 1) and that period's training histories are the replay pool;
   - **retrained**: a new adapter trained on every interaction of periods 0..p.
   Each training run splits its own data leave-last-out (the last two items of each user held
   out for early stopping), as ``regiontune adapt`` does.
@@ -39,6 +44,7 @@ import statistics
 import sys
 import time
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import matplotlib
@@ -71,7 +77,9 @@ from regiontune.training.pretrain import train_backbone  # noqa: E402
 log = logging.getLogger("benchmarks.refresh")
 NAME = "refresh"
 REGION = "all"
-METHODS = ("stale", "refreshed", "retrained")
+METHODS = ("stale", "refreshed", "refreshed-replay", "retrained")
+BASE = ("stale", "refreshed", "retrained")  # the bar's three; refreshed-replay is optional
+REPLAY = 0.5  # share of the parent's training users replayed (a priori, not tuned)
 MODEL = ModelConfig(arch="llama", hidden_size=64, num_layers=2, num_heads=2,
                     intermediate_size=128, max_len=50, dropout=0.2)
 PRETRAIN = TrainConfig(epochs=20, lr=2e-3, patience=3, batch_size=64, progress=False)
@@ -133,7 +141,8 @@ def next_period_ndcg(task, catalogue: list[str], histories: list[list[str]],
 # ---------------------------------------------------------------- the study
 
 def run_seed(periods: list[pd.DataFrame], method: str, seed: int, work: Path,
-             refresh_epochs: int | None = None) -> list[dict]:
+             refresh_epochs: int | None = None, methods: tuple[str, ...] = METHODS,
+             replay: float = REPLAY) -> list[dict]:
     work = work / f"seed{seed}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -161,7 +170,7 @@ def run_seed(periods: list[pd.DataFrame], method: str, seed: int, work: Path,
 
     backbone, vocab = fresh()
     first, stats = train_region(backbone, vocab, region_data(periods[0]), adapt_cfg, adapt_train)
-    in_service = save(first, "p0")
+    in_service = in_service_replay = save(first, "p0")
     log.info("seed %d: adapter p0, %.0f s", seed, stats["train_seconds"])
     records = []
     for p in range(1, len(periods) - 1):
@@ -171,18 +180,30 @@ def run_seed(periods: list[pd.DataFrame], method: str, seed: int, work: Path,
                 "eval_period": p + 1, "eval_users": len(histories),
                 "period_range": time_range(periods[p]),
                 "eval_range": time_range(periods[p + 1])}
-        backbone, vocab = fresh()
-        stale = load_adapter(in_service, backbone, vocab, fingerprint)
-        runs = {"stale": (stale, {"train_seconds": 0.0}, 0)}
+        runs = {}
+        if "stale" in methods:
+            backbone, vocab = fresh()
+            stale = load_adapter(in_service, backbone, vocab, fingerprint)
+            runs["stale"] = (stale, {"train_seconds": 0.0}, 0)
         backbone, vocab = fresh()
         parent = AdapterFolder.read(in_service, fingerprint)
         refreshed, stats = train_region(backbone, vocab, region_data(periods[p]), adapt_cfg,
                                         refresh_train, parent=parent)
-        runs["refreshed"] = (refreshed, stats, len(periods[p]))
-        backbone, vocab = fresh()
-        retrained, stats = train_region(backbone, vocab, region_data(past), adapt_cfg,
-                                        adapt_train)
-        runs["retrained"] = (retrained, stats, len(past))
+        if "refreshed" in methods:
+            runs["refreshed"] = (refreshed, stats, len(periods[p]))
+        if "refreshed-replay" in methods:
+            backbone, vocab = fresh()
+            parent = AdapterFolder.read(in_service_replay, fingerprint)
+            pool = region_data(periods[p - 1]).train  # what the parent trained on
+            replayed, stats = train_region(backbone, vocab, region_data(periods[p]),
+                                           replace(adapt_cfg, replay=replay), refresh_train,
+                                           parent=parent, replay=pool)
+            runs["refreshed-replay"] = (replayed, stats, len(periods[p]))
+        if "retrained" in methods:
+            backbone, vocab = fresh()
+            retrained, stats = train_region(backbone, vocab, region_data(past), adapt_cfg,
+                                            adapt_train)
+            runs["retrained"] = (retrained, stats, len(past))
         for name, (task, stats, rows) in runs.items():
             record = {**base, "method": name,
                       "ndcg@10": round(next_period_ndcg(task, catalogue, histories, relevant),
@@ -191,9 +212,13 @@ def run_seed(periods: list[pd.DataFrame], method: str, seed: int, work: Path,
                       "epochs_run": stats.get("epochs_run", 0),
                       "best_epoch": stats.get("best_epoch", 0),
                       "catalogue": len(task.item_side.catalogue)}
+            if stats.get("replay"):
+                record["replay"] = stats["replay"]
             records.append(record)
             log.info("%s", record)
         in_service = save(refreshed, f"p{p}")
+        if "refreshed-replay" in methods:
+            in_service_replay = save(replayed, f"p{p}-replay")
     return records
 
 
@@ -209,14 +234,20 @@ def verdicts(records: list[dict]) -> list[dict]:
         mean = {m: {key: statistics.fmean(x[key] for x in by[period][m])
                     for key in ("ndcg@10", "train_seconds")} for m in METHODS
                 if by[period][m]}
-        if len(mean) < len(METHODS):
+        if any(m not in mean for m in BASE):
             continue
         ref, ret, stale = mean["refreshed"], mean["retrained"], mean["stale"]
         quality = ref["ndcg@10"] / ret["ndcg@10"] if ret["ndcg@10"] else float("nan")
         seconds = (ref["train_seconds"] / ret["train_seconds"] if ret["train_seconds"]
                    else float("nan"))
-        out.append({"period": period, "seeds": len(by[period]["refreshed"]), **{
-            f"{m}_{k}": mean[m][k] for m in METHODS for k in ("ndcg@10", "train_seconds")},
+        extra = {}
+        if "refreshed-replay" in mean:
+            rr = mean["refreshed-replay"]
+            extra = {"replay_seeds": len(by[period]["refreshed-replay"]),
+                     "replay_quality_ratio": rr["ndcg@10"] / ret["ndcg@10"],
+                     "replay_seconds_ratio": rr["train_seconds"] / ret["train_seconds"]}
+        out.append({"period": period, "seeds": len(by[period]["refreshed"]), **extra, **{
+            f"{m}_{k}": mean[m][k] for m in mean for k in ("ndcg@10", "train_seconds")},
             "quality_ratio": quality, "seconds_ratio": seconds,
             "beats_stale": ref["ndcg@10"] > stale["ndcg@10"],
             "met": (quality >= BAR_QUALITY and ref["ndcg@10"] > stale["ndcg@10"]
@@ -248,7 +279,9 @@ def write_report(results: dict, path: Path) -> list[Path]:
                     "train s", "train interactions", "epochs (best)"],
                    [[r["period"], r["seed"], r["method"],
                      r["period_range"] if r["method"] == "refreshed" else
-                     ("–" if r["method"] == "stale" else f"periods 0..{r['period']}"),
+                     (f"{r['period_range']} + {r['replay']['users']} replayed users"
+                      if r["method"] == "refreshed-replay" else
+                     ("–" if r["method"] == "stale" else f"periods 0..{r['period']}")),
                      r["eval_users"], f"{r['ndcg@10']:.4f}", f"{r['train_seconds']:.1f}",
                      r["train_interactions"], f"{r['epochs_run']} ({r['best_epoch']})"]
                     for r in detail])
@@ -262,6 +295,23 @@ def write_report(results: dict, path: Path) -> list[Path]:
     if rows:
         lines += ["", "Bar met on every period: "
                   + ("**yes**" if all(v["met"] for v in rows) else "**no**")]
+    replay_rows = [v for v in rows if "replay_quality_ratio" in v]
+    if replay_rows:
+        fractions = sorted({r["replay"]["fraction"] for r in records if r.get("replay")})
+        lines += ["", f"## Refreshed with replay ({', '.join(map(str, fractions))} of the "
+                  "parent's training users; means over seeds)", "",
+                  "The fraction was fixed before the run, not tuned: the benchmark evaluates on "
+                  "the next period, so choosing it here would tune on the test.", ""]
+        lines += table(["period", "seeds", "refreshed", "refreshed-replay", "retrained",
+                        "replay / retrained", "replay s", "replay s / retrained s",
+                        f">= {BAR_QUALITY:.0%}"],
+                       [[v["period"], v["replay_seeds"], f"{v['refreshed_ndcg@10']:.4f}",
+                         f"{v['refreshed-replay_ndcg@10']:.4f}",
+                         f"{v['retrained_ndcg@10']:.4f}", f"{v['replay_quality_ratio']:.1%}",
+                         f"{v['refreshed-replay_train_seconds']:.1f}",
+                         f"{v['replay_seconds_ratio']:.1%}",
+                         "yes" if v["replay_quality_ratio"] >= BAR_QUALITY else "no"]
+                        for v in replay_rows])
     if results.get("notes"):
         lines += ["", "## Notes", "", *results["notes"]]
     md = path.with_suffix(".md")
@@ -273,15 +323,18 @@ def plot(rows: list[dict], path: Path) -> Path:
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     periods = [v["period"] for v in rows]
     for i, m in enumerate(METHODS):
-        left.plot(periods, [v[f"{m}_ndcg@10"] for v in rows], marker="os^"[i], label=m)
+        if rows and all(f"{m}_ndcg@10" in v for v in rows):
+            left.plot(periods, [v[f"{m}_ndcg@10"] for v in rows], marker="osD^"[i], label=m)
     left.set(xlabel="period p (evaluated on p+1)", ylabel="next-period NDCG@10",
              title="Quality")
     left.set_xticks(periods)
     left.legend()
-    width = 0.35
-    for i, m in enumerate(("refreshed", "retrained")):
-        right.bar([p + (i - 0.5) * width for p in periods],
-                  [v[f"{m}_train_seconds"] for v in rows], width, label=m, color=f"C{i + 1}")
+    bars = [m for m in METHODS[1:] if rows and all(f"{m}_train_seconds" in v for v in rows)]
+    width = 0.8 / max(len(bars), 1)
+    for i, m in enumerate(bars):
+        right.bar([p + (i - (len(bars) - 1) / 2) * width for p in periods],
+                  [v[f"{m}_train_seconds"] for v in rows], width, label=m,
+                  color=f"C{METHODS.index(m)}")
     right.set(xlabel="period p", ylabel="train seconds", title="Training time")
     right.set_xticks(periods)
     right.legend()
@@ -296,6 +349,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--periods", type=int, default=5)
     parser.add_argument("--seeds", type=integers, default="0")
     parser.add_argument("--method", default="lora", help="adapter method (registry name)")
+    parser.add_argument("--methods", type=lambda t: tuple(t.split(",")), default=METHODS,
+                        help=f"comma-separated subset of {','.join(METHODS)} (the refreshed "
+                        "chain always trains: the stale adapter is its previous step)")
+    parser.add_argument("--replay", type=float, default=REPLAY,
+                        help="refreshed-replay: share of the parent's training users replayed")
     parser.add_argument("--refresh-epochs", type=int, default=None,
                         help="epoch cap of the refreshes (default: the adapters' 20)")
     parser.add_argument("--work", type=Path, default=Path("runs/bench/refresh"))
@@ -306,6 +364,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
+    if unknown := sorted(set(args.methods) - set(METHODS)):
+        raise SystemExit(f"--methods: unknown {unknown}; choose from {METHODS}")
     configure_logging()
     results = load_results(args.out, dataset="ml-100k")
     if not args.report_only:
@@ -318,6 +378,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.argv[1:] if argv is None else argv)
         results["config"] = {"periods": args.periods, "method": args.method,
                              "refresh_epochs": args.refresh_epochs or ADAPT.epochs,
+                             "methods": list(args.methods), "replay": args.replay,
                              "model": to_dict(MODEL)["model"],
                              "pretrain": to_dict(PRETRAIN)["train"],
                              "adapt": to_dict(ADAPT)["train"],
@@ -325,7 +386,7 @@ def main(argv: list[str] | None = None) -> None:
         results["meta"] = run_meta(results["config"])
         for seed in args.seeds:
             results["records"] += run_seed(periods, args.method, seed, args.work,
-                                           args.refresh_epochs)
+                                           args.refresh_epochs, args.methods, args.replay)
             write_results(results, args.out)
     for path in write_report(results, args.out):
         log.info("wrote %s", path)

@@ -44,3 +44,10 @@ def test_verdicts_apply_the_bar():
                              rec(2, "refreshed", 0.19, 6), rec(2, "retrained", 0.20, 10)])
     assert [v["met"] for v in rows] == [True, False]  # period 2: 95% and 60% of the seconds
     assert rows[1]["quality_ratio"] == pytest.approx(0.95)
+    assert "replay_quality_ratio" not in rows[0]
+    with_replay = refresh.verdicts([rec(1, "stale", 0.10, 0), rec(1, "refreshed", 0.20, 5),
+                                    rec(1, "refreshed-replay", 0.198, 8),
+                                    rec(1, "retrained", 0.20, 10)])
+    assert with_replay[0]["met"]  # the bar stays the plain refresh's
+    assert with_replay[0]["replay_quality_ratio"] == pytest.approx(0.99)
+    assert with_replay[0]["replay_seconds_ratio"] == pytest.approx(0.8)
