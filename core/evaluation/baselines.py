@@ -8,6 +8,8 @@ They are evaluated with the same protocol as the models (``regiontune.evaluation
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
@@ -187,6 +189,29 @@ def tune_ease(train: dict[str, list[str]], catalogue: list[str], valid_cases: li
             del model  # keep only one dense B alive besides the best
     log.info("EASE: lambda %s chosen on the hold-out (ndcg@10 %.4f)", best_lam, results[best_lam])
     return best, best_lam, results
+
+
+def holdout_key(train: dict[str, list[str]], catalogue: Sequence[str],
+                holdout: list[EvalCase]) -> str:
+    """A digest of (training histories, catalogue, hold-out cases): what a tuned fit depends on."""
+    text = json.dumps([list(catalogue), sorted(train.items()),
+                       [(c.user, c.target, c.history) for c in holdout]])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+_TUNED_EASE: dict[str, tuple[EASE, float, dict[float, float]]] = {}  # the last fit only
+
+
+def tuned_ease(train: dict[str, list[str]], catalogue: list[str], holdout: list[EvalCase]
+               ) -> tuple[EASE, float, dict[float, float]]:
+    """:func:`tune_ease` with its default lambdas, keeping the last fit: the distillation
+    teacher, the adapters' item-item part and every method trained on the same data (a
+    benchmark's adapters) read one fit instead of tuning EASE again."""
+    key = holdout_key(train, catalogue, holdout)
+    if key not in _TUNED_EASE:
+        _TUNED_EASE.clear()  # one dense B at a time
+        _TUNED_EASE[key] = tune_ease(train, catalogue, holdout)
+    return _TUNED_EASE[key]
 
 
 def tune_itemknn(train: dict[str, list[str]], catalogue: list[str], valid_cases: list[EvalCase],

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import logging
 import math
 import os
@@ -42,7 +41,7 @@ from regiontune.artifacts import ADAPTER_META, BACKBONE_META, ArtifactError
 from regiontune.config import AdaptConfig, DataConfig, TrainConfig, to_dict
 from regiontune.data.recipes import load_data
 from regiontune.data.splits import EvalCase, RegionData, subsample_users
-from regiontune.evaluation.baselines import tune_ease
+from regiontune.evaluation.baselines import tuned_ease
 from regiontune.evaluation.evaluate import evaluate_task
 from regiontune.model.backbone import load_backbone
 from regiontune.model.recmodel import RecModel
@@ -82,22 +81,15 @@ def build_region_task(backbone: RecModel, vocab: ItemVocab, catalogue: list[str]
     return RegionTask(body, base, item_side, num_negatives)
 
 
-_EASE_CACHE: dict[str, tuple[torch.Tensor, float, float]] = {}  # the last EASE fitted
 
 
 def ease_weights(train: dict[str, list[str]], catalogue: list[str], holdout: list[EvalCase]
                  ) -> tuple[torch.Tensor, float, float]:
     """EASE's ``B`` over ``catalogue`` fitted on ``train`` (lambda tuned on ``holdout``), the
-    lambda and EASE's NDCG@10 on ``holdout``. The last fit is kept: variants trained on the
-    same data reuse it."""
-    text = json.dumps([catalogue, sorted(train.items()),
-                       [(c.user, c.target, c.history) for c in holdout]])
-    key = hashlib.sha256(text.encode()).hexdigest()
-    if key not in _EASE_CACHE:
-        _EASE_CACHE.clear()
-        model, lam, ndcg = tune_ease(train, catalogue, holdout)
-        _EASE_CACHE[key] = (torch.from_numpy(model.b), lam, ndcg[lam])
-    return _EASE_CACHE[key]
+    lambda and EASE's NDCG@10 on ``holdout`` (one fit shared with distillation:
+    :func:`~regiontune.evaluation.baselines.tuned_ease`)."""
+    model, lam, results = tuned_ease(train, catalogue, holdout)
+    return torch.from_numpy(model.b), lam, results[lam]
 
 
 def init_item_item(task: RegionTask, data: RegionData) -> dict[str, Any]:

@@ -16,8 +16,6 @@ used in training only and never saved: the adapter file is unchanged.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 from dataclasses import dataclass
@@ -25,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from regiontune.data.splits import EvalCase
-from regiontune.evaluation.baselines import tune_ease
+from regiontune.evaluation.baselines import holdout_key, tuned_ease
 from regiontune.evaluation.evaluate import allowed_mask
 from regiontune.model.recmodel import N_SPECIAL, PAD
 
@@ -92,12 +90,6 @@ def fit_temperature(scores: torch.Tensor, allowed: torch.Tensor, target: torch.T
 _CACHE: dict[str, tuple[torch.Tensor, float, float, float]] = {}  # the last teacher fitted
 
 
-def _key(train: dict[str, list[str]], catalogue: list[str], holdout: list[EvalCase]) -> str:
-    text = json.dumps([catalogue, sorted(train.items()),
-                       [(c.user, c.target, c.history) for c in holdout]])
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 def fit_teacher(train: dict[str, list[str]], catalogue: list[str], holdout: list[EvalCase],
                 share: float) -> tuple[Teacher, dict]:
     """EASE on ``train`` over ``catalogue`` (lambda and temperature fitted on ``holdout``).
@@ -107,7 +99,7 @@ def fit_teacher(train: dict[str, list[str]], catalogue: list[str], holdout: list
     """
     if not 0 < share <= 1:
         raise ValueError(f"distill share must be in (0, 1], got {share}")
-    key = _key(train, catalogue, holdout)
+    key = holdout_key(train, catalogue, holdout)
     if key not in _CACHE:
         _CACHE.clear()
         _CACHE[key] = _fit(train, catalogue, holdout)
@@ -120,7 +112,7 @@ def fit_teacher(train: dict[str, list[str]], catalogue: list[str], holdout: list
 
 def _fit(train: dict[str, list[str]], catalogue: list[str], holdout: list[EvalCase]
          ) -> tuple[torch.Tensor, float, float, float]:
-    model, lam, _ = tune_ease(train, catalogue, holdout)
+    model, lam, _ = tuned_ease(train, catalogue, holdout)
     index = {item: i for i, item in enumerate(catalogue)}
     cases = [c for c in holdout if c.target in index]
     if cases:
