@@ -90,8 +90,7 @@ class AdapterFolder:
         if weights:
             folder.config = read_json(source / CONFIG, "adapter config")
             folder.tensors = load_safetensors(source / WEIGHTS)
-            bad = sorted(k for k, t in folder.tensors.items()
-                         if t.is_floating_point() and not bool(torch.isfinite(t).all()))
+            bad = non_finite(folder.tensors)
             if bad:  # served, such weights give NaN scores and arbitrary items
                 raise ArtifactError(
                     f"{source / WEIGHTS}: non-finite (NaN or infinite) values in {len(bad)} "
@@ -100,13 +99,18 @@ class AdapterFolder:
         return folder
 
 
+def non_finite(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding a NaN or an infinity, sorted."""
+    return sorted(k for k, t in tensors.items()
+                  if t.is_floating_point() and not bool(torch.isfinite(t).all()))
+
+
 def write_files(directory: Path, config: dict[str, Any], tensors: dict[str, torch.Tensor],
                 dtype: torch.dtype) -> None:
     """Write ``adapter_config.json`` and ``adapter_model.safetensors`` (floats in ``dtype``)
     into ``directory``, refusing non-finite weights (they would be served as NaN scores)."""
     tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
-    bad = sorted(k for k, t in tensors.items()
-                 if t.is_floating_point() and not bool(torch.isfinite(t).all()))
+    bad = non_finite(tensors)
     if bad:
         raise ValueError(f"refusing to save an adapter with non-finite (NaN or infinite) "
                          f"weights in {len(bad)} tensor(s), e.g. {bad[:3]} (in {dtype}); "
