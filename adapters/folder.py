@@ -36,6 +36,14 @@ from .base import get_method
 CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 
 
+class RegionMismatchError(ArtifactError):
+    """An adapter whose ``region.json`` names another region than the one asked for."""
+
+    def __init__(self, trained_for: str, region: str) -> None:
+        super().__init__(f"the adapter was trained for region {trained_for!r}, not {region!r}")
+        self.trained_for, self.region = trained_for, region
+
+
 @dataclass
 class AdapterFolder:
     """A saved adapter: its metadata, and the config and tensors of the form to build.
@@ -62,11 +70,13 @@ class AdapterFolder:
 
     @classmethod
     def read(cls, directory: str | Path, backbone_fingerprint: str | None = None, *,
-             serving: bool = False, weights: bool = True) -> AdapterFolder:
+             serving: bool = False, weights: bool = True,
+             region: str | None = None) -> AdapterFolder:
         """Validate and read ``directory``; ``weights=False`` reads the metadata only.
 
         With ``backbone_fingerprint``, an adapter of another backbone (or one that records
-        none) is refused before any weight is read.
+        none) is refused before any weight is read; with ``region``, so is an adapter whose
+        metadata names another region (:class:`RegionMismatchError`).
         """
         directory = Path(directory)
         if not directory.is_dir():
@@ -83,6 +93,8 @@ class AdapterFolder:
                                     "the backbone")
             if recorded != backbone_fingerprint:
                 raise BackboneMismatchError(str(recorded), backbone_fingerprint, str(directory))
+        if region is not None and meta.get("region") not in (None, region):
+            raise RegionMismatchError(str(meta["region"]), region)
         trained = get_method(str(meta.get("method", "?")))  # a clear error before any weight
         method, source = (trained.serving_form(directory) if serving
                           else (trained.name, directory))

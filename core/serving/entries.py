@@ -199,9 +199,12 @@ def backbone_entry(backbone: RecModel, vocab: ItemVocab, path: str = "") -> Regi
 
 
 def build_entry(region: str, directory: Path, backbone: RecModel, vocab: ItemVocab,
-                backbone_fp: str, shared: dict[str, SharedBody]) -> RegionEntry:
-    """Load an adapter directory into a new entry (shared bodies get a new adapter)."""
-    folder = AdapterFolder.read(directory, backbone_fp, serving=True)
+                backbone_fp: str, shared: dict[str, SharedBody],
+                same_region: bool = False) -> RegionEntry:
+    """Load an adapter directory into a new entry (shared bodies get a new adapter); with
+    ``same_region``, an adapter trained for another region is refused before any weight."""
+    folder = AdapterFolder.read(directory, backbone_fp, serving=True,
+                                region=region if same_region else None)
     item_side = build_item_side(folder, vocab, backbone.config.hidden_size)
     factors = {**_item_factors(item_side), **item_item_factors(item_side)}
     # catalogue strings shared with the backbone vocabulary: only new items cost their own

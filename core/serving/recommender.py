@@ -37,7 +37,8 @@ from typing import Any
 
 import torch
 
-from regiontune.adapters import METHODS, AdapterFolder
+from regiontune.adapters import METHODS
+from regiontune.adapters.folder import RegionMismatchError
 from regiontune.artifacts import ADAPTER_META, read_json
 from regiontune.model.backbone import load_backbone
 from regiontune.model.recmodel import RecModel
@@ -172,22 +173,17 @@ class Recommender(AdapterBudget, CatalogueGrowth):
                same_region: bool = False) -> RegionEntry:
         try:  # outside the load lock: reading, downloading, building take their time
             with self.fetcher.fetched(path_or_hub_id) as (directory, hub_id):
-                if same_region:  # the metadata alone, before any weight is read
-                    trained_for = AdapterFolder.read(directory, self.fingerprint,
-                                                     weights=False).region
-                    if trained_for not in (None, region):
-                        raise ValueError(
-                            f"the adapter was trained for region {trained_for!r}, not "
-                            f"{region!r}; to serve it as {region!r} anyway, say so "
-                            '("allow_other_region": true)')
                 entry = build_entry(region, directory, self.backbone, self.vocab,
-                                    self.fingerprint, self._shared)
+                                    self.fingerprint, self._shared, same_region)
                 if hub_id:  # the download folder goes away: name the source instead
                     entry.path = str(path_or_hub_id)
         except Exception as err:  # any failure: the old adapter keeps serving
             logger.warning("loading %s for region %s failed: %s", path_or_hub_id, region, err)
+            hint = (f"; to serve it as {region!r} anyway, say so "
+                    '("allow_other_region": true)' if isinstance(err, RegionMismatchError)
+                    else "")
             raise AdapterLoadError(f"cannot load the adapter of region {region!r} from "
-                                   f"{path_or_hub_id}: {err}") from err
+                                   f"{path_or_hub_id}: {err}{hint}") from err
         if entry.meta.get("region") not in (None, region):
             logger.debug("serving %s's adapter (%s) as region %s", entry.meta.get("region"),
                          entry.path, region)

@@ -238,3 +238,11 @@ def test_loading_an_adapter_emits_no_warning(saved, tiny_backbone_dir):
         warnings.simplefilter("always")
         load_adapter(saved["dir"], backbone, vocab, meta["fingerprint"])
     assert [str(w.message) for w in caught] == []
+
+
+def test_folder_read_for_another_region_is_refused_before_any_weight(saved):
+    from regiontune.adapters.folder import RegionMismatchError
+
+    with pytest.raises(RegionMismatchError, match=f"trained for region '{REGION}', not 'x'"):
+        AdapterFolder.read(saved["dir"], saved["fingerprint"], region="x")
+    assert AdapterFolder.read(saved["dir"], saved["fingerprint"], region=REGION).tensors
