@@ -90,7 +90,7 @@ class Context:
         if method == "zero-shot":
             backbone, vocab, _ = load_backbone(backbone_dir)
             task = BackboneTask(backbone, vocab)
-            return {**_evaluate_task(task, data), "trainable_params": 0,
+            return {**evaluate_task_record(task, data), "trainable_params": 0,
                     "total_params": _params(task), "adapter_bytes": 0, "train_seconds": 0.0}
         train_cfg = replace(self.trains["scratch" if method == "scratch" else "adapt"],
                             seed=job["seed"],
@@ -119,7 +119,7 @@ def never_trained(data: RegionData) -> torch.Tensor:
     return torch.tensor([c.target not in trained for c in data.test], dtype=torch.bool)
 
 
-def _evaluate(score_fn: ScoreFn, data: RegionData) -> dict[str, Any]:
+def evaluate_record(score_fn: ScoreFn, data: RegionData) -> dict[str, Any]:
     """Metrics on every test case, plus NDCG@10 on the never-trained positives alone: how a
     model scores items it never saw in the region decides those cases. Each case is scored
     once; the subset's metrics come from the same ranks."""
@@ -132,8 +132,8 @@ def _evaluate(score_fn: ScoreFn, data: RegionData) -> dict[str, Any]:
     return record
 
 
-def _evaluate_task(task, data: RegionData) -> dict[str, Any]:
-    return _evaluate(partial(task_scores, task, catalogue=data.catalogue), data)
+def evaluate_task_record(task, data: RegionData) -> dict[str, Any]:
+    return evaluate_record(partial(task_scores, task, catalogue=data.catalogue), data)
 
 
 def _params(module: torch.nn.Module) -> int:
@@ -147,7 +147,7 @@ def baseline_job(method: str, data: RegionData, fraction: float = 1.0,
     sub = subsample_users(data, fraction, seed)
     scorer, info = fit_baseline(method, sub)
     seconds = time.perf_counter() - started
-    metrics = _evaluate(scorer.score, data)
+    metrics = evaluate_record(scorer.score, data)
     n = len(data.catalogue)
     params = {"popularity": n, "ease": n * n,
               "itemknn": int(scorer.sim.nnz) if method == "itemknn" else None}
@@ -167,7 +167,7 @@ def scratch_job(data: RegionData, fraction: float, model_cfg: ModelConfig,
         path = Path(tmp) / "model.safetensors"
         save_file({k: v.contiguous() for k, v in task.model.state_dict().items()}, str(path))
         size = path.stat().st_size
-    return {**_evaluate_task(task, data), "trainable_params": count_trainable(task),
+    return {**evaluate_task_record(task, data), "trainable_params": count_trainable(task),
             "total_params": _params(task), "adapter_bytes": size,
             "train_seconds": round(seconds, 2),
             "epochs_run": result.epochs_run, "best_epoch": result.best_epoch}
@@ -178,7 +178,7 @@ def adapter_job(backbone_dir: Path, data: RegionData, adapt_cfg: AdaptConfig,
     """Train an adapter (or a full fine-tuned copy) on a fresh copy of the backbone."""
     backbone, vocab, meta = load_backbone(backbone_dir)
     task, stats = train_region(backbone, vocab, data, adapt_cfg, train_cfg)
-    metrics = _evaluate_task(task, data)
+    metrics = evaluate_task_record(task, data)
     with tempfile.TemporaryDirectory() as tmp:
         saved = save_adapter(task, adapt_cfg.method, adapt_cfg.region,
                              {"region": adapt_cfg.region,

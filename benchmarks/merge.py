@@ -84,18 +84,18 @@ def interactions(train: dict[str, list[str]]) -> int:
 
 def pooled_popularity(data, sources: dict) -> dict:
     """Item counts of the sources' pooled training data, scored on the target's lists."""
-    from benchmarks.jobs import _evaluate
+    from benchmarks.jobs import evaluate_record
     from regiontune.evaluation.baselines import Popularity
 
     pooled = {f"{region}:{user}": items for region, d in sources.items()
               for user, items in d.train.items()}
     scorer = Popularity().fit(pooled, data.catalogue)
-    return _evaluate(scorer.score, data)
+    return evaluate_record(scorer.score, data)
 
 
 def merged_record(data, paths: dict[str, Path], backbone: Path, scheme: str,
                   new_items: str = "zero") -> dict:
-    from benchmarks.jobs import _evaluate_task
+    from benchmarks.jobs import evaluate_task_record
     from regiontune.adapters import load_adapter
     from regiontune.adapters.merge import merge_adapters
     from regiontune.model.backbone import load_backbone
@@ -106,7 +106,7 @@ def merged_record(data, paths: dict[str, Path], backbone: Path, scheme: str,
                           catalogue=list(data.catalogue), new_items=new_items)
     model, vocab, bmeta = load_backbone(backbone)
     task = load_adapter(out, model, vocab, bmeta["fingerprint"])
-    return {**_evaluate_task(task, data), "adapter_bytes": meta["adapter_bytes"],
+    return {**evaluate_task_record(task, data), "adapter_bytes": meta["adapter_bytes"],
             "item_rank": meta["item_rank"],
             "source_weights": {m["region"]: round(m["weight"], 4) for m in meta["merged_from"]},
             "merge_catalogue_known": meta["merge"]["items_in_sources"],
@@ -257,12 +257,13 @@ def main(argv: list[str] | None = None) -> None:
             if (target, method, scheme, new_items, key["data_fraction"], args.seed) in have:
                 continue
             if method == "zero-shot":
-                from benchmarks.jobs import _evaluate_task
+                from benchmarks.jobs import evaluate_task_record
                 from regiontune.model.backbone import load_backbone
                 from regiontune.model.task import BackboneTask
 
                 model, vocab, _ = load_backbone(args.backbone)
-                record = {**_evaluate_task(BackboneTask(model, vocab), data), "interactions": 0}
+                record = {**evaluate_task_record(BackboneTask(model, vocab), data),
+                          "interactions": 0}
             elif method == "popularity":
                 source_data = source_data or suite_regions(suite, args.sources)
                 record = {**pooled_popularity(data, source_data), "interactions": 0}
