@@ -170,7 +170,6 @@ def create_app(recommender: Recommender, admin_token: str | None = None, max_his
         if read_token is not None else {}
     read_errors = {413: too_large, 422: invalid, 404: unknown, **read_auth}
 
-
     def public(info: dict[str, Any]) -> dict[str, Any]:
         return {**info, "path": public_path(info["path"], roots)}
 
