@@ -121,6 +121,9 @@ def _save_checkpoint(accelerator: Accelerator, out: Path, state: dict) -> None:
     """save_state into a temporary directory, then swap it in: a kill never leaves half."""
     tmp, final = out / f"{CHECKPOINT}.tmp", out / CHECKPOINT
     accelerator.save_state(str(tmp), safe_serialization=True)
+    # every rank writes its own random states into tmp: none may still be writing (or about
+    # to recreate tmp) when the main process moves it
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
         old = out / f"{CHECKPOINT}.old"
