@@ -150,6 +150,9 @@ class AdaptConfig:
     # parent's data is reloaded from the configuration its region.json records
     # (training/replay.py).
     replay: float = 0.0
+    # refresh only (--init-from): the refresh trains at this multiple of train.lr (its
+    # optimizer and schedule restart from a trained adapter, not from the identity)
+    refresh_lr: float = 1.0
 
 
 def _coerce(value: str, target_type: Any) -> Any:

@@ -51,6 +51,7 @@ from regiontune.training.loop import epoch_steps, fit, make_accelerator
 from regiontune.training.replay import (
     check_replay,
     parent_training_histories,
+    refresh_train_config,
     replay_record,
     sample_replay,
 )
@@ -246,6 +247,8 @@ def train_region(backbone: RecModel, vocab: ItemVocab, data: RegionData, adapt_c
     which ``adapt_cfg.replay`` (seeded) join the training data (training/replay.py).
     """
     check_replay(adapt_cfg.replay, parent.path if parent is not None else None)
+    if parent is not None:
+        train_cfg = refresh_train_config(train_cfg, adapt_cfg.refresh_lr)
     if parent is not None and (adapt_cfg.cf_rank > 0 or parent.meta.get("cf_rank", 0)):
         raise ValueError("an adapter with an item-item part (cf_rank > 0) cannot be refreshed "
                          "yet: train a new adapter instead")

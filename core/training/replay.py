@@ -20,12 +20,14 @@ a seeded share of the parent's training histories is trained again with the new 
 from __future__ import annotations
 
 import copy
+import math
 import random
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from regiontune.adapters.folder import AdapterFolder
-from regiontune.config import DataConfig, from_dict
+from regiontune.config import DataConfig, TrainConfig, from_dict
 from regiontune.data.loading import DataError
 from regiontune.data.recipes import load_regions
 from regiontune.data.splits import subsample_users
@@ -42,6 +44,16 @@ def check_replay(fraction: float, init_from: str | Path | None) -> None:
     if fraction > 0 and init_from is None:
         raise ValueError("--replay replays the parent adapter's training data: it needs "
                          "--init-from PARENT_DIR")
+
+
+def refresh_train_config(train_cfg: TrainConfig, refresh_lr: float) -> TrainConfig:
+    """The training settings of a refresh: the learning rate scaled by ``refresh_lr``
+    (``AdaptConfig.refresh_lr``; the refresh restarts its optimizer and schedule on an adapter
+    that is already trained, not on the identity)."""
+    if not (math.isfinite(refresh_lr) and refresh_lr > 0):
+        raise ValueError(f"refresh_lr must be a positive number (a multiple of train.lr for "
+                         f"refreshes), not {refresh_lr}")
+    return replace(train_cfg, lr=train_cfg.lr * refresh_lr)
 
 
 def _data_paths(cfg: DataConfig) -> list[Path]:

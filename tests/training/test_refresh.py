@@ -120,6 +120,39 @@ def test_refresh_refuses_another_method(tiny_backbone_dir, parent_dir, new_data)
                              AdaptConfig(region=REGION, options={"r": 2}))
 
 
+
+class _Stop(Exception):
+    pass
+
+
+def test_a_refresh_trains_at_its_own_learning_rate(tiny_backbone_dir, parent_dir, new_data,
+                                                   monkeypatch):
+    """``refresh_lr`` scales the learning rate of refreshes only; a new adapter keeps it."""
+    import regiontune.training.adapt as adapt_module
+
+    seen = []
+
+    def fake_fit(task, sequences, evaluate, cfg, *args, **kwargs):
+        seen.append(cfg.lr)
+        raise _Stop
+
+    monkeypatch.setattr(adapt_module, "fit", fake_fit)
+    train = replace(TINY_TRAIN, lr=4e-3)
+    for parent, refresh_lr in ((parent_dir, 0.25), (None, 0.25), (parent_dir, 1.0)):
+        backbone, vocab, bmeta = load_backbone(tiny_backbone_dir)
+        folder = AdapterFolder.read(parent, bmeta["fingerprint"]) if parent else None
+        with pytest.raises(_Stop):
+            train_region(backbone, vocab, new_data,
+                         AdaptConfig(region=REGION, refresh_lr=refresh_lr), train,
+                         parent=folder)
+    assert seen == pytest.approx([1e-3, 4e-3, 4e-3])
+    backbone, vocab, bmeta = load_backbone(tiny_backbone_dir)
+    with pytest.raises(ValueError, match="refresh_lr must be a positive number"):
+        train_region(backbone, vocab, new_data, AdaptConfig(region=REGION, refresh_lr=0.0),
+                     train, parent=AdapterFolder.read(parent_dir, bmeta["fingerprint"]))
+    assert len(seen) == 3  # refused before training
+
+
 # ---------------------------------------------------------------- adapt(init_from=...)
 
 def _data_cfg():

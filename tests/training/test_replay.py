@@ -17,6 +17,7 @@ from regiontune.training.replay import (
     REPLAY_PREFIX,
     check_replay,
     parent_training_histories,
+    refresh_train_config,
     sample_replay,
 )
 from tests.conftest import TINY_DATA, TINY_TRAIN
@@ -117,3 +118,16 @@ def test_replay_needs_a_refresh_and_a_share(tiny_backbone_dir, recorded_parent, 
                   ONE_EPOCH, out, init_from=recorded_parent)
     _nothing_written(tmp_path, out)
     check_replay(0.0, None)  # off: fine anywhere
+
+
+# ---------------------------------------------------------------- the refresh's learning rate
+
+def test_refresh_train_config_scales_the_learning_rate_alone():
+    cfg = replace(TINY_TRAIN, lr=4e-3)
+    scaled = refresh_train_config(cfg, 0.25)
+    assert scaled.lr == pytest.approx(1e-3)
+    assert replace(scaled, lr=cfg.lr) == cfg  # nothing else changes
+    assert cfg.lr == 4e-3  # the caller's settings are not edited
+    for bad in (0.0, -0.5, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="refresh_lr must be a positive number"):
+            refresh_train_config(cfg, bad)
