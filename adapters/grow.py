@@ -61,11 +61,13 @@ from regiontune.artifacts import (
     write_json,
 )
 from regiontune.model.backbone import load_backbone
+from regiontune.model.textenc import CACHE_FILE, TextVectors
 from regiontune.model.vocab import ItemVocab
 
 from .folder import WEIGHTS, AdapterFolder
-from .io import load_adapter
+from .io import load_adapter, read_region_text
 from .item_side import PREFIX
+from .text_growth import TextRowsOf, growth_text_rows
 
 logger = logging.getLogger(__name__)
 ITEM_TENSORS = ("lowrank_a", "lowrank_b", "bias")  # the item-side tensors growth extends
@@ -137,6 +139,11 @@ class Growth:
     bias: dict[str, list[str]] = field(default_factory=dict)
     cooccurrences: int = 0
     projection_kept: float | None = None
+    # item text: each added item's projected text row (zero: none) and which have one; the
+    # vectors encoded for this growth, saved with the adapter
+    text_base: torch.Tensor | None = None
+    text_has: torch.Tensor | None = None
+    text: TextVectors | None = None
 
     @property
     def region_new(self) -> list[str]:
@@ -148,7 +155,7 @@ class Growth:
             return None if t is None else t.to(dtype).float()
         return Growth(self.added, self.already, self.columns, r(self.a_rows),
                       r(self.bias_rows), self.embedding, self.bias, self.cooccurrences,
-                      self.projection_kept)
+                      self.projection_kept, self.text_base, self.text_has, self.text)
 
     def record(self, **extra: Any) -> dict[str, Any]:
         """The ``grown`` entry of the metadata."""
@@ -181,15 +188,21 @@ def plan_growth(catalogue: Sequence[str], items: Iterable[str], *, vocab: ItemVo
                 base_table: torch.Tensor, base_bias: torch.Tensor,
                 lowrank_b: torch.Tensor | None, has_bias: bool,
                 unseen_offset: float | None = None,
-                histories: Iterable[Sequence[str]] = ()) -> Growth:
+                histories: Iterable[Sequence[str]] = (),
+                text_rows_of: TextRowsOf | None = None) -> Growth:
     """The rows of the ``items`` the catalogue lacks (see the module docstring).
 
     ``rows(index)``: the effective embeddings ``[len(index), hidden]`` of catalogue rows;
     ``effective_bias``: every catalogue item's effective bias; ``base_table`` /
-    ``base_bias``: the base model's item table and bias over ``vocab`` (the backbone's)."""
+    ``base_bias``: the base model's item table and bias over ``vocab`` (the backbone's);
+    ``text_rows_of(added, known)``: the added items' projected text rows and which have one
+    (a text-aware backbone), or None."""
     added, already = split_items(catalogue, items)
     columns = vocab.columns(added)
     known = columns >= 0
+    found = text_rows_of(added, known) if text_rows_of is not None else None
+    text_base, text_has = (found if found is not None else
+                           (None, torch.zeros(len(added), dtype=torch.bool)))
     counts, total = cooccurrence(histories, added, catalogue)
     rank = 0 if lowrank_b is None else lowrank_b.shape[0]
     hidden = base_table.shape[1]
@@ -206,10 +219,14 @@ def plan_growth(catalogue: Sequence[str], items: Iterable[str], *, vocab: ItemVo
         if known[x]:
             how = "backbone"
         elif not rank:
-            how = "zero"
+            how = "text" if text_has[x] else "zero"
         elif neighbours:
             how = "cooccurrence"
             targets[x] = (weights[:, None] * rows(idx).detach().double()).sum(0) / weights.sum()
+            if text_has[x]:  # its text row stays: A's row aims at what it lacks
+                targets[x] -= text_base[x].detach().double()
+        elif text_has[x]:
+            how = "text"  # the projection of its text alone: A's row 0
         else:
             how = "mean"
             targets[x] = mean_row
@@ -240,7 +257,9 @@ def plan_growth(catalogue: Sequence[str], items: Iterable[str], *, vocab: ItemVo
             raise ValueError("the least-squares rows of the new items are not finite (the "
                              "adapter's item factor B is degenerate)")
     return Growth(added, already, columns, a_rows, bias.float() if has_bias else None,
-                  embedding, bias_how, total, kept)
+                  embedding, bias_how, total, kept,
+                  text_base if bool(text_has.any()) else None,
+                  text_has if bool(text_has.any()) else None)
 
 
 def grown_tensors(tensors: Mapping[str, torch.Tensor], growth: Growth, n_old: int
@@ -275,10 +294,12 @@ def check_growable(tensors: Mapping[str, torch.Tensor], where: str) -> None:
 # ---------------------------------------------------------------- the folder
 
 def write_grown(folder: AdapterFolder, growth: Growth, out: str | Path,
-                **record: Any) -> dict[str, Any]:
+                text_backbone=None, **record: Any) -> dict[str, Any]:
     """Write ``folder`` grown by ``growth`` to ``out`` (atomically; ``out`` may be the folder
     itself); returns the new metadata. Every weights file of the folder holding the item side
-    (AdaLoRA's LoRA export too) is extended; everything else is copied as it is."""
+    (AdaLoRA's LoRA export too) is extended; everything else is copied as it is; the text
+    vectors encoded for the growth join the adapter's own (``text_backbone``: the backbone,
+    to check them against)."""
     from regiontune.artifacts.cards import write_card  # at call time (tests replace it)
 
     out = Path(out)
@@ -296,6 +317,12 @@ def write_grown(folder: AdapterFolder, growth: Growth, out: str | Path,
         meta["catalogue"] = list(meta["catalogue"]) + growth.added
         meta["new_items"] = list(meta.get("new_items") or []) + growth.region_new
         meta["adapter_bytes"] = (tmp / WEIGHTS).stat().st_size
+        if growth.text is not None and len(growth.text):
+            own = read_region_text(folder.path, text_backbone) if text_backbone else None
+            text = growth.text if own is None else own.updated(growth.text)
+            text.save(tmp / CACHE_FILE)
+            meta["item_text"] = {"items": len(text), "encoder": text.encoder,
+                                 "encoder_hash": text.encoder_hash}
         meta["grown"] = [*(meta.get("grown") or []), growth.record(**record)]
         write_json(tmp / ADAPTER_META, meta)
         write_card(tmp, meta, "adapter")
@@ -306,12 +333,16 @@ def write_grown(folder: AdapterFolder, growth: Growth, out: str | Path,
 
 def grow_catalogue(folder: str | Path, backbone: str | Path, items: Iterable[str],
                    interactions: Mapping[str, Sequence[str]] | Iterable[Sequence[str]] | None
-                   = None, out: str | Path | None = None) -> dict[str, Any]:
+                   = None, out: str | Path | None = None,
+                   texts: Mapping[str, str] | None = None,
+                   text_encoder: str | Path | None = None) -> dict[str, Any]:
     """Add ``items`` to the catalogue of the adapter in ``folder`` (made on the backbone in
     directory ``backbone``), writing the grown adapter to ``out`` (default: ``folder`` itself,
     replaced atomically); returns its metadata. ``interactions``: a mapping user -> items or
     ``(user, item)`` rows, to initialise new items from the catalogue items they co-occur
-    with. Every check passes before anything is written."""
+    with. ``texts``: item -> text; with a text-aware backbone a new item with text starts from
+    its text (encoded by the backbone's encoder: ``text_encoder`` when not where pretraining
+    recorded it). Every check passes before anything is written."""
     folder = Path(folder)
     items = items if isinstance(items, str) else list(items)  # a str: refused below
     target = folder if out is None else Path(out)
@@ -323,7 +354,7 @@ def grow_catalogue(folder: str | Path, backbone: str | Path, items: Iterable[str
     model, vocab, bmeta = load_backbone(backbone)
     read = AdapterFolder.read(folder, bmeta["fingerprint"])
     check_growable(read.tensors, str(folder))
-    split_items(read.meta["catalogue"], items)  # before the adapter is built
+    added, _ = split_items(read.meta["catalogue"], items)  # before the adapter is built
     task = load_adapter(folder, model, vocab, bmeta["fingerprint"])
     side = task.item_side
     hidden = model.config.hidden_size
@@ -331,12 +362,15 @@ def grow_catalogue(folder: str | Path, backbone: str | Path, items: Iterable[str
         table, bias = task.output_table()
         base_table, base_bias = task.backbone.item_table()
     table = table[:, :hidden]
+    text_rows_of, fresh = growth_text_rows(task.backbone, bmeta, vocab, added, texts,
+                                           task.region_text, text_encoder)
     growth = plan_growth(side.catalogue, items, vocab=vocab, rows=lambda idx: table[idx],
                          effective_bias=bias, base_table=base_table, base_bias=base_bias,
                          lowrank_b=side.lowrank_b, has_bias=side.bias is not None,
                          unseen_offset=calibrated_offset(read.meta),
-                         histories=histories_of(interactions))
+                         histories=histories_of(interactions), text_rows_of=text_rows_of)
+    growth.text = fresh
     dtype = read.tensors.get(PREFIX + "lowrank_a", read.tensors.get(PREFIX + "bias"))
     if dtype is not None:
         growth = growth.rounded(dtype.dtype)
-    return write_grown(read, growth, target)
+    return write_grown(read, growth, target, text_backbone=model)

@@ -14,6 +14,7 @@ from torch import nn
 
 from regiontune.artifacts import ADAPTER_META, ArtifactError, atomic_dir, write_json
 from regiontune.model.recmodel import RecModel
+from regiontune.model.textenc import CACHE_FILE, TextEncoderError, TextVectors
 from regiontune.model.vocab import ItemVocab
 
 from .base import get_method
@@ -63,9 +64,16 @@ def save_adapter(task: RegionTask, method_name: str, adapter_name: str, meta: di
     weights = method.weights(task.body, adapter_name)  # first: it may complete the config
     config = method.adapter_config(task.body, adapter_name)
     config["base_model_name_or_path"] = meta.get("backbone_path")
+    text = getattr(task, "region_text", None)
+    if text is not None:  # the region's own item text vectors, for its region-new items
+        text = text.subset(task.item_side.new_items)
     with atomic_dir(directory) as tmp:
         write_files(tmp, config, {**weights, **item_state}, torch_dtype)
         extra = method.save_extras(task.body, adapter_name, tmp, config, item_state, torch_dtype)
+        if text is not None and len(text):
+            text.save(tmp / CACHE_FILE)
+            extra = {**extra, "item_text": {"items": len(text), "encoder": text.encoder,
+                                            "encoder_hash": text.encoder_hash}}
         meta = {**meta, "kind": "adapter", "method": method_name,
                 "peft_loadable": method.peft_loadable,
                 "weights_dtype": str(torch_dtype).removeprefix("torch."),
@@ -92,6 +100,26 @@ def build_item_side(folder: AdapterFolder, vocab: ItemVocab, hidden_size: int) -
     return item_side
 
 
+def read_region_text(directory: str | Path, backbone: RecModel) -> TextVectors | None:
+    """The adapter's own item text vectors (``text_vectors.safetensors``: region-new items'
+    text encoded at adapt or growth time), None when it has none. Vectors of another encoder
+    than the backbone's are refused."""
+    path = Path(directory) / CACHE_FILE
+    if not path.is_file():
+        return None
+    try:
+        text = TextVectors.load(path)
+    except TextEncoderError as err:
+        raise ArtifactError(str(err)) from err
+    config = backbone.config
+    if not getattr(config, "item_text", False):
+        raise ArtifactError(f"{path}: item text vectors, but the backbone is id-only")
+    if text.encoder_hash != config.text_encoder_hash or text.dim != config.text_dim:
+        raise ArtifactError(f"{path}: made by encoder {text.encoder_hash}, the backbone's "
+                            f"is {config.text_encoder_hash}")
+    return text
+
+
 def load_adapter(directory: str | Path, backbone: RecModel, vocab: ItemVocab,
                  backbone_fingerprint: str, name: str | None = None,
                  body: nn.Module | None = None) -> RegionTask:
@@ -104,6 +132,7 @@ def load_adapter(directory: str | Path, backbone: RecModel, vocab: ItemVocab,
         item_side = build_item_side(folder, vocab, backbone.config.hidden_size)
     except (ValueError, KeyError, RuntimeError) as err:
         raise ArtifactError(f"{directory}: adapter weights do not fit ({err})") from err
-    task = RegionTask(body, method.base_of(body), item_side)
+    task = RegionTask(body, method.base_of(body), item_side,
+                      text=read_region_text(directory, backbone))
     task.meta = folder.meta
     return task.eval()

@@ -12,6 +12,7 @@ from torch import nn
 
 from regiontune.model.recmodel import N_SPECIAL, RecModel
 from regiontune.model.task import ScoringTask
+from regiontune.model.textenc import TextVectors
 
 from .item_side import ItemSide, region_vocab
 
@@ -20,7 +21,7 @@ class RegionTask(ScoringTask):
     """``body`` runs the transformer (a PEFT model, or the backbone with our own layers)."""
 
     def __init__(self, body: nn.Module, backbone: RecModel, item_side: ItemSide,
-                 num_negatives: int = 0) -> None:
+                 num_negatives: int = 0, text: TextVectors | None = None) -> None:
         super().__init__()
         self.body, self.item_side = body, item_side
         self._backbone = [backbone]  # a list: not registered twice as a submodule
@@ -31,17 +32,22 @@ class RegionTask(ScoringTask):
         self.num_negatives = num_negatives
         self.register_buffer("negative_mask", None, persistent=False)
         # item text: catalogue items the backbone's vocabulary lacks but whose text vector its
-        # cache holds get the backbone's projection of that text as their base row
+        # cache (or the region's own, ``text``) holds get the backbone's projection of that
+        # text as their base row
         self.register_buffer("new_text", None, persistent=False)
         self.register_buffer("new_has_text", None, persistent=False)
-        bank = getattr(backbone, "text_bank", None)
-        if getattr(backbone.config, "item_text", False) and bank is not None:
-            vectors, found = bank.rows(item_side.catalogue)
-            found = found & ~item_side.known.bool().cpu()
-            if found.any():
-                device = item_side.known.device
-                self.new_text = vectors.to(device)
-                self.new_has_text = found.float().to(device)
+        self.set_region_text(text)
+
+    def set_region_text(self, text: TextVectors | None) -> None:
+        """The region's own text vectors (items the backbone's cache lacks, encoded for this
+        region: saved with the adapter); the backbone's cache serves the rest."""
+        self.region_text = text if text is not None and len(text) else None
+        rows = text_rows(self.backbone, self.item_side.catalogue, self.item_side.known,
+                         self.region_text)
+        self.new_text = self.new_has_text = None
+        if rows is not None:
+            device = self.item_side.known.device
+            self.new_text, self.new_has_text = rows[0].to(device), rows[1].float().to(device)
 
     def restrict_negatives(self, trained_items: set[str]) -> None:
         """Train the softmax over ``trained_items`` only; scoring still covers the catalogue."""
@@ -84,3 +90,23 @@ class RegionTask(ScoringTask):
     def item_item(self):
         """The optional item-item part (``adapters/item_item.py``), or None."""
         return getattr(self.item_side, "item_item", None)
+
+
+def text_rows(backbone: RecModel, catalogue: list[str], known: torch.Tensor,
+              text: TextVectors | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Text vectors ``[n, dim]`` of the catalogue's items the backbone's vocabulary lacks
+    (``known`` 0) and the mask of those that have one: the region's own ``text`` first, else
+    the backbone's cache. None: an id-only backbone, or no such item has text."""
+    if not getattr(backbone.config, "item_text", False):
+        return None
+    vectors, found = None, torch.zeros(len(catalogue), dtype=torch.bool)
+    for source in (getattr(backbone, "text_bank", None), text):  # the later one wins
+        if source is None or not len(source):
+            continue
+        rows, have = source.rows(list(catalogue))
+        vectors = rows if vectors is None else torch.where(have[:, None], rows, vectors)
+        found |= have
+    found &= ~known.bool().cpu()
+    if vectors is None or not found.any():
+        return None
+    return vectors * found[:, None], found

@@ -52,6 +52,11 @@ class FullMethod(MethodDefaults):
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
+        if getattr(model.config, "item_text", False):  # the text vectors are not weights
+            with torch.no_grad():
+                model.text_vectors.copy_(backbone.text_vectors)
+                model.has_text.copy_(backbone.has_text)
+            model.text_bank = backbone.text_bank
         return model
 
 

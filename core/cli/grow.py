@@ -43,6 +43,13 @@ def grow(backbone: Path = typer.Option(..., "--backbone", help="Backbone directo
                                            "catalogue items its users also hold. Without it "
                                            "(or without co-occurrences): the backbone's mean "
                                            "item embedding."),
+         item_text: Path = typer.Option(None, "--item-text", help="Side file of item,text "
+                                        "rows: with a text-aware backbone, a new item with "
+                                        "text and no co-occurrence starts as the embedding "
+                                        "of its text (encoded by the backbone's encoder)."),
+         text_encoder: Path = typer.Option(None, "--text-encoder", help="The backbone's text "
+                                           "encoder folder, when not where pretraining "
+                                           "recorded it."),
          columns: list[str] = ColumnsOpt, sep: str = SepOpt,
          out: Path = typer.Option(None, "--out", help="Directory for the grown adapter."),
          in_place: bool = typer.Option(False, "--in-place", help="Rewrite --adapter itself "
@@ -52,9 +59,10 @@ def grow(backbone: Path = typer.Option(..., "--backbone", help="Backbone directo
 
     Old rows, the method's weights and everything else stay bit-identical. An item the
     backbone knows keeps its backbone row; a new one gets the least-squares low-rank row of
-    its co-occurring items' mean embedding (else of the backbone's mean item embedding); its
-    bias is the adapter's calibrated unseen-items offset (see docs/architecture.md). The
-    metadata records the growth under "grown".
+    its co-occurring items' mean embedding (else, with a text-aware backbone and its text,
+    the embedding of its text; else the backbone's mean item embedding); its bias is the
+    adapter's calibrated unseen-items offset (see docs/architecture.md). The metadata records
+    the growth under "grown".
     """
     from regiontune.adapters.grow import grow_catalogue
     from regiontune.adapters.merge import read_catalogue
@@ -69,7 +77,16 @@ def grow(backbone: Path = typer.Option(..., "--backbone", help="Backbone directo
     region = read_json(adapter / ADAPTER_META, "region metadata").get("region")
     users = (read_interactions(interactions, region, columns, sep)
              if interactions is not None else None)
-    meta = grow_catalogue(adapter, backbone, added, users, None if in_place else out)
+    texts = None
+    if item_text is not None:
+        from regiontune.data.itemtext import read_item_text
+        from regiontune.data.loading import normalize_sep
+
+        wanted = set(added)
+        texts = {i: t for i, t in read_item_text(item_text, normalize_sep(sep)).items()
+                 if i in wanted}
+    meta = grow_catalogue(adapter, backbone, added, users, None if in_place else out,
+                          texts=texts, text_encoder=text_encoder)
     record = meta["grown"][-1]
     skipped = len(added) - len(record["items"])
     typer.echo(f"added {len(record['items']):,} item(s)"

@@ -139,6 +139,13 @@ def adapt(backbone: Path = typer.Option(..., "--backbone", help="Backbone direct
           candidates: str = CandidatesOpt,
           epochs: int = typer.Option(None, "--epochs", help="Maximum epochs."),
           resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run."),
+          item_text: Path = typer.Option(None, "--item-text", help="Side file of item,text "
+                                         "rows: with a text-aware backbone, region-new items "
+                                         "get the embedding of their text."),
+          text_encoder: Path = typer.Option(None, "--text-encoder", help="A text-aware "
+                                            "backbone's encoder folder, when not where "
+                                            "pretraining recorded it: region-new items' text "
+                                            "(--item-text, a text column) is encoded with it."),
           config: Path = ConfigOpt, set_: list[str] = SetOpt, verbose: bool = VerboseOpt) -> None:
     """Train a region's adapter on the frozen backbone and save it (PEFT layout)."""
     from regiontune.training.adapt import adapt as run
@@ -175,6 +182,8 @@ def adapt(backbone: Path = typer.Option(..., "--backbone", help="Backbone direct
     data_cfg = data_config(cfg["data"], data, data_dir, file, columns, None, **data_options)
     if not (data or file or config):
         data_cfg = backbone_data(backbone, data_cfg)
+    if item_text:
+        data_cfg.item_text = str(item_text)
     adapt_cfg = cfg["adapt"]
     adapt_cfg.method = method or adapt_cfg.method
     adapt_cfg.region, adapt_cfg.fraction = region, fraction
@@ -188,7 +197,7 @@ def adapt(backbone: Path = typer.Option(..., "--backbone", help="Backbone direct
     if epochs:
         cfg["train"].epochs = epochs
     meta = run(backbone, data_cfg, adapt_cfg, cfg["train"], out, resume=resume,
-               init_from=init_from)
+               init_from=init_from, text_encoder=text_encoder or cfg["model"].text_encoder)
     print_metrics({region: {**meta.get("metrics", {}), "protocol": meta.get("protocol", "")}})
     lineage = meta.get("lineage")
     if lineage:

@@ -125,6 +125,17 @@ def files_item_text(cfg: DataConfig) -> dict[str, str]:
 
 def load_item_text(cfg: DataConfig) -> dict[str, str]:
     """The item text the config's data provides; an error when it provides none."""
+    out = data_item_text(cfg)
+    if not out:
+        raise DataError(f"recipe {cfg.recipe!r} gives no item text: pass a side file of item,"
+                        "text rows (--item-text PATH, or --set data.item_text=PATH) or a text "
+                        "column (--columns text=YOUR_COLUMN)")
+    return out
+
+
+def data_item_text(cfg: DataConfig) -> dict[str, str]:
+    """The item text the config's data provides, ``{}`` when it has none (a side file that
+    cannot be read or holds no text is still an error)."""
     if cfg.item_text and cfg.recipe != "files":
         out = read_item_text(cfg.item_text, normalize_sep(cfg.sep))  # a side file overrides
     elif cfg.recipe == "synthetic":
@@ -137,8 +148,4 @@ def load_item_text(cfg: DataConfig) -> dict[str, str]:
         out = files_item_text(cfg)
     else:
         out = {}
-    if not out:
-        raise DataError(f"recipe {cfg.recipe!r} gives no item text: pass a side file of item,"
-                        "text rows (--item-text PATH, or --set data.item_text=PATH) or a text "
-                        "column (--columns text=YOUR_COLUMN)")
     return out

@@ -216,6 +216,35 @@ class TextVectors:
             out[found] = self.vectors[rows]
         return out, found
 
+    def text_hash_of(self, item: str) -> str | None:
+        """The hash of the text ``item``'s vector was made from (None: not held)."""
+        row = self.index.get(item)
+        if row is None or len(self.text_hashes) != len(self.items):
+            return None
+        return self.text_hashes[row]
+
+    def subset(self, items: list[str]) -> TextVectors:
+        """The rows of ``items`` this holds (in the given order, absent ones left out)."""
+        keep = [i for i in dict.fromkeys(items) if i in self.index]
+        rows = torch.tensor([self.index[i] for i in keep], dtype=torch.long)
+        hashes = ([self.text_hashes[self.index[i]] for i in keep]
+                  if len(self.text_hashes) == len(self.items) else [])
+        return TextVectors(keep, self.vectors[rows] if keep else self.vectors[:0],
+                           self.encoder, self.encoder_hash, hashes)
+
+    def updated(self, other: TextVectors) -> TextVectors:
+        """These rows and ``other``'s (same encoder); ``other`` wins for an item both hold."""
+        if other.encoder_hash != self.encoder_hash or other.dim != self.dim:
+            raise TextEncoderError(f"text vectors of encoder {other.encoder_hash} cannot join "
+                                   f"those of {self.encoder_hash}")
+        mine = [i for i in self.items if i not in other.index]
+        kept = self.subset(mine)
+        hashes = (kept.text_hashes + other.text_hashes
+                  if len(kept.text_hashes) == len(kept) and len(other.text_hashes) == len(other)
+                  else [])
+        return TextVectors(kept.items + other.items, torch.cat([kept.vectors, other.vectors]),
+                           self.encoder, self.encoder_hash, hashes)
+
     def save(self, path: str | Path) -> None:
         """Atomic safetensors write (``items`` etc. in the header's metadata)."""
         from safetensors.torch import save_file
@@ -247,6 +276,32 @@ class TextVectors:
             raise TextEncoderError(f"{path}: non-finite text vectors")
         return cls(items, vectors, meta.get("encoder", ""), meta.get("encoder_hash", ""),
                    hashes)
+
+
+def recorded_encoder(meta: dict) -> str | None:
+    """The encoder folder a backbone was pretrained with, as its metadata records it (the
+    ``--text-encoder`` given then; None: the bundled MiniLM)."""
+    return ((meta.get("config") or {}).get("model") or {}).get("text_encoder") or None
+
+
+def backbone_encoder(config, meta: dict, path: str | Path | None = None) -> TextEncoder:
+    """The text encoder of a text-aware backbone (``config``: its ``RecConfig``; ``meta``: its
+    metadata), to encode item text it has never seen: ``path`` when given, else the folder
+    recorded at pretraining. It must be the very encoder the backbone was trained with (same
+    content hash): another one's vectors mean nothing to the learned projection."""
+    wanted = getattr(config, "text_encoder_hash", "")
+    name = getattr(config, "text_encoder", "") or "?"
+    source = path if path not in (None, "") else recorded_encoder(meta)
+    hint = (f"the backbone's item text is encoded by {name!r} ({wanted}); pass --text-encoder "
+            "PATH, a local copy of that encoder's folder")
+    try:
+        encoder = TextEncoder(source)
+    except TextEncoderError as err:
+        raise TextEncoderError(f"{err}. To encode new item text, {hint}") from err
+    if encoder.hash != wanted:
+        raise TextEncoderError(f"text encoder {encoder.folder} ({encoder.name}, {encoder.hash}) "
+                               f"is not the one the backbone was pretrained with: {hint}")
+    return encoder
 
 
 def encode_items(texts: dict[str, str], encoder: TextEncoder | str | Path | None = None,

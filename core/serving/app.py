@@ -51,6 +51,7 @@ from regiontune.serving.docs import add_docs_routes, docs_assets
 from regiontune.serving.errors import (
     AdapterLoadError,
     PersistError,
+    TextEncodingError,
     UnknownRegionError,
     check_region,
 )
@@ -82,7 +83,7 @@ logger = logging.getLogger(__name__)
 def create_app(recommender: Recommender, admin_token: str | None = None, max_history: int = 200,
                max_k: int = 1000, max_batch: int = 256, max_body_bytes: int = 2 * 2**20,
                max_item_chars: int = 256, max_grow_items: int = 1000,
-               max_grow_pairs: int = 20000,
+               max_grow_pairs: int = 20000, max_item_text_chars: int = 2000,
                adapter_roots: Sequence[str | Path] | None = None,
                read_token: str | None = None, cors_origins: Sequence[str] = (),
                preload: Sequence[tuple[str, str | Path]] = ()) -> FastAPI:
@@ -107,7 +108,8 @@ def create_app(recommender: Recommender, admin_token: str | None = None, max_his
                              "or *")
     limits = ServingLimits(max_body_bytes=max_body_bytes, max_history=max_history,
                            max_item_chars=max_item_chars, max_batch=max_batch, max_k=max_k,
-                           max_grow_items=max_grow_items, max_grow_pairs=max_grow_pairs)
+                           max_grow_items=max_grow_items, max_grow_pairs=max_grow_pairs,
+                           max_item_text_chars=max_item_text_chars)
     roots = None if adapter_roots is None else [Path(r).resolve() for r in adapter_roots]
     if roots is None:
         logger.warning("admin PUT may load adapters from any local path: pass adapter_roots "
@@ -261,6 +263,8 @@ def create_app(recommender: Recommender, admin_token: str | None = None, max_his
                                         "rewritten (a hub adapter, outside the adapter roots, "
                                         "or no longer the adapter served): nothing changed"),
                          413: too_large,
+                         503: error_doc("texts sent, but the server's text encoder is "
+                                        "missing"),
                          422: error_doc("invalid request: no items, too many, blank ids, "
                                         "every item already in the catalogue, ...")})
     def grow_region(region: RegionPath, body: GrowRequest) -> dict[str, Any]:
@@ -274,9 +278,12 @@ def create_app(recommender: Recommender, admin_token: str | None = None, max_his
                                      "the loaded ones)")
         target = persist_target(loaded[region]["path"]) if body.persist else None
         try:
-            out = recommender.grow(region, body.items, [list(p) for p in body.pairs], target)
+            out = recommender.grow(region, body.items, [list(p) for p in body.pairs], target,
+                                   texts=body.texts)
         except UnknownRegionError as err:  # unloaded meanwhile
             raise HTTPException(404, str(err)) from err
+        except TextEncodingError as err:
+            raise HTTPException(503, str(err)) from err
         except PersistError as err:
             raise HTTPException(409, str(err)) from err
         logger.info("admin: region %s grown by %d item(s)%s", region, len(out["added"]),

@@ -25,12 +25,13 @@ from torch import nn
 
 from regiontune.adapters import AdapterFolder, AdapterMethod, ItemSide, get_method
 from regiontune.adapters.grow import Growth, calibrated_offset, plan_growth
-from regiontune.adapters.io import build_item_side
+from regiontune.adapters.io import build_item_side, read_region_text
 from regiontune.adapters.item_side import PREFIX as ITEM_SIDE_PREFIX
 from regiontune.adapters.routing import BASE, freeze, route, shared_clone
 from regiontune.model.recmodel import N_SPECIAL, RecModel
 from regiontune.model.vocab import ItemVocab
 from regiontune.serving.item_item import ItemItemBatch, item_item_factors
+from regiontune.serving.item_text import TextBatch, grown_text, text_factors, text_table
 
 _VERSIONS = itertools.count(1)
 
@@ -136,6 +137,10 @@ class RegionEntry:
     cf_p: torch.Tensor | None = None  # [n, r] item-item part (None: no part)
     cf_q: torch.Tensor | None = None  # [n, r]
     cf_weight: torch.Tensor | None = None  # [] its weight w
+    # item text: new items with a text vector (the backbone's cache or the adapter's own) get
+    # the backbone's projection of it as their base row: row text_slot[i] of text_rows
+    text_slot: torch.Tensor | None = None  # int32 [n], -1: no text row
+    text_rows: torch.Tensor | None = None  # [m, hidden]
     shared: SharedBody | None = None
     body: nn.Module | None = None  # own body when not shared
     meta: dict[str, Any] = field(default_factory=dict)
@@ -162,7 +167,8 @@ class RegionEntry:
     def item_bytes(self) -> int:
         """Bytes of this region's own item-side tensors (the base tables are shared)."""
         return sum(t.nbytes for t in (self.columns, self.item_a, self.item_b, self.item_bias,
-                                      self.cf_p, self.cf_q) if t is not None)
+                                      self.cf_p, self.cf_q, self.text_slot, self.text_rows)
+                   if t is not None)
 
     def release(self) -> None:
         """Free the adapter in its shared body (own bodies go with the last reference)."""
@@ -178,8 +184,9 @@ class RegionEntry:
 
 
 def _base_tables(base: RecModel) -> tuple[torch.Tensor, torch.Tensor]:
-    """The base model's input/output table (PAD and MASK rows first) and its item bias."""
-    return base.item_emb.weight.detach(), base.item_bias.detach()[N_SPECIAL:]
+    """The base model's input/output table (PAD and MASK rows first; a text-aware model's with
+    their text part: ``item_text.text_table``) and its item bias."""
+    return text_table(base), base.item_bias.detach()[N_SPECIAL:]
 
 
 def _item_factors(item_side: ItemSide) -> dict[str, torch.Tensor | None]:
@@ -207,6 +214,7 @@ def build_entry(region: str, directory: Path, backbone: RecModel, vocab: ItemVoc
                                 region=region if same_region else None)
     item_side = build_item_side(folder, vocab, backbone.config.hidden_size)
     factors = {**_item_factors(item_side), **item_item_factors(item_side)}
+    own_text = read_region_text(folder.path, backbone)  # region-new items' own text vectors
     # catalogue strings shared with the backbone vocabulary: only new items cost their own
     region_vocab = ItemVocab([vocab.items[vocab.index[i]] if i in vocab.index else i
                               for i in item_side.catalogue])
@@ -223,6 +231,7 @@ def build_entry(region: str, directory: Path, backbone: RecModel, vocab: ItemVoc
             own = freeze(method.load(start, folder.config, folder.tensors, name, None))
         base = method.base_of(own)
     embed, bias = _base_tables(base)
+    factors.update(text_factors(base, item_side, own_text))
     meta = folder.meta
     # the catalogue lives in the vocabulary: do not keep a second copy in the metadata
     small_meta = {k: v for k, v in meta.items() if k not in ("catalogue", "new_items")}
@@ -238,9 +247,10 @@ def build_entry(region: str, directory: Path, backbone: RecModel, vocab: ItemVoc
 
 
 def plan_entry_growth(entry: RegionEntry, items: Iterable[str], vocab: ItemVocab,
-                      histories: Iterable[Sequence[str]] = ()) -> Growth:
+                      histories: Iterable[Sequence[str]] = (), text_rows_of=None) -> Growth:
     """The rows ``items`` would get in ``entry``'s item side (:func:`plan_growth` on the
-    loaded factors; ``vocab``: the backbone's). An item-item part is refused (ValueError)."""
+    loaded factors; ``vocab``: the backbone's; ``text_rows_of``: item text,
+    ``adapters/text_growth.py``). An item-item part is refused (ValueError)."""
     if entry.cf_rank:
         raise ValueError(f"region {entry.region!r}: its adapter has an item-item part "
                          "(cf_rank > 0), which catalogue growth cannot extend; retrain the "
@@ -256,12 +266,16 @@ def plan_entry_growth(entry: RegionEntry, items: Iterable[str], vocab: ItemVocab
         out = entry.base_embed[N_SPECIAL + columns.clamp(min=0)] * (columns >= 0)[:, None]
         if entry.item_a is not None:
             out = out + entry.item_a[index] @ entry.item_b
+        if entry.text_slot is not None:  # new items' text rows
+            slot = entry.text_slot[index].long()
+            out = out + entry.text_rows[slot.clamp(min=0)] * (slot >= 0)[:, None]
         return out
 
     return plan_growth(entry.vocab.items, items, vocab=vocab, rows=rows, effective_bias=bias,
                        base_table=entry.base_embed[N_SPECIAL:], base_bias=base_bias,
                        lowrank_b=entry.item_b, has_bias=entry.item_bias is not None,
-                       unseen_offset=calibrated_offset(entry.meta), histories=histories)
+                       unseen_offset=calibrated_offset(entry.meta), histories=histories,
+                       text_rows_of=text_rows_of)
 
 
 def grown_entry(entry: RegionEntry, growth: Growth, **record: Any) -> RegionEntry:
@@ -276,7 +290,8 @@ def grown_entry(entry: RegionEntry, growth: Growth, **record: Any) -> RegionEntr
             + len(growth.region_new),
             "grown": [*(entry.meta.get("grown") or []), growth.record(**record)]}
     new = dataclasses.replace(entry, vocab=vocab, columns=columns, item_a=item_a,
-                              item_bias=item_bias, meta=meta, loaded_at=time.time())
+                              item_bias=item_bias, meta=meta, loaded_at=time.time(),
+                              **grown_text(entry, growth))
     meta["tensor_bytes"] = int(entry.meta.get("tensor_bytes") or 0) + new.item_bytes() \
         - entry.item_bytes()
     entry.ref.take()
@@ -326,6 +341,7 @@ class ItemBatch:
             self.bias = torch.cat([*bias, torch.tensor([float("-inf")])])
             self.a = torch.cat([*a, torch.zeros(1, rank)])  # [sum n + 1, rank]
         self.b = torch.stack([_zero_padded(e.item_b, (rank, e.hidden)) for e in unique])
+        self.text = TextBatch.of(unique, sizes, self.single)  # None: no region has text rows
         if not rank:
             self.a = self.b = None
         # regions per distinct base table (one, unless own bodies bring their own tables)
@@ -345,6 +361,8 @@ class ItemBatch:
         tokens = torch.where(special, ids, column + N_SPECIAL)
         out = F.embedding(tokens, self.unique[int(run[0])].base_embed)
         out.masked_fill_(((column < 0) & ~special)[..., None], 0.0)  # new items: no base row
+        if self.text is not None:  # new items with text: its projection instead
+            self.text.embed(out, flat, special)
         if self.a is not None:
             a = self.a[flat].masked_fill_(special[..., None], 0.0)  # [rows, length, rank]
             if self.single:
@@ -378,6 +396,8 @@ class ItemBatch:
                 scores.addmm_(users @ self.b[0].T, self.a.T)
             if self.cf is not None and cf.shape[1]:
                 self.cf.add_scores(scores, cf, None)
+            if self.text is not None:
+                self.text.add_scores(scores, users, self.run)
             return scores.add_(self.bias)
         position = torch.arange(self.width)
         flat = torch.where(position < self.sizes[self.run][:, None],
@@ -390,6 +410,8 @@ class ItemBatch:
             scores[:, :, None].baddbmm_(self.a[flat], user_b)
         if self.cf is not None and cf.shape[1]:  # no column: every row's p is 0
             self.cf.add_scores(scores, cf, flat)
+        if self.text is not None:
+            self.text.add_scores(scores, users, self.run)
         return scores.add_(self.bias[flat])
 
 

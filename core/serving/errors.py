@@ -26,6 +26,10 @@ class AdapterLoadError(ServingError, ArtifactError):
     """An adapter could not be loaded; whatever served the region before still does."""
 
 
+class TextEncodingError(ServingError):
+    """Item text was sent but the server cannot encode it (its text encoder is missing)."""
+
+
 class PersistError(ServingError):
     """A change asked to be saved to the adapter's folder cannot be: nothing was changed."""
 

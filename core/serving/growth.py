@@ -9,20 +9,30 @@ It works on the recommender's served state (``_snapshot``, ``_load_lock``, ``_lr
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from regiontune.adapters import AdapterFolder
+from regiontune.adapters import AdapterFolder, get_method
 from regiontune.adapters.grow import Growth, write_grown
 from regiontune.adapters.item_side import PREFIX as ITEM_SIDE_PREFIX
+from regiontune.adapters.text_growth import (
+    check_texts,
+    encode_new_text,
+    growth_text_rows,
+    texts_to_encode,
+)
 from regiontune.artifacts import ArtifactError
+from regiontune.model.recmodel import RecModel
+from regiontune.model.textenc import TextEncoderError, TextVectors, backbone_encoder
 from regiontune.serving.entries import RegionEntry, grown_entry, plan_entry_growth
 from regiontune.serving.errors import (
     InvalidRequestError,
     PersistError,
+    TextEncodingError,
     UnknownRegionError,
     check_region,
 )
@@ -30,12 +40,23 @@ from regiontune.serving.errors import (
 logger = logging.getLogger("regiontune.serving.recommender")
 
 
+def entry_base(entry: RegionEntry, backbone: RecModel) -> RecModel:
+    """The model whose text projection ``entry``'s items use: the backbone, or the base of
+    the region's own body (a fully fine-tuned copy has its own)."""
+    if entry.body is None or entry.body is backbone:
+        return backbone
+    return get_method(entry.served_as).base_of(entry.body)
+
+
 class CatalogueGrowth:
     """Growing a loaded region's catalogue (see the module docstring)."""
 
+    _encoder_lock = threading.Lock()
+
     def grow(self, region: str, items: Sequence[str],
              histories: Iterable[Sequence[str]] = (),
-             persist_to: str | Path | None = None) -> dict[str, Any]:
+             persist_to: str | Path | None = None,
+             texts: Mapping[str, str] | None = None) -> dict[str, Any]:
         """Add ``items`` to the catalogue of ``region``'s loaded adapter without retraining
         (:mod:`regiontune.adapters.grow`; ``histories``: item sets in which new items
         co-occur with catalogue items) and hot-swap the grown adapter in: requests in flight
@@ -46,16 +67,26 @@ class CatalogueGrowth:
         on disk, not grown in memory before), else :class:`PersistError` and nothing changes.
         An unloaded or lazily evicted region reloads from its folder: what was not persisted
         is lost. Items already in the catalogue are skipped; none left, a blank id, an empty
-        list: :class:`InvalidRequestError`."""
+        list: :class:`InvalidRequestError`.
+
+        ``texts`` (item -> text): with a text-aware backbone, a region-new item with text and
+        no co-occurrence starts as the embedding of its text (encoded here, before the lock,
+        by the backbone's encoder; persisted with the adapter)."""
         check_region(region)
+        fresh = self._encode_texts(items, texts)
         with self._load_lock:
             entry = self._snapshot.get(region)
             if entry is None:
                 raise UnknownRegionError(f"region {region!r} is not loaded")
             try:
-                growth = plan_entry_growth(entry, items, self.vocab, histories)
+                base = entry_base(entry, self.backbone)
+                text_rows_of, _ = growth_text_rows(base, self.meta, self.vocab, list(items),
+                                                   texts, None, fresh=fresh)
+                growth = plan_entry_growth(entry, items, self.vocab, histories, text_rows_of)
             except ValueError as err:
                 raise InvalidRequestError(str(err)) from err
+            if fresh is not None:  # the vectors of the items actually added, to persist
+                growth.text = fresh.subset(growth.region_new)
             if persist_to is not None:
                 growth = self._persist(entry, growth, Path(persist_to))
             new = grown_entry(entry, growth, persisted=persist_to is not None)
@@ -68,6 +99,30 @@ class CatalogueGrowth:
                 "path": new.path, **{k: v for k, v in new.meta["grown"][-1].items()
                                      if k in ("embedding", "bias", "cooccurrences",
                                               "projection_kept")}}
+
+    def _encode_texts(self, items: Sequence[str], texts: Mapping[str, str] | None
+                      ) -> TextVectors | None:
+        """The texts of ``items`` the backbone's cache lacks, encoded by its encoder (loaded
+        once, on first use); None: nothing to encode (or an id-only backbone)."""
+        if not texts or not getattr(self.backbone.config, "item_text", False):
+            return None
+        try:
+            todo = texts_to_encode(self.backbone, self.vocab, check_texts(texts, list(items)),
+                                   list(items))
+            if not todo:
+                return None
+            with self._encoder_lock:
+                if getattr(self, "_text_encoder", None) is None:
+                    self._text_encoder = backbone_encoder(self.backbone.config, self.meta)
+            return encode_new_text(self.backbone, self.meta, todo, self._text_encoder,
+                                   progress=False)
+        except TextEncoderError as err:  # the server's encoder: its paths stay in the log
+            logger.error("cannot encode item text: %s", err)
+            raise TextEncodingError("the server cannot encode item text: the backbone's text "
+                                    "encoder is not available (see the server log); grow "
+                                    "without texts") from err
+        except ValueError as err:
+            raise InvalidRequestError(str(err)) from err
 
     def _persist(self, entry: RegionEntry, growth: Growth, directory: Path) -> Growth:
         """Write the grown adapter over ``directory`` (which must hold what ``entry``
@@ -94,7 +149,7 @@ class CatalogueGrowth:
         if saved is not None:
             growth = growth.rounded(saved.dtype)
         try:
-            write_grown(folder, growth, directory, persisted=True)
+            write_grown(folder, growth, directory, text_backbone=self.backbone, persisted=True)
         except (OSError, ValueError) as err:
             raise PersistError(f"cannot write the grown adapter: {err}") from err
         return growth

@@ -39,6 +39,7 @@ class ServingLimits:
     max_k: int = 1000  # items returned per request
     max_grow_items: int = 1000  # items added to a catalogue per call (admin)
     max_grow_pairs: int = 20000  # co-occurrence pairs per grow call (admin)
+    max_item_text_chars: int = 2000  # characters of one item's text in a grow call (admin)
 
     def __post_init__(self) -> None:
         for name, value in self.__dict__.items():
@@ -85,6 +86,8 @@ def grow_model(limits: ServingLimits) -> type[BaseModel]:
     """The body of ``POST /v1/regions/{region}/items`` under ``limits``."""
     item = Annotated[StrictStr, StringConstraints(min_length=1, max_length=limits.max_item_chars,
                                                   pattern=r"\S")]
+    text = Annotated[StrictStr, StringConstraints(
+        min_length=1, max_length=limits.max_item_text_chars, pattern=r"\S")]
     return create_model(
         "GrowRequest", __config__=ConfigDict(extra="forbid"),
         __doc__="Items to add to a region's catalogue without retraining.",
@@ -98,6 +101,13 @@ def grow_model(limits: ServingLimits) -> type[BaseModel]:
                         f"{limits.max_grow_pairs}): a new item's embedding starts as the "
                         "count-weighted mean of the rows of the catalogue items it is paired "
                         "with (else the backbone's mean item embedding)")),
+        texts=(dict[item, text], Field(
+            default_factory=dict, max_length=limits.max_grow_items,
+            description="item id -> its text (title, category, description; at most "
+                        f"{limits.max_item_text_chars} characters): with a text-aware "
+                        "backbone, a new item with text and no pair starts as the embedding "
+                        "of its text (encoded by the backbone's encoder); ignored by an "
+                        "id-only backbone; ids must be among items")),
         persist=(StrictBool, Field(False, description="also rewrite the adapter's folder "
                                    "(only for a local folder inside an adapter root that still "
                                    "holds the served adapter); otherwise the growth lives in "
@@ -112,8 +122,9 @@ class GrowResponse(BaseModel):
                                                    "(skipped)")
     n_items: int = Field(description="catalogue size after the call")
     embedding: dict[str, list[str]] = Field(description="how each added item's embedding "
-                                            "started: cooccurrence, mean, backbone (the "
-                                            "backbone knows it) or zero (item rank 0)")
+                                            "started: cooccurrence, text (its text's "
+                                            "embedding), mean, backbone (the backbone knows "
+                                            "it) or zero (item rank 0)")
     bias: dict[str, list[str]] = Field(description="how each added item's bias was set: "
                                        "unseen_offset, cooccurrence, backbone or lowest")
     cooccurrences: int = Field(description="co-occurrence counts used")

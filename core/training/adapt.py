@@ -45,9 +45,11 @@ from regiontune.evaluation.baselines import tuned_ease
 from regiontune.evaluation.evaluate import evaluate_task
 from regiontune.model.backbone import load_backbone
 from regiontune.model.recmodel import RecModel
+from regiontune.model.textenc import TextVectors
 from regiontune.model.vocab import ItemVocab
 from regiontune.training.distill import fit_teacher
 from regiontune.training.loop import epoch_steps, fit, make_accelerator
+from regiontune.training.region_text import region_text_vectors
 from regiontune.training.replay import (
     check_replay,
     parent_training_histories,
@@ -235,7 +237,7 @@ PARENT_ITEMS = "\0parent-catalogue"  # a pseudo-history: the items the parent al
 def train_region(backbone: RecModel, vocab: ItemVocab, data: RegionData, adapt_cfg: AdaptConfig,
                  train_cfg: TrainConfig, work: str | Path | None = None, resume: bool = False,
                  accelerator=None, parent: AdapterFolder | None = None,
-                 replay: dict[str, list[str]] | None = None
+                 replay: dict[str, list[str]] | None = None, text: TextVectors | None = None
                  ) -> tuple[RegionTask, dict[str, Any]]:
     """Train one region's adapter (on ``adapt_cfg.fraction`` of its users); returns task, stats.
 
@@ -245,6 +247,7 @@ def train_region(backbone: RecModel, vocab: ItemVocab, data: RegionData, adapt_c
     in the training softmax, and only items neither the parent nor the new data has seen are
     calibrated as unseen. ``replay`` (with ``parent``): the parent's training histories, of
     which ``adapt_cfg.replay`` (seeded) join the training data (training/replay.py).
+    ``text``: the region's own item text vectors (training/region_text.py).
     """
     check_replay(adapt_cfg.replay, parent.path if parent is not None else None)
     if parent is not None:
@@ -279,6 +282,8 @@ def train_region(backbone: RecModel, vocab: ItemVocab, data: RegionData, adapt_c
         task = continue_region_task(backbone, vocab, parent, data.catalogue, adapt_cfg,
                                     total_steps, train_cfg.num_negatives)
         known[PARENT_ITEMS] = list(parent.meta["catalogue"])
+    if text is not None:
+        task.set_region_text(text)
     catalogue = task.item_side.catalogue  # the data's catalogue, or the parent's extended
     if not adapt_cfg.unseen_as_negatives:
         task.restrict_negatives(trained_items(known))
@@ -312,12 +317,14 @@ def train_region(backbone: RecModel, vocab: ItemVocab, data: RegionData, adapt_c
 
 def adapt(backbone_dir: str | Path, data_cfg: DataConfig, adapt_cfg: AdaptConfig,
           train_cfg: TrainConfig, out: str | Path, resume: bool = False,
-          init_from: str | Path | None = None) -> dict[str, Any]:
+          init_from: str | Path | None = None,
+          text_encoder: str | Path | None = None) -> dict[str, Any]:
     """Load the backbone, train ``adapt_cfg.region``'s adapter, evaluate it, save it to ``out``.
 
     ``init_from``: refresh that adapter on this data instead (see the module's docstring);
     every check (an adapter, the same method, the same backbone) passes before anything is
-    trained or written.
+    trained or written. ``text_encoder``: the backbone's text encoder folder, when not where
+    pretraining recorded it (training/region_text.py).
     """
     if not adapt_cfg.region:
         raise ValueError("name the region to adapt to (--region)")
@@ -350,10 +357,12 @@ def adapt(backbone_dir: str | Path, data_cfg: DataConfig, adapt_cfg: AdaptConfig
         catalogue = catalogue + [i for i in data.catalogue if i not in set(catalogue)]
         before = evaluate_task(parent_task, catalogue, data.test)
         del parent_task
+    text = region_text_vectors(backbone, vocab, bmeta, data_cfg, data.catalogue, init_from,
+                               text_encoder, train_cfg.progress)
     accelerator = make_accelerator(train_cfg)
     task, stats = train_region(backbone, vocab, data, adapt_cfg, train_cfg,
                                out.parent / f"{out.name}.work", resume, accelerator, parent,
-                               replay)
+                               replay, text)
     meta = {"region": adapt_cfg.region, "protocol": data.protocol,
             "backbone_fingerprint": bmeta["fingerprint"],
             "backbone_path": str(Path(backbone_dir).resolve()),

@@ -1,0 +1,103 @@
+"""Item text for items added to a region without training (issue 18): catalogue growth and
+adaptation encode the text of items a text-aware backbone's vocabulary and text cache do
+not know with the backbone's own encoder; such an item's base row is the backbone's
+projection of its text (:func:`~regiontune.adapters.region_task.text_rows`)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from regiontune.model.recmodel import RecModel
+from regiontune.model.textenc import (
+    TextEncoder,
+    TextVectors,
+    backbone_encoder,
+    encode_items,
+    text_hash,
+)
+from regiontune.model.vocab import ItemVocab
+
+from .region_task import text_rows
+
+logger = logging.getLogger(__name__)
+# (added items, their backbone-known mask) -> (projected text rows [m, hidden], has text [m])
+TextRowsOf = Callable[[list[str], torch.Tensor], "tuple[torch.Tensor, torch.Tensor] | None"]
+
+
+def check_texts(texts: Mapping[str, str] | None, items: list[str]) -> dict[str, str]:
+    """``texts`` as a plain dict; ValueError for a blank or non-string text, or a text of an
+    item that is not among ``items``."""
+    out: dict[str, str] = {}
+    wanted = set(items)
+    for item, text in (texts or {}).items():
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"the text of item {item!r} must be a non-empty string")
+        if item not in wanted:
+            raise ValueError(f"a text is given for item {item!r}, which is not among the items "
+                             "to add")
+        out[str(item)] = text.strip()
+    return out
+
+
+def texts_to_encode(backbone: RecModel, vocab: ItemVocab, texts: Mapping[str, str],
+                    items: list[str], own: TextVectors | None = None) -> dict[str, str]:
+    """The texts of ``items`` that need encoding: outside the vocabulary, and held neither by
+    the backbone's cache nor by ``own`` (the region's vectors) with this very text."""
+    bank = getattr(backbone, "text_bank", None)
+    out = {}
+    for item in dict.fromkeys(items):
+        text = texts.get(item)
+        if item in vocab.index or not text:
+            continue
+        held = [s.text_hash_of(item) for s in (bank, own) if s is not None]
+        if text_hash(text) not in held:
+            out[item] = text
+    return out
+
+
+def encode_new_text(backbone: RecModel, meta: dict[str, Any], todo: Mapping[str, str],
+                    encoder: str | Path | TextEncoder | None = None,
+                    progress: bool = True) -> TextVectors | None:
+    """``todo``'s texts encoded by the backbone's encoder (None: nothing to encode)."""
+    if not todo:
+        return None
+    if not isinstance(encoder, TextEncoder):
+        encoder = backbone_encoder(backbone.config, meta, encoder)
+    return encode_items(dict(todo), encoder, progress=progress)
+
+
+def growth_text_rows(base: RecModel, meta: dict[str, Any], vocab: ItemVocab, added: list[str],
+                     texts: Mapping[str, str] | None, own: TextVectors | None,
+                     encoder: str | Path | TextEncoder | None = None,
+                     fresh: TextVectors | None = None
+                     ) -> tuple[TextRowsOf | None, TextVectors | None]:
+    """For a growth of ``added`` items: the ``text_rows_of`` callback of
+    :func:`~regiontune.adapters.grow.plan_growth` and the vectors encoded now (saved with the
+    adapter). ``own``: the adapter's own text vectors; ``fresh``: vectors the caller already
+    encoded. An id-only backbone ignores ``texts`` (with a warning)."""
+    texts = check_texts(texts, added) if texts else {}
+    if not getattr(base.config, "item_text", False):
+        if texts:
+            logger.warning("the backbone is id-only: the text of %d item(s) is not used",
+                           len(texts))
+        return None, None
+    if fresh is None:
+        fresh = encode_new_text(base, meta, texts_to_encode(base, vocab, texts, added, own),
+                                encoder, progress=False)
+    merged = own if fresh is None else (fresh if own is None else own.updated(fresh))
+
+    def rows_of(items: list[str], known: torch.Tensor):
+        found = text_rows(base, items, known, merged)
+        if found is None:
+            return None
+        vectors, has = found
+        with torch.no_grad():
+            rows = base.text_embedding(vectors).detach().float() * has[:, None]
+        return rows, has
+
+    return rows_of, fresh
