@@ -27,7 +27,10 @@
   backbone, LoRA of s1, s2, s3 merged with equal weights onto the target's catalogue,
   ``benchmarks/results/merge.md``): NDCG@10 t1 0.475 with zero rows against 0.441 with the
   mean, t2 0.252 against 0.215 -- a history item read as "the average item" blurs the
-  user -- so zero is the default.
+  user -- so zero is the default. ``new_items="omit"`` leaves such items out of the merged
+  catalogue instead: skipped when a history is read and never scored, exactly as the bare
+  backbone treats items it does not know (``meta["merge"]["items_left_out"]`` counts them;
+  ``regiontune grow`` adds them once they have interactions).
 
 ``weights="overlap"`` derives the weights from a given catalogue: each source's weight is the
 share of that catalogue its own catalogue holds (``|source ∩ target| / |target|``), then
@@ -63,7 +66,7 @@ from .item_side import PREFIX as ITEM_PREFIX
 logger = logging.getLogger(__name__)
 # config entries that name where an adapter came from, not what it computes
 PROVENANCE_KEYS = ("base_model_name_or_path", "revision", "inference_mode")
-NEW_ITEMS = ("zero", "mean")  # the embedding of items new to every source and the backbone
+NEW_ITEMS = ("zero", "mean", "omit")  # items new to every source and to the backbone
 REGION_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # the names the server accepts
 
 
@@ -167,8 +170,11 @@ def average_tensors(method: str, sources: list[AdapterFolder], weights: list[flo
 
 def merge_item_side(sources: list[AdapterFolder], weights: list[float], catalogue: list[str],
                     backbone: RecModel, vocab: ItemVocab, item_rank: int | None = None,
-                    new_items: str = "zero") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The merged item side's tensors (``regiontune.item_side.*``) and what was done."""
+                    new_items: str = "zero"
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, Any], list[str]]:
+    """The merged item side's tensors (``regiontune.item_side.*``), what was done, and the
+    merged catalogue (``catalogue`` without the items no model knows when ``new_items`` is
+    ``"omit"``)."""
     base_table, base_bias = (t.detach().float() for t in backbone.item_table())
     hidden = base_table.shape[1]
     n = len(catalogue)
@@ -218,12 +224,18 @@ def merge_item_side(sources: list[AdapterFolder], weights: list[float], catalogu
     fallback = ~held & ~known  # in no source, unknown to the backbone
     if new_items not in NEW_ITEMS:
         raise ValueError(f"new_items {new_items!r}: use one of {NEW_ITEMS}")
-    if fallback.any():
+    left_out = []
+    if new_items == "omit" and fallback.any():
+        keep = ~fallback
+        left_out = [i for i, f in zip(catalogue, fallback.tolist(), strict=True) if f]
+        catalogue = [i for i, k in zip(catalogue, keep.tolist(), strict=True) if k]
+        bias, a_parts = bias[keep], [a[keep] for a in a_parts]
+    elif fallback.any():
         if new_items == "mean":
             a_parts.append(fallback.float()[:, None])
             b_parts.append(base_table.mean(dim=0)[None, :])
         bias[fallback] = float(lowest) if lowest is not None else 0.0
-    a = torch.cat(a_parts, dim=1) if a_parts else torch.zeros(n, 0)
+    a = torch.cat(a_parts, dim=1) if a_parts else torch.zeros(len(catalogue), 0)
     b = torch.cat(b_parts, dim=0) if b_parts else torch.zeros(0, hidden)
     exact_rank = a.shape[1]
     if item_rank is not None and item_rank < exact_rank:
@@ -234,11 +246,12 @@ def merge_item_side(sources: list[AdapterFolder], weights: list[float], catalogu
         tensors[ITEM_PREFIX + "lowrank_b"] = b.contiguous()
     info = {"items_in_sources": int(held.sum()), "items_backbone_only": int((~held & known).sum()),
             "items_fallback": int(fallback.sum()),
-            "fallback_bias": float(bias[fallback][0]) if fallback.any() else None,
+            "fallback_bias": (float(bias[fallback][0]) if fallback.any() and not left_out
+                              else None), "items_left_out": len(left_out),
             "source_rows_untrained": skipped,
             "new_item_embedding": new_items, "item_rank_exact": exact_rank,
             "item_rank_mode": "exact" if a.shape[1] == exact_rank else "projected"}
-    return tensors, info
+    return tensors, info, catalogue
 
 
 def trained_rows(folder: AdapterFolder) -> torch.Tensor:
@@ -337,8 +350,11 @@ def merge_adapters(paths: Sequence[str | Path], weights: Sequence[float] | str,
     given = catalogue is not None
     if catalogue is None:
         catalogue = list(dict.fromkeys(i for f in folders for i in f.meta["catalogue"]))
-    item_tensors, info = merge_item_side(folders, normalised, catalogue, backbone, vocab,
-                                         item_rank, new_items)
+    item_tensors, info, catalogue = merge_item_side(folders, normalised, catalogue, backbone,
+                                                    vocab, item_rank, new_items)
+    if not catalogue:
+        raise ValueError("no item of the catalogue is known to a source adapter or to the "
+                         "backbone: with --new-items omit nothing is left to serve")
     torch_dtype = weights_dtype(dtype, saved_as)
     merged_from = [{"region": f.region, "weight": w, "method": f.trained_method,
                     "path": f.path.name, "weights_fingerprint": weights_hash(f)}

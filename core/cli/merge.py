@@ -82,8 +82,11 @@ def merge(out: Path = typer.Option(..., "--out", help="Directory for the merged 
           new_items: str = typer.Option("zero", "--new-items", help="Embedding of items "
                                         "new to every source and to the backbone: zero (they "
                                         "add nothing to a history; scored by the lowest "
-                                        "source bias) or mean (the backbone's mean item "
-                                        "embedding)."),
+                                        "source bias), mean (the backbone's mean item "
+                                        "embedding) or omit (left out of the catalogue: "
+                                        "skipped in histories and never recommended, as the "
+                                        "bare backbone treats them; `regiontune grow` adds "
+                                        "them later)."),
           weights_dtype: str = typer.Option("auto", "--weights-dtype", help="auto (float16 "
                                             "for adapters, float32 for full), float32, "
                                             "float16 or bfloat16."),

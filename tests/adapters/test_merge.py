@@ -317,3 +317,40 @@ def test_find_adapters_and_catalogue_file(lora_pair, tmp_path):
     path.write_text("\n")
     with pytest.raises(ValueError, match="lists no item"):
         read_catalogue(path)
+
+
+def test_omitted_new_items_are_read_and_scored_as_the_backbone_does(lora_pair,
+                                                                     tiny_backbone_dir,
+                                                                     tiny_regions, tmp_path):
+    """``new_items="omit"``: items new to every source and to the backbone leave the merged
+    catalogue (skipped in histories, unscorable, as the bare backbone treats them); every
+    other item keeps exactly the row it gets in the default merge."""
+    _, west, delta = lora_pair
+    target = tiny_regions["island"].catalogue
+    merge_adapters([west, delta], [1, 3], tiny_backbone_dir, tmp_path / "z",
+                          catalogue=target, dtype="float32")
+    meta = merge_adapters([west, delta], [1, 3], tiny_backbone_dir, tmp_path / "o",
+                          catalogue=target, dtype="float32", new_items="omit")
+    _, vocab, _ = load_backbone(tiny_backbone_dir)
+    known = set(read_json(west / "region.json")["catalogue"]) | set(
+        read_json(delta / "region.json")["catalogue"]) | set(vocab.items)
+    unknown = [i for i in target if i not in known]
+    assert unknown and meta["merge"]["items_left_out"] == len(unknown)
+    assert meta["catalogue"] == [i for i in target if i in known]
+    assert meta["merge"]["fallback_bias"] is None and not meta["new_items"]
+    rows, bias = region_rows(load(tmp_path / "o", tiny_backbone_dir))
+    z_rows, z_bias = region_rows(load(tmp_path / "z", tiny_backbone_dir))
+    for item in meta["catalogue"]:
+        torch.testing.assert_close(rows[item], z_rows[item], atol=1e-5, rtol=1e-5)
+        assert bias[item] == pytest.approx(z_bias[item], abs=1e-5)
+    task = load(tmp_path / "o", tiny_backbone_dir)
+    kept = meta["catalogue"][:3]
+    with_new = task_scores(task, [[kept[0], unknown[0], kept[1]]], target)
+    without = task_scores(task, [[kept[0], kept[1]]], target)
+    torch.testing.assert_close(with_new, without)  # the unknown item is skipped when read
+    columns = [target.index(i) for i in unknown]
+    assert torch.isinf(with_new[0, columns]).all() and (with_new[0, columns] < 0).all()
+    with pytest.raises(ValueError, match="nothing is left to serve"):
+        merge_adapters([west, delta], [1, 1], tiny_backbone_dir, tmp_path / "none",
+                       catalogue=["never-1", "never-2"], new_items="omit")
+    assert not (tmp_path / "none").exists()
