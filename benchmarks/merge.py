@@ -93,20 +93,47 @@ def pooled_popularity(data, sources: dict) -> dict:
     return evaluate_record(scorer.score, data)
 
 
-def merged_record(data, paths: dict[str, Path], backbone: Path, scheme: str,
-                  new_items: str = "zero") -> dict:
-    from benchmarks.jobs import evaluate_task_record
+def source_share_weights(paths: dict[str, Path], catalogue: list[str]) -> list[float]:
+    """Each source's share of its own catalogue that the target's catalogue holds
+    (``|source ∩ target| / |source|``): the other side of the overlap rule."""
+    from regiontune.artifacts import read_json
+
+    wanted = set(catalogue)
+    cats = [read_json(p / "region.json")["catalogue"] for p in paths.values()]
+    return [len(wanted.intersection(c)) / len(c) for c in cats]
+
+
+def holdout_ndcg(task, data) -> float:
+    """NDCG@10 on the target's early-stopping hold-out (its training side, never the test
+    cases): the figure variants are compared on."""
+    from regiontune.evaluation.evaluate import evaluate_task
+
+    return evaluate_task(task, data.catalogue, data.valid)["ndcg@10"]
+
+
+def merged_task(data, paths: dict[str, Path], backbone: Path, scheme: str,
+                new_items: str = "zero"):
     from regiontune.adapters import load_adapter
     from regiontune.adapters.merge import merge_adapters
     from regiontune.model.backbone import load_backbone
 
     out = SOURCES_DIR / f"merged-{data.region}-{scheme}-{new_items}"
-    weights = "overlap" if scheme == "overlap" else [1.0] * len(paths)
+    weights = ("overlap" if scheme == "overlap" else
+               source_share_weights(paths, data.catalogue) if scheme == "source-share" else
+               [1.0] * len(paths))
     meta = merge_adapters(list(paths.values()), weights, backbone, out, region=data.region,
                           catalogue=list(data.catalogue), new_items=new_items)
     model, vocab, bmeta = load_backbone(backbone)
-    task = load_adapter(out, model, vocab, bmeta["fingerprint"])
-    return {**evaluate_task_record(task, data), "adapter_bytes": meta["adapter_bytes"],
+    return load_adapter(out, model, vocab, bmeta["fingerprint"]), meta
+
+
+def merged_record(data, paths: dict[str, Path], backbone: Path, scheme: str,
+                  new_items: str = "zero") -> dict:
+    from benchmarks.jobs import evaluate_task_record
+
+    task, meta = merged_task(data, paths, backbone, scheme, new_items)
+    return {**evaluate_task_record(task, data), "holdout_ndcg@10": holdout_ndcg(task, data),
+            "adapter_bytes": meta["adapter_bytes"],
             "item_rank": meta["item_rank"],
             "source_weights": {m["region"]: round(m["weight"], 4) for m in meta["merged_from"]},
             "merge_catalogue_known": meta["merge"]["items_in_sources"],
@@ -138,6 +165,12 @@ def source_info(paths: dict[str, Path]) -> dict[str, dict]:
 # the merge with the backbone's mean item embedding for items new to every source: an
 # ablation, not the merge as shipped -- its own method name, so no reader averages it in
 ABLATION = "merged-mean-new-items"
+# more ablations (issue 17, t2): such items left out of the catalogue (read and scored as the
+# bare backbone treats them); sources weighted by the share of their own catalogue the
+# target holds
+OMIT = "merged-omit-new-items"
+SHARE = "merged-source-share"
+ABLATIONS = (ABLATION, OMIT, SHARE)
 
 
 def verdicts(records: list[dict]) -> list[str]:
@@ -166,9 +199,10 @@ def verdicts(records: list[dict]) -> list[str]:
 
 
 def to_markdown(records: list[dict], sources: list[str], meta: dict | None = None) -> str:
-    order = {"zero-shot": 0, "popularity": 1, "merged": 2, ABLATION: 2, "lora-n": 3}
+    order = {"zero-shot": 0, "popularity": 1, "merged": 2, **dict.fromkeys(ABLATIONS, 2),
+             "lora-n": 3}
     header = ["target", "method", "weights", "target interactions", "NDCG@10", "HR@10",
-              "vs zero-shot"]
+              "vs zero-shot", "hold-out NDCG@10"]
     rows = []
     for region in sorted({r["region"] for r in records}):
         mine = sorted((r for r in records if r["region"] == region),
@@ -177,8 +211,9 @@ def to_markdown(records: list[dict], sources: list[str], meta: dict | None = Non
         zero = next((r["ndcg@10"] for r in mine if r["method"] == "zero-shot"), None)
         for r in mine:
             weights = r.get("weights") or "–"
-            if r.get("new_item_embedding") == "mean":
-                weights += ", new items: mean embedding"
+            if r.get("new_item_embedding") in ("mean", "omit"):
+                weights += {"mean": ", new items: mean embedding",
+                            "omit": ", new items: left out"}[r["new_item_embedding"]]
             if r.get("source_weights"):
                 weights += " (" + ", ".join(f"{k} {v:.2f}"
                                             for k, v in r["source_weights"].items()) + ")"
@@ -186,8 +221,10 @@ def to_markdown(records: list[dict], sources: list[str], meta: dict | None = Non
             method = r["method"]
             if method == "lora-n":
                 method += f" ({r['data_fraction']:g} of users)"
+            holdout = r.get("holdout_ndcg@10")
             rows.append([region, method, weights, f"{r.get('interactions', 0):,}",
-                         f"{r['ndcg@10']:.4f}", f"{r['hr@10']:.4f}", delta])
+                         f"{r['ndcg@10']:.4f}", f"{r['hr@10']:.4f}", delta,
+                         f"{holdout:.4f}" if holdout is not None else "–"])
     return "\n".join([
         "# A region with no data: merged adapters", "",
         "New-region setting (backbone pretrained on " + ", ".join(sources) + "; the target "
@@ -199,7 +236,14 @@ def to_markdown(records: list[dict], sources: list[str], meta: dict | None = Non
         "or `overlap` weights (each source weighted by the share of the target's "
         "catalogue its catalogue holds). `popularity`: item counts of the sources' pooled "
         "training data. `lora-n`: LoRA trained on a fraction of the target's users (the "
-        "learning curve's low end), `target interactions` what it read.", "",
+        "learning curve's low end), `target interactions` what it read. Ablations, each under "
+        f"its own method name and never in the verdict: `{ABLATION}`, `{OMIT}` (items new to "
+        "every source and to the backbone left out of the catalogue: skipped in histories and "
+        f"unscored, as the bare backbone treats them), `{SHARE}` (each source weighted by the "
+        "share of its own catalogue the target's holds). `hold-out NDCG@10`: the target's "
+        "early-stopping hold-out (its training side, positive among 99 negatives drawn as the "
+        "lists draw theirs), on which variants are compared; a variant would replace the "
+        "merge as shipped only by beating it there on both targets (none does).", "",
         *table(header, rows), "",
         *verdicts(records), "",
         *source_lines((meta or {}).get("source_adapters") or {}),
@@ -214,6 +258,14 @@ def source_lines(info: dict[str, dict]) -> list[str]:
         f"{region}: {i['train_users']:,} users, {i['epochs_run']} epochs (best "
         f"{i['best_epoch']}), {i['train_seconds']:.0f} s, item rank {i['item_rank']}"
         for region, i in info.items() if i.get("train_users") is not None) + ".", ""]
+
+
+def backbone_task(backbone: Path):
+    from regiontune.model.backbone import load_backbone
+    from regiontune.model.task import BackboneTask
+
+    model, vocab, _ = load_backbone(backbone)
+    return BackboneTask(model, vocab)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -237,16 +289,18 @@ def main(argv: list[str] | None = None) -> None:
     have = done_keys(results["records"], KEY)
     source_data = None
 
-    def save(record: dict) -> None:
-        results["records"].append(record)
+    def save(record: dict | None) -> None:
+        if record is not None:
+            results["records"].append(record)
         results["meta"] = {**run_meta(suite), "sources": args.sources,
                            "source_fraction": args.source_fraction,
                            "backbone": str(args.backbone), "source_adapters": source_info(paths)}
         write_results(results, OUT)
         OUT.with_suffix(".md").write_text(
             to_markdown(results["records"], args.sources, results["meta"]), encoding="utf-8")
-        log.info("%s %s %s: NDCG@10 %.4f", record["region"], record["method"],
-                 record.get("weights") or record.get("interactions"), record["ndcg@10"])
+        if record is not None:
+            log.info("%s %s %s: NDCG@10 %.4f", record["region"], record["method"],
+                     record.get("weights") or record.get("interactions"), record["ndcg@10"])
 
     for target in args.targets:
         data = suite_regions(suite, [target])[target]
@@ -254,25 +308,33 @@ def main(argv: list[str] | None = None) -> None:
                 "setting": "new-region", "sources": args.sources}
         jobs = [("zero-shot", None, None, 1.0), ("popularity", None, None, 1.0),
                 ("merged", "equal", "zero", 1.0), ("merged", "overlap", "zero", 1.0),
-                (ABLATION, "equal", "mean", 1.0)]  # the new-item embedding, ablated
+                (ABLATION, "equal", "mean", 1.0), (OMIT, "equal", "omit", 1.0),
+                (SHARE, "source-share", "zero", 1.0)]  # ablations
         jobs += [("lora-n", None, None, f) for f in args.fractions]
         for method, scheme, new_items, fraction in jobs:
             key = {"method": method, "weights": scheme, "new_item_embedding": new_items,
                    "data_fraction": fraction if method == "lora-n" else None}
             if (target, method, scheme, new_items, key["data_fraction"], args.seed) in have:
+                old = next(r for r in results["records"] if r["region"] == target
+                           and r["seed"] == args.seed and all(r.get(k) == v
+                                                              for k, v in key.items()))
+                if method != "lora-n" and method != "popularity" and (
+                        "holdout_ndcg@10" not in old):  # records made before the column
+                    old["holdout_ndcg@10"] = holdout_ndcg(
+                        backbone_task(args.backbone) if method == "zero-shot" else
+                        merged_task(data, paths, args.backbone, scheme, new_items)[0], data)
+                    save(None)
                 continue
             if method == "zero-shot":
                 from benchmarks.jobs import evaluate_task_record
-                from regiontune.model.backbone import load_backbone
-                from regiontune.model.task import BackboneTask
 
-                model, vocab, _ = load_backbone(args.backbone)
-                record = {**evaluate_task_record(BackboneTask(model, vocab), data),
-                          "interactions": 0}
+                task = backbone_task(args.backbone)
+                record = {**evaluate_task_record(task, data),
+                          "holdout_ndcg@10": holdout_ndcg(task, data), "interactions": 0}
             elif method == "popularity":
                 source_data = source_data or suite_regions(suite, args.sources)
                 record = {**pooled_popularity(data, source_data), "interactions": 0}
-            elif method in ("merged", ABLATION):
+            elif method in ("merged", *ABLATIONS):
                 record = {**merged_record(data, paths, args.backbone, scheme, new_items),
                           "interactions": 0}
             else:
