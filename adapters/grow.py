@@ -70,7 +70,11 @@ from .item_side import PREFIX
 from .text_growth import TextRowsOf, growth_text_rows
 
 logger = logging.getLogger(__name__)
-ITEM_TENSORS = ("lowrank_a", "lowrank_b", "bias")  # the item-side tensors growth extends
+# the item-side tensors growth extends (the item-item part: new items get no neighbours,
+# and no old item lists them, so every old score stays as it was)
+ITEM_TENSORS = ("lowrank_a", "lowrank_b", "bias", "item_item.neighbours", "item_item.strengths",
+                "item_item.weight")
+NEIGHBOUR_TENSORS = ("item_item.neighbours", "item_item.strengths")
 
 
 # ---------------------------------------------------------------- inputs
@@ -278,6 +282,13 @@ def grown_tensors(tensors: Mapping[str, torch.Tensor], growth: Growth, n_old: in
         out[PREFIX + "lowrank_a"] = torch.cat([a, growth.a_rows.to(a.dtype)]).contiguous()
     if bias is not None:
         out[PREFIX + "bias"] = torch.cat([bias, growth.bias_rows.to(bias.dtype)]).contiguous()
+    for name in NEIGHBOUR_TENSORS:
+        t = out.get(PREFIX + name)
+        if t is not None:
+            if t.shape[0] != n_old:
+                raise ArtifactError(f"item-side tensor {name} has {t.shape[0]} rows for a "
+                                    f"catalogue of {n_old} items")
+            out[PREFIX + name] = torch.cat([t, t.new_zeros(len(growth.added), t.shape[1])])
     return out
 
 

@@ -80,7 +80,7 @@ def save_adapter(task: RegionTask, method_name: str, adapter_name: str, meta: di
                 "adapter_bytes": (tmp / WEIGHTS).stat().st_size,
                 "catalogue": task.item_side.catalogue, "new_items": task.item_side.new_items,
                 "item_rank": task.item_side.rank, "item_bias": task.item_side.has_bias,
-                **({"cf_rank": task.item_item.rank} if task.item_item is not None else {}),
+                "neighbours": task.item_item.k if task.item_item is not None else 0,
                 **extra}
         write_json(tmp / ADAPTER_META, meta)
         write_card(tmp, meta, "adapter")
@@ -93,7 +93,11 @@ def build_item_side(folder: AdapterFolder, vocab: ItemVocab, hidden_size: int) -
     meta = folder.meta
     item_side = ItemSide(meta["catalogue"], vocab, hidden_size, int(meta.get("item_rank", 0)),
                          bool(meta.get("item_bias", True)))
-    attach_item_item(item_side, int(meta.get("cf_rank", 0)))
+    if int(meta.get("cf_rank", 0) or 0):
+        raise ValueError(f"{folder.path.name}: its item-item part is the low-rank form of an "
+                         "earlier regiontune (cf_rank), which this version no longer reads; "
+                         "train the adapter again (the part is now the item's EASE neighbours)")
+    attach_item_item(item_side, int(meta.get("neighbours", 0) or 0))
     item_side.load(folder.tensors)
     for p in item_side.parameters():
         p.requires_grad_(False)

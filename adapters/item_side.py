@@ -79,7 +79,8 @@ class ItemSide(nn.Module):
         return out
 
     def state(self) -> dict[str, torch.Tensor]:
-        return {PREFIX + k: v.detach().cpu().contiguous() for k, v in self.named_parameters()}
+        # parameters and saved buffers (the item-item part's neighbours are integers)
+        return {PREFIX + k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
 
     def load(self, tensors: dict[str, torch.Tensor]) -> None:
         mine = {k[len(PREFIX):]: v for k, v in tensors.items() if k.startswith(PREFIX)}

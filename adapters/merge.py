@@ -309,10 +309,12 @@ def merge_adapters(paths: Sequence[str | Path], weights: Sequence[float] | str,
     backbone, vocab, bmeta = load_backbone(backbone_dir)
     fingerprint = bmeta["fingerprint"]
     folders = [AdapterFolder.read(p, fingerprint) for p in paths]
-    with_cf = [f.path.name for f in folders if int(f.meta.get("cf_rank", 0) or 0) > 0]
-    if with_cf:
-        raise ValueError(f"adapters with cf_rank > 0 (an item-item part) cannot be merged yet: "
-                         f"{', '.join(with_cf)}")
+    # the sources' item-item parts (adapters/item_item.py) are not merged: each is EASE on
+    # its own region's histories, with a weight chosen on that region's hold-out
+    with_part = [f.path.name for f in folders if int(f.meta.get("neighbours", 0) or 0) > 0]
+    if with_part:
+        logger.info("item-item parts of %s left out of the merge (fitted to their own "
+                    "regions' data)", ", ".join(with_part))
     methods = {f.trained_method for f in folders}
     if len(methods) > 1:
         listed = ", ".join(f"{f.path.name} ({f.trained_method})" for f in folders)

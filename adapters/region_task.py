@@ -64,9 +64,6 @@ class RegionTask(ScoringTask):
         if self.new_text is not None:
             text_rows = self.backbone.text_embedding(self.new_text)
             table = table + self.new_has_text[:, None].to(text_rows.dtype) * text_rows
-        cf = self.item_item
-        if cf is not None:  # the item-item part scores by [h, p] . [E, Q]
-            table = torch.cat([table, cf.q.to(table.dtype)], dim=1)
         if self.training and self.negative_mask is not None:
             # -inf logit: no probability, no gradient, for items the region never trained on
             bias = bias.masked_fill(~self.negative_mask, float("-inf"))
@@ -78,17 +75,13 @@ class RegionTask(ScoringTask):
         if table is None:
             table, _ = self.output_table()
         specials = self.backbone.item_emb.weight[:N_SPECIAL]  # PAD and MASK rows stay shared
-        table = table[:, :specials.shape[1]]  # without the item-item columns, if any
         embeddings = F.embedding(tokens, torch.cat([specials, table]))
-        hidden = self.body(inputs_embeds=embeddings, attention_mask=mask, **route).last_hidden_state
-        cf = self.item_item
-        if cf is None:
-            return hidden
-        return torch.cat([hidden, cf.users(tokens, self.causal).to(hidden.dtype)], dim=-1)
+        return self.body(inputs_embeds=embeddings, attention_mask=mask, **route).last_hidden_state
 
     @property
     def item_item(self):
-        """The optional item-item part (``adapters/item_item.py``), or None."""
+        """The item-item part (``adapters/item_item.py``): added to the scores, never to the
+        user vectors or the training loss; None when the adapter has none."""
         return getattr(self.item_side, "item_item", None)
 
 

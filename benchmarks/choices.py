@@ -57,23 +57,11 @@ VARIANTS = {
     "lora-minsteps8": ("lora", {}, {"min_epoch_steps": 8}),
     "lora-bs64": ("lora", {}, {"batch_size": 64}),
     "lora-bs128": ("lora", {}, {"batch_size": 128}),
-    # issue 13: an item-item part initialised from EASE (adapters/item_item.py)
-    "lora-cf64": ("lora", {"cf_rank": 64}, {}),
-    "lora-cf128": ("lora", {"cf_rank": 128}, {}),
-    "lora-cf256": ("lora", {"cf_rank": 256}, {}),
-    "lora-cf512": ("lora", {"cf_rank": 512}, {}),
-    # the item-item part at a tenth of the learning rate, or P, Q kept at EASE's SVD (only
-    # its weight learns)
-    "lora-cf64-lr0.1": ("lora", {"cf_rank": 64}, {"lr_scales": {"item_side.item_item.": 0.1}}),
-    "lora-cf64-fixed": ("lora", {"cf_rank": 64},
-                        {"lr_scales": {"item_side.item_item.p": 0.0,
-                                       "item_side.item_item.q": 0.0}}),
-    "lora-cf128-fixed": ("lora", {"cf_rank": 128},
-                         {"lr_scales": {"item_side.item_item.p": 0.0,
-                                        "item_side.item_item.q": 0.0}}),
-    "lora-cf256-fixed": ("lora", {"cf_rank": 256},
-                         {"lr_scales": {"item_side.item_item.p": 0.0,
-                                        "item_side.item_item.q": 0.0}}),
+    # issue 13: the item-item part (adapters/item_item.py; the default: auto neighbours);
+    # records before it was the default, named lora-cf*, were the earlier low-rank form
+    "lora-nb0": ("lora", {"neighbours": 0}, {}),
+    "lora-nb8": ("lora", {"neighbours": 8}, {}),
+    "lora-nb32": ("lora", {"neighbours": 32}, {}),
     "full": ("full", {}, {}),
     "full-distill0.5": ("full", {"distill": 0.5}, {}),
 }
@@ -108,8 +96,8 @@ def run(variants: list[str], setting: str, regions: list[str], fractions: list[f
                               **{k: record[k] for k in ("ndcg@10", "train_seconds",
                                                         "best_epoch", "epochs_run",
                                                         "train_users")},
-                              **{k: record[k] for k in ("adapter_bytes",
-                                                        "cf_ease_holdout_ndcg@10")
+                              **{k: record[k] for k in ("adapter_bytes", "neighbours",
+                                                        "item_item_weight")
                                  if record.get(k) is not None}}
                     append_record(results, out, record)
     write_markdown(results, out.with_suffix(".md"))

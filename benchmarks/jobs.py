@@ -191,7 +191,9 @@ def adapter_job(backbone_dir: Path, data: RegionData, adapt_cfg: AdaptConfig,
             "best_valid_ndcg@10": stats["best_valid_ndcg@10"],
             "new_items": len(task.item_side.new_items),
             "unseen_items": unseen_mode(adapt_cfg), "unseen_offset": stats.get("unseen_offset"),
-            **{k: stats[k] for k in ("cf_ease_holdout_ndcg@10",) if k in stats}}
+            **{k: stats[k] for k in ("neighbours", "item_item_weight", "item_item_lambda",
+                                     "item_item_holdout_ndcg@10", "item_item_seconds")
+               if k in stats}}
 
 
 def unseen_mode(cfg: AdaptConfig) -> str:

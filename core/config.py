@@ -141,10 +141,19 @@ class AdaptConfig:
     # the starting point (the un-adapted backbone) competes with every epoch on the hold-out:
     # an adapter never ends below the backbone it adapts
     start_as_candidate: bool = True
-    # rank of the optional item-item (EASE-like) part (adapters/item_item.py): P, Q over the
-    # catalogue, initialised from EASE fitted on the region's training data, trained with the
-    # adapter; 0 turns it off. Served (core/serving/item_item.py); catalogue growth refuses it.
-    cf_rank: int = 0
+    # the item-item part (adapters/item_item.py): each catalogue item's strongest EASE
+    # neighbours, blended into the adapter's scores after training with a weight chosen on
+    # the hold-out (0 drops it). -1: as many neighbours as the budget's share allows (below);
+    # 0: off; k > 0: exactly k (the budget is then not checked).
+    neighbours: int = -1
+    # the auto count: this share of the item budget left after the adapter's own weights, at
+    # most max_neighbours (the item rank gets the rest). On WSDM t1 the blend with the top 8
+    # neighbours reached 0.695 and with 16 0.699 against 0.700 with EASE's whole B
+    # (benchmarks/results/item_item.md), so a few dozen carry it
+    neighbours_share: float = 0.5
+    max_neighbours: int = 32
+    # EASE inverts an [n, n] matrix: catalogues larger than this get no item-item part
+    max_neighbour_catalogue: int = 20000
     # refresh only (--init-from): this seeded share of the parent's training histories (its
     # users) is trained again with the new data, against forgetting; 0 turns it off. The
     # parent's data is reloaded from the configuration its region.json records

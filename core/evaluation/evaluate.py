@@ -24,6 +24,9 @@ def task_scores(task, histories: list[list[str]], catalogue: Sequence[str]) -> t
                        task.set_orders, device)
     table, bias = task.output_table()
     scores = (users @ table.T + bias).float().cpu()
+    part = getattr(task, "item_item", None)  # the adapter's item-item part (adapters/item_item.py)
+    if part is not None and float(part.weight) != 0.0:
+        scores += part.scores([task.vocab.columns(h).tolist() for h in histories]).float().cpu()
     columns = task.vocab.columns(list(catalogue))
     out = scores[:, columns.clamp(min=0)]
     out[:, columns < 0] = float("-inf")

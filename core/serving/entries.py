@@ -30,7 +30,7 @@ from regiontune.adapters.item_side import PREFIX as ITEM_SIDE_PREFIX
 from regiontune.adapters.routing import BASE, freeze, route, shared_clone
 from regiontune.model.recmodel import N_SPECIAL, RecModel
 from regiontune.model.vocab import ItemVocab
-from regiontune.serving.item_item import ItemItemBatch, item_item_factors
+from regiontune.serving.item_item import item_item_factors
 from regiontune.serving.item_text import TextBatch, grown_text, text_factors, text_table
 
 _VERSIONS = itertools.count(1)
@@ -119,7 +119,7 @@ class RegionEntry:
     cached. Item ``i`` of the catalogue is ``base row columns[i] + A[i] @ B`` (new items,
     ``columns[i] == -1``, have no base row) with bias ``base bias + bias[i]``; scores and
     input embeddings are computed from these factors per batch (see :class:`ItemBatch`).
-    The optional item-item part (``cf_rank > 0``) adds ``p . Q_i`` (``serving/item_item.py``).
+    The item-item part (``neighbours > 0``) adds ``w * B[history, i]`` (``serving/item_item.py``).
     """
 
     region: str
@@ -134,9 +134,9 @@ class RegionEntry:
     item_a: torch.Tensor | None = None  # [n, r] low-rank item delta (None: rank 0)
     item_b: torch.Tensor | None = None  # [r, hidden]
     item_bias: torch.Tensor | None = None  # [n] bias delta (None: none)
-    cf_p: torch.Tensor | None = None  # [n, r] item-item part (None: no part)
-    cf_q: torch.Tensor | None = None  # [n, r]
-    cf_weight: torch.Tensor | None = None  # [] its weight w
+    nb_index: torch.Tensor | None = None  # int [n, k] item-item part (None: no part)
+    nb_value: torch.Tensor | None = None  # [n, k] its weights B[i, neighbour]
+    nb_weight: float = 0.0  # the blend weight w
     # item text: new items with a text vector (the backbone's cache or the adapter's own) get
     # the backbone's projection of it as their base row: row text_slot[i] of text_rows
     text_slot: torch.Tensor | None = None  # int32 [n], -1: no text row
@@ -157,8 +157,8 @@ class RegionEntry:
         return 0 if self.item_a is None else self.item_a.shape[1]
 
     @property
-    def cf_rank(self) -> int:
-        return 0 if self.cf_p is None else self.cf_p.shape[1]
+    def neighbours(self) -> int:
+        return 0 if self.nb_index is None else self.nb_index.shape[1]
 
     @property
     def adapted(self) -> bool:
@@ -167,7 +167,8 @@ class RegionEntry:
     def item_bytes(self) -> int:
         """Bytes of this region's own item-side tensors (the base tables are shared)."""
         return sum(t.nbytes for t in (self.columns, self.item_a, self.item_b, self.item_bias,
-                                      self.cf_p, self.cf_q, self.text_slot, self.text_rows)
+                                      self.nb_index, self.nb_value, self.text_slot,
+                                      self.text_rows)
                    if t is not None)
 
     def release(self) -> None:
@@ -251,10 +252,6 @@ def plan_entry_growth(entry: RegionEntry, items: Iterable[str], vocab: ItemVocab
     """The rows ``items`` would get in ``entry``'s item side (:func:`plan_growth` on the
     loaded factors; ``vocab``: the backbone's; ``text_rows_of``: item text,
     ``adapters/text_growth.py``). An item-item part is refused (ValueError)."""
-    if entry.cf_rank:
-        raise ValueError(f"region {entry.region!r}: its adapter has an item-item part "
-                         "(cf_rank > 0), which catalogue growth cannot extend; retrain the "
-                         "adapter on data with the new items instead")
     known = entry.columns >= 0
     base_bias = entry.base_bias
     bias = base_bias[entry.columns.clamp(min=0).long()] * known
@@ -289,8 +286,14 @@ def grown_entry(entry: RegionEntry, growth: Growth, **record: Any) -> RegionEntr
     meta = {**entry.meta, "n_new_items": int(entry.meta.get("n_new_items", 0))
             + len(growth.region_new),
             "grown": [*(entry.meta.get("grown") or []), growth.record(**record)]}
+    # the item-item part: new items get no neighbours and no old item lists them
+    neighbours = {} if entry.nb_index is None else {
+        "nb_index": torch.cat([entry.nb_index, entry.nb_index.new_zeros(len(growth.added),
+                                                                         entry.neighbours)]),
+        "nb_value": torch.cat([entry.nb_value, entry.nb_value.new_zeros(len(growth.added),
+                                                                         entry.neighbours)])}
     new = dataclasses.replace(entry, vocab=vocab, columns=columns, item_a=item_a,
-                              item_bias=item_bias, meta=meta, loaded_at=time.time(),
+                              item_bias=item_bias, meta=meta, loaded_at=time.time(), **neighbours,
                               **grown_text(entry, growth))
     meta["tensor_bytes"] = int(entry.meta.get("tensor_bytes") or 0) + new.item_bytes() \
         - entry.item_bytes()
@@ -311,10 +314,10 @@ class ItemBatch:
       (0 for new items) ``+ A[tok] @ B``; PAD and MASK take the base model's rows.
 
     Regions of smaller item rank (or none) are zero-padded to the largest: zeros add exactly
-    nothing. The item-item parts (:class:`ItemItemBatch`) read the user vector's columns past
-    ``hidden`` (``[h, p]``, as the region task). Item ``j`` of region ``u`` is row
-    ``offsets[u] + j`` of the concatenations; with several regions, a last sentinel row
-    (column -1, bias ``-inf``, ``A`` 0) pads each row's scores past the end of its catalogue.
+    nothing. The item-item parts are added after (``serving/item_item.py``). Item ``j`` of
+    region ``u`` is row ``offsets[u] + j`` of the concatenations; with several regions, a
+    last sentinel row (column -1, bias ``-inf``, ``A`` 0) pads each row's scores past the end
+    of its catalogue.
     """
 
     def __init__(self, entries: list[RegionEntry]) -> None:
@@ -328,7 +331,6 @@ class ItemBatch:
         self.sizes = torch.tensor(sizes, dtype=torch.long)
         self.offsets = torch.tensor([0, *itertools.accumulate(sizes)][:-1], dtype=torch.long)
         self.hidden = unique[0].hidden
-        self.cf = ItemItemBatch.of(unique, sizes)  # None: no region has the part
         rank = max(e.rank for e in unique)
         columns = [e.columns for e in unique]
         bias = [e.item_bias if e.item_bias is not None else torch.zeros(n)
@@ -371,14 +373,9 @@ class ItemBatch:
                 out.baddbmm_(a, self.b[run])
         return out
 
-    def cf_users(self, rows: torch.Tensor, ids: torch.Tensor) -> torch.Tensor | None:
-        """The item-item columns ``p`` of ``rows``' user vectors (None: no part here)."""
-        return None if self.cf is None else self.cf.users(self.run[rows], self.offsets, ids)
-
     def scores(self, users: torch.Tensor) -> torch.Tensor:
-        """Scores ``[rows, width]`` of each row's catalogue, ``-inf`` past its end; ``users``:
-        ``[h, p]`` when the batch has an item-item part (:meth:`cf_users`)."""
-        users, cf = users[:, :self.hidden], users[:, self.hidden:]
+        """Scores ``[rows, width]`` of each row's catalogue, ``-inf`` past its end (without
+        the item-item parts: ``serving.item_item.add_item_item_scores``)."""
         if len(self.bases) == 1:
             entry = self.bases[0][0]
             base = torch.addmm(entry.base_bias, users, entry.base_embed[N_SPECIAL:].T)
@@ -394,8 +391,6 @@ class ItemBatch:
             scores.masked_fill_(column < 0, 0.0)  # new items: no base part
             if self.a is not None:
                 scores.addmm_(users @ self.b[0].T, self.a.T)
-            if self.cf is not None and cf.shape[1]:
-                self.cf.add_scores(scores, cf, None)
             if self.text is not None:
                 self.text.add_scores(scores, users, self.run)
             return scores.add_(self.bias)
@@ -408,8 +403,6 @@ class ItemBatch:
         if self.a is not None:
             user_b = torch.bmm(self.b[self.run], users[:, :, None])  # [rows, rank, 1]
             scores[:, :, None].baddbmm_(self.a[flat], user_b)
-        if self.cf is not None and cf.shape[1]:  # no column: every row's p is 0
-            self.cf.add_scores(scores, cf, flat)
         if self.text is not None:
             self.text.add_scores(scores, users, self.run)
         return scores.add_(self.bias[flat])

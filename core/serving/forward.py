@@ -12,6 +12,7 @@ import torch
 
 from regiontune.model.batching import read_users
 from regiontune.serving.entries import ItemBatch, RegionEntry, SharedBody
+from regiontune.serving.item_item import add_item_item_scores
 
 
 def plan_groups(entries: list[RegionEntry]) -> list[tuple[SharedBody | RegionEntry, list[int]]]:
@@ -40,8 +41,7 @@ def plan_groups(entries: list[RegionEntry]) -> list[tuple[SharedBody | RegionEnt
 def user_vectors(entries: list[RegionEntry], tokens: list[list[int]], max_len: int,
                  causal: bool, ordered: bool, orders: int = 1, items: ItemBatch | None = None
                  ) -> tuple[torch.Tensor, int]:
-    """User vectors ``[rows, hidden]`` (``[rows, hidden + r]``, ``[h, p]``, when a region of
-    the batch has an item-item part of rank up to ``r``) and the number of transformer passes.
+    """User vectors ``[rows, hidden]`` and the number of transformer passes.
 
     Each row is embedded with its own region's item side (only the tokens it holds), then
     routed to its own adapter. Causal rows without any known item have nothing to encode:
@@ -54,8 +54,7 @@ def user_vectors(entries: list[RegionEntry], tokens: list[list[int]], max_len: i
     if live and items is None:
         items = ItemBatch(entries)
     hidden = entries[0].hidden if entries else 0
-    cf_rank = items.cf.rank if items is not None and items.cf is not None else 0
-    users = torch.zeros(len(entries), hidden + cf_rank)  # [h, p] with an item-item part
+    users = torch.zeros(len(entries), hidden)
     passes = 0
     for group, rows in plan_groups([entries[i] for i in live]):
         rows = [live[r] for r in rows]
@@ -69,8 +68,7 @@ def user_vectors(entries: list[RegionEntry], tokens: list[list[int]], max_len: i
                 out = group.encode(embeds, mask, [entries[r].name for r in rows])
             else:
                 out = group.body(inputs_embeds=embeds, attention_mask=mask).last_hidden_state[:, -1]
-            cf = items.cf_users(torch.tensor(rows), ids)  # read from the same window
-            return out if cf is None else torch.cat([out, cf.to(out.dtype)], dim=-1)
+            return out
 
         out = read_users(encode, [tokens[r] for r in rows], max_len, causal, ordered, orders)
         users[rows] = out.float()
@@ -92,6 +90,7 @@ def top_k(entries: list[RegionEntry], users: torch.Tensor, histories: list[list[
     items = items if items is not None else ItemBatch(entries)
     width = items.width
     scores = items.scores(users)
+    add_item_item_scores(scores, entries, histories)  # regions with an item-item part
     rows_k = [k] * len(entries) if isinstance(k, int) else list(k)
     exclude = ([exclude_seen] * len(entries) if isinstance(exclude_seen, bool)
                else list(exclude_seen))

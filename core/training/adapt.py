@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
-import math
 import os
 import time
 from dataclasses import replace
@@ -36,18 +35,18 @@ from regiontune.adapters import (
 from regiontune.adapters.folder import WEIGHTS, AdapterFolder
 from regiontune.adapters.io import build_item_side, round_trainable, weights_dtype
 from regiontune.adapters.item_item import attach_item_item
-from regiontune.adapters.item_side import PREFIX
 from regiontune.artifacts import ADAPTER_META, BACKBONE_META, ArtifactError
 from regiontune.config import AdaptConfig, DataConfig, TrainConfig, to_dict
 from regiontune.data.recipes import load_data
-from regiontune.data.splits import EvalCase, RegionData, subsample_users
-from regiontune.evaluation.baselines import tuned_ease
+from regiontune.data.splits import RegionData, subsample_users
 from regiontune.evaluation.evaluate import evaluate_task
 from regiontune.model.backbone import load_backbone
 from regiontune.model.recmodel import RecModel
 from regiontune.model.textenc import TextVectors
 from regiontune.model.vocab import ItemVocab
+from regiontune.training.budget import auto_item_rank, auto_neighbours
 from regiontune.training.distill import fit_teacher
+from regiontune.training.item_item import fit_item_item
 from regiontune.training.loop import epoch_steps, fit, make_accelerator
 from regiontune.training.region_text import region_text_vectors
 from regiontune.training.replay import (
@@ -74,75 +73,20 @@ def build_region_task(backbone: RecModel, vocab: ItemVocab, catalogue: list[str]
                          total_steps)
     base = method.base_of(body)
     scale = float(backbone.item_table()[0].detach().std())
+    own_body = None if method.copies_backbone else body
+    neighbours = adapt_cfg.neighbours
+    if neighbours < 0:
+        neighbours = auto_neighbours(backbone, own_body, len(catalogue), adapt_cfg)
     rank = adapt_cfg.item_rank
     if rank < 0:
-        rank = auto_item_rank(backbone, None if method.copies_backbone else body,
-                              len(catalogue), adapt_cfg)
+        rank = auto_item_rank(backbone, own_body, len(catalogue), adapt_cfg, neighbours)
     item_side = ItemSide(catalogue, vocab, backbone.config.hidden_size, rank,
                          adapt_cfg.item_bias, scale=scale)
-    attach_item_item(item_side, adapt_cfg.cf_rank)  # zeros until init_item_item
+    # scores nothing (weight 0) until fit_item_item fills it after training
+    attach_item_item(item_side, neighbours)
     return RegionTask(body, base, item_side, num_negatives)
 
 
-
-
-def ease_weights(train: dict[str, list[str]], catalogue: list[str], holdout: list[EvalCase]
-                 ) -> tuple[torch.Tensor, float, float]:
-    """EASE's ``B`` over ``catalogue`` fitted on ``train`` (lambda tuned on ``holdout``), the
-    lambda and EASE's NDCG@10 on ``holdout`` (one fit shared with distillation:
-    :func:`~regiontune.evaluation.baselines.tuned_ease`)."""
-    model, lam, results = tuned_ease(train, catalogue, holdout)
-    return torch.from_numpy(model.b), lam, results[lam]
-
-
-def init_item_item(task: RegionTask, data: RegionData) -> dict[str, Any]:
-    """The item-item part (``cf_rank > 0``) from the truncated SVD of EASE fitted on the
-    region's training histories, lambda tuned on the early-stopping hold-out."""
-    b, lam, ndcg = ease_weights(data.train, task.item_side.catalogue, data.valid[:VALID_CASES])
-    task.item_item.init_from(b)
-    logger.info("item-item part: rank %d from EASE (lambda %s, hold-out ndcg@10 %.4f)",
-                task.item_item.rank, lam, ndcg)
-    return {"cf_rank": task.item_item.rank, "cf_lambda": lam, "cf_ease_holdout_ndcg@10": ndcg}
-
-
-def auto_item_rank(backbone: RecModel, body, n_items: int, adapt_cfg: AdaptConfig) -> int:
-    """Largest item rank keeping the adapter within ``item_budget`` of the backbone's size.
-
-    Each catalogue item costs ``rank + 1`` numbers (its row of ``A`` and its bias), so big
-    catalogues get a smaller rank (the size/quality trade-off on WSDM:
-    benchmarks/results/rank_sweep.md).
-    """
-    # in numbers of the adapter's dtype: a float16 adapter fits twice as many in the budget
-    # of the (float32) backbone's bytes
-    number_bits = torch.finfo(weights_dtype(adapt_cfg.weights_dtype, adapt_cfg.method)).bits
-    per_number = torch.finfo(torch.float32).bits // number_bits
-    # the adapter's tensors, which PEFT injects into the backbone's own module tree
-    trainable = ([(n, p) for n, p in body.named_parameters() if p.requires_grad]
-                 if body is not None else [])
-    adapter = {id(p) for _, p in trainable}
-    own = sum(p.numel() for p in backbone.parameters() if id(p) not in adapter)
-    budget = adapt_cfg.item_budget * per_number * own
-    used = sum(p.numel() for _, p in trainable)
-    # the file's JSON header takes room too (one entry per tensor: ~4 KB for a LoRA of WSDM's
-    # backbone, a few ranks' worth of a small catalogue), counted in numbers of the dtype
-    names = [n for n, _ in trainable] + ITEM_SIDE_NAMES
-    used += math.ceil(8 * header_bytes(names) / number_bits)
-    hidden = backbone.config.hidden_size
-    rank = int((budget - used - n_items) // (n_items + hidden))
-    return max(1, min(adapt_cfg.max_item_rank, rank))
-
-
-# safetensors header: 8-byte length, {"__metadata__": {"format": "pt"}}, then per tensor
-# "name": {"dtype": "F16", "shape": [a, b], "data_offsets": [x, y]} -- at most ~90 bytes
-# besides the name (the parameter names are longer than the saved ones: PEFT drops the
-# adapter name), padded to 8 bytes
-HEADER_FIXED, HEADER_PER_TENSOR = 64, 96
-ITEM_SIDE_NAMES = [PREFIX + n for n in ("lowrank_a", "lowrank_b", "bias")]
-
-
-def header_bytes(tensor_names: list[str]) -> int:
-    """An upper bound of the safetensors header size for tensors of these names."""
-    return HEADER_FIXED + sum(len(n) + HEADER_PER_TENSOR for n in tensor_names)
 
 
 def region_sequences(task: RegionTask, data: RegionData) -> list[list[int]]:
@@ -227,7 +171,19 @@ def continue_region_task(backbone: RecModel, vocab: ItemVocab, parent: AdapterFo
     copy_trainable(donor, body, method.name)
     del donor
     hidden = backbone.config.hidden_size
-    item_side = build_item_side(parent, vocab, hidden).extended(catalogue, vocab, hidden)
+    parent_side = build_item_side(parent, vocab, hidden)
+    item_side = parent_side.extended(catalogue, vocab, hidden)
+    # the item-item part: the parent's, extended (so the refresh starts as the parent
+    # scores), or a new one; fitted again on the new data once training ends
+    parent_part = getattr(parent_side, "item_item", None)
+    if parent_part is not None:
+        item_side.item_item = parent_part.extended(len(item_side.catalogue))
+    else:
+        neighbours = adapt_cfg.neighbours
+        if neighbours < 0:
+            neighbours = auto_neighbours(backbone, None if method.copies_backbone else body,
+                                         len(item_side.catalogue), adapt_cfg)
+        attach_item_item(item_side, neighbours)
     return RegionTask(body, method.base_of(body), item_side, num_negatives)
 
 
@@ -252,9 +208,6 @@ def train_region(backbone: RecModel, vocab: ItemVocab, data: RegionData, adapt_c
     check_replay(adapt_cfg.replay, parent.path if parent is not None else None)
     if parent is not None:
         train_cfg = refresh_train_config(train_cfg, adapt_cfg.refresh_lr)
-    if parent is not None and (adapt_cfg.cf_rank > 0 or parent.meta.get("cf_rank", 0)):
-        raise ValueError("an adapter with an item-item part (cf_rank > 0) cannot be refreshed "
-                         "yet: train a new adapter instead")
     if parent is not None and adapt_cfg.method != parent.trained_method:
         raise ValueError(f"method {adapt_cfg.method!r} differs from the parent adapter's "
                          f"{parent.trained_method!r}: a refresh continues the parent's method")
@@ -289,8 +242,6 @@ def train_region(backbone: RecModel, vocab: ItemVocab, data: RegionData, adapt_c
         task.restrict_negatives(trained_items(known))
     started = time.perf_counter()  # the teacher's fitting counts as training time
     distilled = {}
-    if task.item_item is not None:
-        distilled = init_item_item(task, data)
     if adapt_cfg.distill > 0:
         task.teacher, more = fit_teacher(data.train, task.item_side.catalogue,
                                               data.valid[:VALID_CASES], adapt_cfg.distill)
@@ -306,7 +257,9 @@ def train_region(backbone: RecModel, vocab: ItemVocab, data: RegionData, adapt_c
     calibration = (calibrate_unseen(task, catalogue, known, data.valid[:VALID_CASES])
                    if adapt_cfg.calibrate_unseen else {})
     round_trainable(task, dtype)  # evaluated == saved, also for float16 adapters
-    stats = {**calibration, **distilled, "train_seconds": round(time.perf_counter() - started, 2),
+    blended = fit_item_item(task, data, data.valid[:VALID_CASES], dtype)
+    stats = {**calibration, **distilled, **blended,
+             "train_seconds": round(time.perf_counter() - started, 2),
              "trainable_params": count_trainable(task), "best_epoch": result.best_epoch,
              "epochs_run": result.epochs_run, "stopped": result.stopped,
              "best_valid_ndcg@10": result.best_metric, "train_users": len(data.train)}

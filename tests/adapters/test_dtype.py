@@ -58,7 +58,9 @@ def test_float16_adapter_is_half_the_file_and_scores_as_trained(tiny_backbone_di
     sizes, tasks = {}, {}
     for dtype in ("float32", "float16"):
         backbone, vocab, meta = fresh_backbone(tiny_backbone_dir)
-        cfg = AdaptConfig(method=method, region=REGION, item_rank=4, weights_dtype=dtype)
+        # no item-item part (its integer indices stay integers: tests/adapters/test_item_item)
+        cfg = AdaptConfig(method=method, region=REGION, item_rank=4, weights_dtype=dtype,
+                          neighbours=0)
         task, _ = train_region(backbone, vocab, island, cfg, TINY_TRAIN)
         saved = save_adapter(task, method, REGION, {"region": REGION, "backbone_fingerprint":
                                                     meta["fingerprint"]}, tmp_path / dtype,

@@ -1,178 +1,205 @@
-"""The optional item-item part of a region adapter (``AdaptConfig.cf_rank``, issue 13)."""
+"""The item-item part of a region adapter: top-k EASE neighbours blended in (issue 13)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from regiontune.adapters import load_adapter, save_adapter
-from regiontune.adapters.item_item import ItemItem, _truncated_svd
+from regiontune.adapters.folder import WEIGHTS
+from regiontune.adapters.item_item import ItemItem, attach_item_item
 from regiontune.config import AdaptConfig
-from regiontune.evaluation.evaluate import task_scores
-from regiontune.model.batching import read_users
-from regiontune.model.recmodel import N_SPECIAL
-from regiontune.training.adapt import build_region_task, ease_weights, train_region
+from regiontune.evaluation.evaluate import evaluate_task, task_scores
+from regiontune.training.adapt import build_region_task, train_region
+from regiontune.training.item_item import ease_weights, fit_item_item
 from tests.adapters.common import REGION, probe_histories
 from tests.conftest import TINY_TRAIN
 
+K = 3
 
-def _task(tiny_backbone, island, cf_rank: int):
-    backbone, vocab, _ = tiny_backbone
+
+def _task(tiny_backbone_dir, island, neighbours: int):
+    from regiontune.model.backbone import load_backbone
+
+    backbone, vocab, _ = load_backbone(tiny_backbone_dir)
     torch.manual_seed(0)
     return build_region_task(backbone, vocab, island.catalogue,
-                             AdaptConfig(region=REGION, cf_rank=cf_rank))
+                             AdaptConfig(region=REGION, neighbours=neighbours, item_rank=2))
 
 
-def test_cf_rank_0_scores_are_bit_identical(tiny_backbone_dir, island):
-    from regiontune.model.backbone import load_backbone
-
-    histories = probe_histories(island)
-    plain = _task(load_backbone(tiny_backbone_dir), island, 0)
-    assert plain.item_item is None
-    # the same adapter with the part attached but switched off by hand (P = 0): the
-    # transformer part of the scores is computed exactly as without it
-    scores = task_scores(plain, histories, island.catalogue)
-    # the scoring as it was before the part existed: embed with the region table, read the
-    # last position, dot with the table
-    plain.eval()
-    table, bias = plain.output_table()
-
-    def encode(tokens, mask):
-        specials = plain.backbone.item_emb.weight[:N_SPECIAL]
-        embeddings = F.embedding(tokens, torch.cat([specials, table]))
-        return plain.body(inputs_embeds=embeddings, attention_mask=mask).last_hidden_state[:, -1]
-
-    with torch.no_grad():
-        users = read_users(encode, [plain.vocab.encode(h) for h in histories], plain.max_len,
-                           plain.causal, plain.ordered, plain.set_orders)
-        before = (users @ table.T + bias)[:, plain.vocab.columns(island.catalogue)]
-    assert torch.equal(scores, before)
-    with_cf = _task(load_backbone(tiny_backbone_dir), island, 4)
-    with_cf.load_state_dict(plain.state_dict(), strict=False)
-    assert torch.equal(task_scores(with_cf, histories, island.catalogue), scores)
-
-
-def test_init_scores_are_transformer_plus_ease_svd(tiny_backbone_dir, island):
-    from regiontune.model.backbone import load_backbone
-
-    histories = [h for h in probe_histories(island) if h][:20]
-    plain = _task(load_backbone(tiny_backbone_dir), island, 0)
-    base = task_scores(plain, histories, island.catalogue)
-    rank = 8
-    task = _task(load_backbone(tiny_backbone_dir), island, rank)
-    task.load_state_dict(plain.state_dict(), strict=False)
-    b, lam, _ = ease_weights(island.train, island.catalogue, island.valid)
-    task.item_item.init_from(b)
-    # direct: sum over each history of the rank-r SVD of EASE's B
-    u, s, vh = torch.linalg.svd(b.float())
-    low = (u[:, :rank] * s[:rank]) @ vh[:rank]
-    index = {item: i for i, item in enumerate(island.catalogue)}
-    x = torch.zeros(len(histories), len(index))
+def _binary(histories, catalogue):
+    index = {item: i for i, item in enumerate(catalogue)}
+    x = torch.zeros(len(histories), len(catalogue))
     for row, history in enumerate(histories):
-        x[row, sorted({index[i] for i in history})] = 1
-    expected = base + x @ low
+        x[row, sorted({index[i] for i in history if i in index})] = 1
+    return x
+
+
+def _top_k_dense(b: torch.Tensor, k: int) -> torch.Tensor:
+    """B with all but each row's k largest entries zeroed, by sorting (not topk)."""
+    out = torch.zeros_like(b)
+    for i, row in enumerate(b):
+        order = sorted(range(len(row)), key=lambda j: -float(row[j]))[:k]
+        out[i, order] = row[order]
+    return out
+
+
+def test_part_adds_w_times_the_history_rows_of_top_k_ease(tiny_backbone_dir, island):
+    histories = [h for h in probe_histories(island) if h][:20]
+    plain = _task(tiny_backbone_dir, island, 0)
+    assert plain.item_item is None
+    base = task_scores(plain, histories, island.catalogue)
+    task = _task(tiny_backbone_dir, island, K)
+    task.load_state_dict(plain.state_dict(), strict=False)
+    # attached, weight 0: exactly the adapter alone (bit for bit)
+    assert torch.equal(task_scores(task, histories, island.catalogue), base)
+    b, lam, _ = ease_weights(island.train, island.catalogue, island.valid)
+    # distinct values (EASE's B has exact ties, e.g. its zero diagonal): one top k
+    b = b.float() + 1e-4 * torch.randperm(b.numel(), generator=torch.Generator().manual_seed(0)
+                                          ).reshape(b.shape) / b.numel()
+    task.item_item.init_from(b)
+    with torch.no_grad():
+        task.item_item.weight.fill_(0.75)
+    expected = base + 0.75 * _binary(histories, island.catalogue) @ _top_k_dense(b, K)
     got = task_scores(task, histories, island.catalogue)
     assert any(len(set(h)) < len(h) for h in histories)  # repeats count once, as in EASE
-    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
     assert not torch.allclose(got, base, atol=1e-3)
 
 
-def test_randomized_svd_matches_exact_on_a_large_matrix():
-    gen = torch.Generator().manual_seed(0)
-    n, rank = 2100, 16
-    left, right = torch.randn(n, rank, generator=gen), torch.randn(rank, n, generator=gen)
-    b = left @ right + 1e-3 * torch.randn(n, n, generator=gen)
-    u, s, v = _truncated_svd(b, rank)
-    assert torch.allclose((u * s) @ v.T, left @ right, atol=1e-2)
-
-
-def test_cloze_user_part_sums_the_visible_items():
-    part = ItemItem(3, 2)
+def test_a_catalogue_of_fewer_items_than_k_keeps_every_weight():
+    part = ItemItem(2, 5)
+    b = torch.tensor([[0.0, 2.0], [3.0, 0.0]])
+    part.init_from(b)
     with torch.no_grad():
-        part.p.copy_(torch.tensor([[1.0, 0], [0, 1], [1, 1]]))
-    tokens = torch.tensor([[0, 2, 1, 4, 2]])  # PAD, item 0, MASK, item 2, item 0 again
-    causal = part.users(tokens, causal=True)[0]
-    assert causal.tolist() == [[0, 0], [1, 0], [1, 0], [2, 1], [2, 1]]
-    cloze = part.users(tokens, causal=False)[0]
-    assert cloze.tolist() == [[2, 1]] * 5
+        part.weight.fill_(1.0)
+    assert part.scores([[0], [1], [0, 1], [], [-1]]).tolist() == [
+        [0.0, 2.0], [3.0, 0.0], [3.0, 2.0], [0.0, 0.0], [0.0, 0.0]]
+    with pytest.raises(ValueError, match="shape"):
+        part.init_from(torch.zeros(3, 3))
+    with pytest.raises(ValueError, match="k >= 1"):
+        ItemItem(4, 0)
+
+
+def test_fit_keeps_the_part_only_where_the_hold_out_gains(tiny_backbone_dir, island):
+    holdout = island.valid
+    task = _task(tiny_backbone_dir, island, K)
+    alone = evaluate_task(task, task.item_side.catalogue, holdout)["ndcg@10"]
+    stats = fit_item_item(task, island, holdout)
+    grid = {float(w): v for w, v in stats["item_item_holdout_ndcg@10"].items()}
+    assert grid[0.0] == pytest.approx(alone, abs=1e-4)
+    if task.item_item is None:  # dropped: no weight beat the adapter alone
+        assert stats["neighbours"] == 0 and max(grid.values()) == grid[0.0]
+    else:
+        blended = evaluate_task(task, task.item_side.catalogue, holdout)["ndcg@10"]
+        assert blended > alone  # what the hold-out chose, measured again from the task
+        assert stats["item_item_weight"] == pytest.approx(float(task.item_item.weight))
+
+
+def test_fit_without_hold_out_drops_the_part(tiny_backbone_dir, island):
+    task = _task(tiny_backbone_dir, island, K)
+    stats = fit_item_item(task, island, [])
+    assert task.item_item is None and stats["neighbours"] == 0
+
+
+def test_untrained_adapter_gains_from_the_part(tiny_backbone_dir, tiny_regions):
+    """An adapter whose transformer scores are noise: EASE's neighbours must win the
+    hold-out, and the blend must then beat the adapter alone on it."""
+    from regiontune.model.backbone import load_backbone
+
+    data = tiny_regions["north"]  # a big region: EASE has something to learn
+    backbone, vocab, _ = load_backbone(tiny_backbone_dir)
+    torch.manual_seed(0)
+    task = build_region_task(backbone, vocab, data.catalogue,
+                             AdaptConfig(region="north", neighbours=8, item_rank=2))
+    with torch.no_grad():  # scramble the item table's region part: noise scores
+        task.item_side.bias.copy_(torch.randn_like(task.item_side.bias) * 5)
+    stats = fit_item_item(task, data, data.valid)
+    assert task.item_item is not None and stats["item_item_weight"] > 0
+    grid = {float(w): v for w, v in stats["item_item_holdout_ndcg@10"].items()}
+    assert max(grid.values()) > grid[0.0] + 0.05
 
 
 @pytest.fixture(scope="module")
-def trained_cf(tiny_backbone_dir, island, tmp_path_factory):
+def with_part(tiny_backbone_dir, island, tmp_path_factory):
+    """A trained adapter given a part by hand (weight 0.5, so it is kept), saved float16."""
     from regiontune.model.backbone import load_backbone
 
     backbone, vocab, meta = load_backbone(tiny_backbone_dir)
-    cfg = AdaptConfig(region=REGION, cf_rank=4)
-    task, stats = train_region(backbone, vocab, island, cfg, replace(TINY_TRAIN, epochs=1))
-    out = tmp_path_factory.mktemp("cf") / "adapter"
+    cfg = AdaptConfig(region=REGION, neighbours=0, weights_dtype="float16")
+    task, _ = train_region(backbone, vocab, island, cfg, replace(TINY_TRAIN, epochs=1))
+    part = attach_item_item(task.item_side, K)
+    b, _, _ = ease_weights(island.train, island.catalogue, island.valid)
+    part.init_from(b)
+    with torch.no_grad():
+        part.strengths.copy_(part.strengths.half())
+        part.weight.fill_(0.5)
+    out = tmp_path_factory.mktemp("nb") / "adapter"
     saved = save_adapter(task, "lora", REGION, {"region": REGION,
                                                "backbone_fingerprint": meta["fingerprint"]},
-                         out, cfg.weights_dtype)
-    return task, stats, saved, out
+                         out, "float16")
+    return task.eval(), saved, out
 
 
-def test_trains_saves_and_loads_identically(trained_cf, tiny_backbone_dir, island):
+def test_saved_part_loads_and_scores_identically(with_part, tiny_backbone_dir, island):
+    from safetensors.torch import load_file
+
     from regiontune.model.backbone import load_backbone
 
-    task, stats, saved, out = trained_cf
-    assert stats["cf_rank"] == 4 and stats["cf_lambda"] > 0
-    assert saved["cf_rank"] == 4
+    task, saved, out = with_part
+    assert saved["neighbours"] == K
+    tensors = load_file(str(out / WEIGHTS))
+    index = tensors["regiontune.item_side.item_item.neighbours"]
+    assert index.dtype == torch.int16 and index.shape == (len(island.catalogue), K)
+    assert tensors["regiontune.item_side.item_item.strengths"].dtype == torch.float16
     backbone, vocab, meta = load_backbone(tiny_backbone_dir)
     loaded = load_adapter(out, backbone, vocab, meta["fingerprint"])
-    assert loaded.item_item is not None and loaded.item_item.rank == 4
+    assert loaded.item_item is not None and loaded.item_item.k == K
     histories = probe_histories(island)
     assert torch.equal(task_scores(loaded, histories, island.catalogue),
                        task_scores(task, histories, island.catalogue))
 
 
-def _rank_2_copy(src, dst):
-    """The adapter cut to its first 2 item-item columns: another rank, a valid adapter."""
-    import json
+def test_adapters_of_the_old_low_rank_part_are_refused(with_part, tiny_backbone_dir, tmp_path):
     import shutil
 
-    from safetensors.torch import load_file, save_file
+    from regiontune.model.backbone import load_backbone
 
-    from regiontune.adapters.io import WEIGHTS
-
-    shutil.copytree(src, dst)
-    tensors = load_file(str(dst / WEIGHTS))
-    for k in ("p", "q"):
-        key = f"regiontune.item_side.item_item.{k}"
-        tensors[key] = tensors[key][:, :2].contiguous() * 1.5
-    save_file(tensors, str(dst / WEIGHTS), metadata={"format": "pt"})
-    meta = json.loads((dst / "region.json").read_text())
-    (dst / "region.json").write_text(json.dumps({**meta, "cf_rank": 2}))
-    return dst
+    _, _, out = with_part
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    meta = json.loads((old / "region.json").read_text())
+    (old / "region.json").write_text(json.dumps({**meta, "cf_rank": 4}))
+    backbone, vocab, bmeta = load_backbone(tiny_backbone_dir)
+    with pytest.raises(ValueError, match="old.*cf_rank.*train the adapter again"):
+        load_adapter(old, backbone, vocab, bmeta["fingerprint"])
 
 
 @pytest.fixture(scope="module")
-def served_cf(trained_cf, tiny_backbone_dir, tiny_regions, tmp_path_factory):
-    """A recommender serving the cf adapter (rank 4), a rank-2 copy, a plain LoRA region and
-    a bottleneck region; {region: (task loaded from its folder, histories)}."""
+def served(with_part, tiny_backbone_dir, tiny_regions, tmp_path_factory):
+    """A recommender serving the adapter with a part, a plain LoRA region and a bottleneck
+    region; {region: (task loaded from its folder, histories)}."""
     from regiontune.model.backbone import load_backbone
     from regiontune.serving.recommender import Recommender
     from tests.serving.helpers import histories, make_adapter
 
-    *_, out = trained_cf
-    root = tmp_path_factory.mktemp("served_cf")
-    dirs = {"cf": out, "cf2": _rank_2_copy(out, root / "cf2")}
+    *_, out = with_part
+    root = tmp_path_factory.mktemp("served_nb")
     make_adapter(tiny_backbone_dir, tiny_regions["west"], "lora", root / "west", 1)
     make_adapter(tiny_backbone_dir, tiny_regions["delta"], "bottleneck", root / "delta", 2)
-    dirs |= {"west": root / "west", "delta": root / "delta"}
+    dirs = {REGION: out, "west": root / "west", "delta": root / "delta"}
     rec = Recommender.from_dirs(tiny_backbone_dir)
-    data = {"cf": tiny_regions[REGION], "cf2": tiny_regions[REGION],
-            "west": tiny_regions["west"], "delta": tiny_regions["delta"]}
     tasks = {}
     for region, directory in dirs.items():
         rec.load(region, directory)
         backbone, vocab, meta = load_backbone(tiny_backbone_dir)  # its own: LoRA wraps it
         task = load_adapter(directory, backbone, vocab, meta["fingerprint"]).eval()
-        # long histories too: the item-item part reads the transformer's window only
-        long = [sum(data[region].train.values(), [])[:40]]
-        tasks[region] = (task, histories(data[region], 4) + long)
+        # a long history too: the part reads the whole history, the transformer its window
+        long = [sum(tiny_regions[region].train.values(), [])[:40]]
+        tasks[region] = (task, histories(tiny_regions[region], 4) + long)
     return rec, tasks
 
 
@@ -180,78 +207,48 @@ def _assert_served_like_the_task(results, rows) -> None:
     for result, (task, history) in zip(results, rows, strict=True):
         catalogue = task.item_side.catalogue
         want = task_scores(task, [history], catalogue)[0]
-        top = want.topk(10)
         got = torch.tensor(result["scores"])
-        torch.testing.assert_close(got, top.values, atol=1e-5, rtol=1e-5)
-        # the same items (up to the order of tied scores): each scores as the task scores it
+        torch.testing.assert_close(got, want.topk(10).values, atol=1e-5, rtol=1e-5)
         index = {item: i for i, item in enumerate(catalogue)}
         torch.testing.assert_close(got, want[[index[i] for i in result["items"]]],
                                    atol=1e-5, rtol=1e-5)
 
 
-def test_served_cf_adapter_scores_as_its_task(served_cf):
-    rec, tasks = served_cf
-    entry = rec._snapshot["cf"]
-    assert entry.cf_rank == 4 and rec._snapshot["cf2"].cf_rank == 2
-    task, hs = tasks["cf"]
-    assert task.item_item is not None
-    results = rec.recommend(hs, ["cf"] * len(hs), k=10, exclude_seen=False)
+def test_served_scores_equal_the_task_alone_and_in_mixed_batches(served):
+    rec, tasks = served
+    assert rec._snapshot[REGION].neighbours == K
+    task, hs = tasks[REGION]
+    results = rec.recommend(hs, [REGION] * len(hs), k=10, exclude_seen=False)
     _assert_served_like_the_task(results, [(task, h) for h in hs])
-
-
-def test_mixed_batch_of_cf_ranks_lora_and_bottleneck(served_cf):
-    rec, tasks = served_cf
-    rows = [(region, task, h) for region, (task, hs) in tasks.items() for h in hs]
+    rows = [(region, t, h) for region, (t, hs) in tasks.items() for h in hs]
     rows = rows[::2] + rows[1::2]  # interleave regions
     results = rec.recommend([h for *_, h in rows], [r for r, *_ in rows], k=10,
                             exclude_seen=False)
     assert [r["region"] for r in results] == [r for r, *_ in rows]
     _assert_served_like_the_task(results, [(t, h) for _, t, h in rows])
-    # the part counts: without it the cf region ranks otherwise
-    task, hs = tasks["cf"]
-    cf = task.item_item
-    saved = cf.weight.detach().clone()
-    with torch.no_grad():
-        cf.weight.zero_()
-    try:
-        plain = task_scores(task, hs, task.item_side.catalogue)
-    finally:
-        with torch.no_grad():
-            cf.weight.copy_(saved)
-    assert not torch.allclose(plain, task_scores(task, hs, task.item_side.catalogue))
 
 
-def test_server_serves_a_put_cf_adapter(trained_cf, tiny_backbone_dir, served_cf):
-    from fastapi.testclient import TestClient
-
-    from regiontune.serving.app import create_app
-    from regiontune.serving.recommender import Recommender
-
-    *_, out = trained_cf
-    _, tasks = served_cf
-    task, hs = tasks["cf"]
-    rec = Recommender.from_dirs(tiny_backbone_dir, [], unknown_region="backbone")
-    client = TestClient(create_app(rec, admin_token="t"))
-    r = client.put(f"/v1/regions/{REGION}", json={"path": str(out)},
-                   headers={"Authorization": "Bearer t"})
-    assert r.status_code == 200, r.text
-    r = client.post("/v1/recommend", json={"region": REGION, "history": hs[1], "k": 10,
-                                           "exclude_seen": False})
-    assert r.status_code == 200, r.text
-    _assert_served_like_the_task([r.json()], [(task, hs[1])])
-
-
-def test_growth_refuses_cf_adapters(trained_cf, tiny_backbone_dir, served_cf, tmp_path):
+def test_growth_keeps_old_scores_and_gives_new_items_no_neighbours(served, with_part,
+                                                                   tiny_backbone_dir, tmp_path):
     from regiontune.adapters.grow import grow_catalogue
-    from regiontune.serving.errors import InvalidRequestError
+    from regiontune.model.backbone import load_backbone
 
-    *_, out = trained_cf
-    rec, _ = served_cf
-    with pytest.raises(InvalidRequestError, match=r"item-item part \(cf_rank > 0\).*cannot "
-                                                  "extend"):
-        rec.grow("cf", ["brand-new-item"])
-    assert rec._snapshot["cf"].cf_rank == 4 and "brand-new-item" not in rec._snapshot[
-        "cf"].vocab.index
-    with pytest.raises(ValueError, match="item_item.*cannot extend"):
-        grow_catalogue(out, tiny_backbone_dir, ["brand-new-item"], out=tmp_path / "grown")
-    assert not (tmp_path / "grown").exists()
+    rec, tasks = served
+    task, hs = tasks[REGION]
+    before = rec.recommend(hs, [REGION] * len(hs), k=5, exclude_seen=False)
+    rec.grow(REGION, ["brand-new-item"])
+    entry = rec._snapshot[REGION]
+    assert "brand-new-item" in entry.vocab.index and entry.neighbours == K
+    assert entry.nb_value[entry.vocab.index["brand-new-item"]].abs().sum() == 0
+    after = rec.recommend(hs, [REGION] * len(hs), k=5, exclude_seen=False)
+    for old, new in zip(before, after, strict=True):
+        kept = [s for i, s in zip(new["items"], new["scores"], strict=True)
+                if i != "brand-new-item"]
+        assert kept == old["scores"][:len(kept)]
+    # on file: the grown folder loads, old items score exactly as before
+    *_, out = with_part
+    grow_catalogue(out, tiny_backbone_dir, ["brand-new-item"], out=tmp_path / "grown")
+    backbone, vocab, meta = load_backbone(tiny_backbone_dir)
+    grown = load_adapter(tmp_path / "grown", backbone, vocab, meta["fingerprint"])
+    old_items = task.item_side.catalogue
+    torch.testing.assert_close(task_scores(grown, hs, old_items), task_scores(task, hs, old_items))
