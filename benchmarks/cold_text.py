@@ -99,12 +99,12 @@ def splits(cases: list[EvalCase], cold: set[str]) -> dict[str, list[EvalCase]]:
 
 def backbone_scorer(warm: RegionData, full: RegionData, text, item_text: bool, seed: int,
                     id_dropout: float = 0.0, epochs: int | None = None,
-                    text_loss: float = 0.0):
+                    text_loss: float = 0.0, text_negatives: str = "text"):
     """Pretrain on the warm items; the region task over the whole catalogue, with the cold
     (and any other never-trained) items' offset calibrated on the hold-out."""
     train_cfg = TrainConfig(**{**TRAIN, "seed": seed, **({"epochs": epochs} if epochs else {})})
     model_cfg = ModelConfig(**MODEL, item_text=item_text, text_id_dropout=id_dropout,
-                            text_loss=text_loss)
+                            text_loss=text_loss, text_loss_negatives=text_negatives)
     started = time.perf_counter()
     task, result = train_backbone({"all": warm}, model_cfg, train_cfg,
                                   text=text if item_text else None)
@@ -255,7 +255,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="seed 0: text backbones with --dropouts, hold-out figures")
     parser.add_argument("--dropouts", type=floats, default="0,0.5")
     parser.add_argument("--text-losses", type=floats, default="0,1")
-    parser.add_argument("--text-loss", type=float, default=1.0)
+    parser.add_argument("--text-loss", type=float, default=ModelConfig.text_loss)
+    parser.add_argument("--text-negatives", type=names,
+                        default=ModelConfig.text_loss_negatives,
+                        help="negatives of the text-only loss (text, warm; --choose: a list)")
     parser.add_argument("--data-dir", type=Path, default=DATA_DIR)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -267,20 +270,24 @@ def main(argv: list[str] | None = None) -> None:
     text = encode_items(texts, None, WORK / "text_vectors.safetensors", progress=False)
     settings = {"model": MODEL, "train": TRAIN, "cold_share": args.share,
                 "id_dropout": args.id_dropout, "text_loss": args.text_loss,
+                "text_loss_negatives": args.text_negatives[0],
                 "holdout_cases": HOLDOUT_CASES,
                 "epochs": args.epochs or TRAIN["epochs"]}
     if args.choose:
         out = args.out or CHOICE_OUT
         results = load_results(out)
         have = done_keys(results["records"], ("variant", "seed"))
-        for p, w in [(p, w) for w in args.text_losses for p in args.dropouts]:
-            variant = f"id_dropout={p:g}" + (f",text_loss={w:g}" if w else "")
+        grid = [(p, w, n) for n in args.text_negatives for w in args.text_losses
+                for p in args.dropouts]
+        for p, w, n in grid:
+            variant = f"id_dropout={p:g}" + (f",text_loss={w:g}" if w else "") + (
+                f",negatives={n}" if w and n != "text" else "")
             for seed in args.seeds[:1]:
                 if (variant, seed) in have:
                     continue
                 cold, warm = prepare(args.share, seed, data)
                 task, stats = backbone_scorer(warm, data, text, True, seed, p,
-                                              args.epochs, w)
+                                              args.epochs, w, n)
                 results["records"] += [{**r, "variant": variant} for r in
                                        records_for("text", seed, data, cold, task=task,
                                                    **stats)]
@@ -302,7 +309,8 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             if method in ("id-only", "text"):
                 task, stats = backbone_scorer(warm, data, text, method == "text", seed,
-                                              args.id_dropout, args.epochs, args.text_loss)
+                                              args.id_dropout, args.epochs, args.text_loss,
+                                              args.text_negatives[0])
                 new = records_for(method, seed, data, cold, task=task, **stats)
             elif method == "text-similarity":
                 new = records_for(method, seed, data, cold, score=text_similarity(

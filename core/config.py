@@ -70,7 +70,11 @@ class ModelConfig:
     text_id_dropout: float = 0.0  # training: share of text items whose id row is dropped
     # training: weight of a second next-item loss over the text-only embeddings (chosen on the
     # ml-100k hold-out: docs/architecture.md, items as text); read only with item_text
-    text_loss: float = 1.0
+    text_loss: float = 0.1
+    # what the text-only target competes with in that loss: "text" (the other items' text-only
+    # embeddings) or "warm" (their id+text rows, as a never-trained item does when served);
+    # warm at 0.1 beat text at 1 on the hold-out (benchmarks/results/cold_text_choice.md)
+    text_loss_negatives: str = "warm"
 
 
 # Adapters train at 3e-3: on the WSDM t1 hold-out (new-region backbone, all data) LoRA scored

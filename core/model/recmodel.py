@@ -40,7 +40,8 @@ class RecConfig(PretrainedConfig):
                  max_len: int = 50, dropout: float = 0.2, ordered: bool = True,
                  set_orders: int = 4, item_text: bool = False, text_dim: int = 0,
                  text_encoder: str = "", text_encoder_hash: str = "",
-                 text_id_dropout: float = 0.0, text_loss: float = 0.0, **kwargs) -> None:
+                 text_id_dropout: float = 0.0, text_loss: float = 0.0,
+                 text_loss_negatives: str = "text", **kwargs) -> None:
         if arch not in ARCHS:
             raise ValueError(f"unknown backbone architecture {arch!r}; choose one of {ARCHS}")
         if hidden_size % num_heads:
@@ -63,6 +64,11 @@ class RecConfig(PretrainedConfig):
         # training only: weight of a second next-item loss over the text-only table (the
         # embedding a never-trained item has), so the projection learns to stand alone
         self.text_loss = float(text_loss)
+        # the negatives of that loss: "text" (the text-only table) or "warm" (the id+text
+        # table: the target's text-only score must beat the rows it meets when served)
+        if text_loss_negatives not in ("text", "warm"):
+            raise ValueError(f"text_loss_negatives {text_loss_negatives!r}: choose text or warm")
+        self.text_loss_negatives = text_loss_negatives
         if self.item_text and self.text_dim <= 0:
             raise ValueError("item_text needs text_dim, the text encoder's vector size")
         super().__init__(**kwargs)

@@ -11,10 +11,11 @@ from __future__ import annotations
 from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from regiontune.model.objective import item_loss
-from regiontune.model.recmodel import RecModel
+from regiontune.model.recmodel import N_SPECIAL, PAD, RecModel
 from regiontune.model.vocab import ItemVocab
 
 
@@ -77,6 +78,8 @@ class BackboneTask(ScoringTask):
         hidden = self.encode(tokens, mask, table=table)
         loss = item_loss(hidden, targets, table, bias, self.num_negatives)
         text_only = self.model.text_table()
+        if getattr(self.model.config, "text_loss_negatives", "text") == "warm":
+            return loss + weight * text_against_warm(hidden, targets, table, bias, text_only)
         return loss + weight * item_loss(hidden, targets, text_only, bias, self.num_negatives)
 
     def encode(self, tokens: torch.Tensor, mask: torch.Tensor,
@@ -85,3 +88,15 @@ class BackboneTask(ScoringTask):
 
     def output_table(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.model.item_table()
+
+
+def text_against_warm(hidden: torch.Tensor, targets: torch.Tensor, table: torch.Tensor,
+                      bias: torch.Tensor, text_only: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the target scored by its text-only embedding (no bias: a
+    never-trained item has none) among every other item's id+text row and bias -- what a
+    never-trained item meets in a full ranking."""
+    keep = targets != PAD
+    h, t = hidden[keep], targets[keep] - N_SPECIAL
+    logits = h @ table.T + bias
+    own = (h * text_only[t]).sum(-1, keepdim=True)
+    return F.cross_entropy(logits.scatter(1, t[:, None], own), t)

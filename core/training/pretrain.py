@@ -60,7 +60,8 @@ def text_options(model_cfg: ModelConfig, text: TextVectors | None) -> dict[str, 
                          "(core/model/textenc.py: encode_items)")
     return {"item_text": True, "text_dim": text.dim, "text_encoder": text.encoder,
             "text_encoder_hash": text.encoder_hash,
-            "text_id_dropout": model_cfg.text_id_dropout, "text_loss": model_cfg.text_loss}
+            "text_id_dropout": model_cfg.text_id_dropout, "text_loss": model_cfg.text_loss,
+            "text_loss_negatives": model_cfg.text_loss_negatives}
 
 
 def item_text_vectors(data_cfg: DataConfig, model_cfg: ModelConfig,

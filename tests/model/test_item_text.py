@@ -276,3 +276,25 @@ def test_cold_item_text_embedding_ranks_its_cluster_first(tmp_path):
         pos, neg = similarity[row, same], similarity[row, ~same]
         aucs.append(float((pos[:, None] > neg[None, :]).float().mean()))
     assert sum(aucs) / len(aucs) > 0.8, aucs
+
+
+def test_text_loss_against_warm_rows():
+    """``text_loss_negatives: warm``: the target is scored by its text-only row (no bias),
+    every other item by its id+text row and bias."""
+    from regiontune.model.task import text_against_warm
+
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 3, 4)
+    targets = torch.tensor([[0, 2, 3], [4, 0, 2]])  # PAD positions are skipped
+    table, text_only, bias = torch.randn(5, 4), torch.randn(5, 4), torch.randn(5)
+    loss = text_against_warm(hidden, targets, table, bias, text_only)
+    manual = []
+    for (b, p) in [(0, 1), (0, 2), (1, 0), (1, 2)]:
+        h, t = hidden[b, p], int(targets[b, p]) - N_SPECIAL
+        logits = [float(h @ table[j] + bias[j]) if j != t else float(h @ text_only[t])
+                  for j in range(5)]
+        manual.append(-torch.log_softmax(torch.tensor(logits), 0)[t])
+    torch.testing.assert_close(loss, torch.stack(manual).mean())
+    with pytest.raises(ValueError, match="text_loss_negatives"):
+        from regiontune.model.recmodel import RecConfig
+        RecConfig(item_text=True, text_dim=4, text_loss_negatives="cold")
