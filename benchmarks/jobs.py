@@ -17,22 +17,24 @@ from safetensors.torch import save_file
 from benchmarks.common import backbone_name, settings
 from benchmarks.meta import PeakRSS
 from regiontune.adapters import count_trainable, save_adapter
+from regiontune.adapters.item_item import ItemItem
 from regiontune.artifacts import BACKBONE_META, read_json
 from regiontune.config import AdaptConfig, DataConfig, ModelConfig, TrainConfig
 from regiontune.data.recipes import load_regions
 from regiontune.data.splits import RegionData, subsample_users
 from regiontune.evaluation.baselines import fit_baseline
-from regiontune.evaluation.evaluate import ScoreFn, case_ranks, task_scores
+from regiontune.evaluation.evaluate import ScoreFn, allowed_mask, case_ranks, task_scores
 from regiontune.evaluation.metrics import metrics_from_ranks
 from regiontune.model.backbone import load_backbone
 from regiontune.model.task import BackboneTask
-from regiontune.training.adapt import train_region
+from regiontune.training.adapt import VALID_CASES, train_region
+from regiontune.training.item_item import blend_weight, ease_weights
 from regiontune.training.pretrain import pretrain, train_backbone
 from regiontune.training.unseen import trained_items
 
 log = logging.getLogger("benchmarks")
 BASELINE_METHODS = ("popularity", "itemknn", "ease")
-TARGET_ONLY = (*BASELINE_METHODS, "scratch")  # methods that never read the backbone
+TARGET_ONLY = (*BASELINE_METHODS, "scratch", "scratch-nb")  # never read the backbone
 
 
 @dataclass
@@ -92,11 +94,13 @@ class Context:
             task = BackboneTask(backbone, vocab)
             return {**evaluate_task_record(task, data), "trainable_params": 0,
                     "total_params": _params(task), "adapter_bytes": 0, "train_seconds": 0.0}
-        train_cfg = replace(self.trains["scratch" if method == "scratch" else "adapt"],
+        train_cfg = replace(self.trains["scratch" if method.startswith("scratch") else "adapt"],
                             seed=job["seed"],
                             **self.suite.get("method_train", {}).get(method, {}))
         if method == "scratch":
             return scratch_job(data, job["data_fraction"], self.model_cfg, train_cfg)
+        if method == "scratch-nb":
+            return scratch_nb_job(data, job["data_fraction"], self.model_cfg, train_cfg)
         options = copy.deepcopy(self.suite.get("method_options", {}).get(method, {}))
         adapt_cfg = AdaptConfig(method=method, region=job["region"],
                                 fraction=job["data_fraction"], options=options,
@@ -171,6 +175,47 @@ def scratch_job(data: RegionData, fraction: float, model_cfg: ModelConfig,
             "total_params": _params(task), "adapter_bytes": size,
             "train_seconds": round(seconds, 2),
             "epochs_run": result.epochs_run, "best_epoch": result.best_epoch}
+
+
+SCRATCH_NEIGHBOURS = 8  # scratch-nb's k: top 8 kept nearly all of the blend's gain
+                        # (results/item_item.md); as many as LoRA gets on t1, more than on t2
+
+
+def scratch_nb_job(data: RegionData, fraction: float, model_cfg: ModelConfig,
+                   train_cfg: TrainConfig) -> dict[str, Any]:
+    """``scratch`` plus the item-item part the adapters carry (adapters/item_item.py): the
+    transformer trained on the target alone, then blended with the top-8 EASE neighbours of
+    the same training users, its weight chosen on the same hold-out (0 allowed) -- so a
+    comparison with the adapters credits the pretrained backbone, not the part."""
+    region = subsample_users(data, fraction, train_cfg.seed)
+    started = time.perf_counter()
+    task, result = train_backbone({data.region: region}, model_cfg, train_cfg, desc="scratch")
+    catalogue = list(data.catalogue)
+    index = {item: i for i, item in enumerate(catalogue)}
+    holdout = [c for c in region.valid[:VALID_CASES] if c.target in index]
+    part = ItemItem(len(catalogue), SCRATCH_NEIGHBOURS)
+    b, lam, _ = ease_weights(region.train, catalogue, holdout)
+    part.init_from(b)
+    del b
+
+    def rows(histories):
+        return part.rows([[index.get(i, -1) for i in h] for h in histories])
+
+    histories = [c.history for c in holdout]
+    target = torch.tensor([index[c.target] for c in holdout])
+    w, unit, found = blend_weight(task_scores(task, histories, catalogue), rows(histories),
+                                  allowed_mask(holdout, index, True), target)
+
+    def score(histories):
+        return task_scores(task, histories, catalogue) + (w * unit) * rows(histories)
+
+    seconds = time.perf_counter() - started
+    return {**evaluate_record(score, data), "trainable_params": count_trainable(task),
+            "total_params": _params(task), "adapter_bytes": None,
+            "train_seconds": round(seconds, 2), "epochs_run": result.epochs_run,
+            "best_epoch": result.best_epoch, "neighbours": SCRATCH_NEIGHBOURS,
+            "item_item_weight": w * unit, "item_item_lambda": lam,
+            "item_item_holdout_ndcg@10": {str(k): round(v, 4) for k, v in found.items()}}
 
 
 def adapter_job(backbone_dir: Path, data: RegionData, adapt_cfg: AdaptConfig,

@@ -23,6 +23,7 @@ from benchmarks.common import (
     RESULTS,
     configure_logging,
     done_keys,
+    floats,
     load_results,
     load_suite,
     names,
@@ -85,7 +86,8 @@ def run_suite(name: str, quick: bool = False, out: Path | None = None,
               methods: list[str] | None = None, regions: list[str] | None = None,
               cpu: bool = False, data_dir: str | None = None,
               work_dir: str | None = None, budget_minutes: float | None = None,
-              only_settings: list[str] | None = None) -> Path:
+              only_settings: list[str] | None = None,
+              fractions: list[float] | None = None) -> Path:
     """Run (or complete) a suite; returns the results file."""
     suite = load_suite(name, quick)
     if data_dir:
@@ -110,7 +112,8 @@ def run_suite(name: str, quick: bool = False, out: Path | None = None,
     todo = [j for j in plan(suite) if _key(j) not in done
             and (not methods or j["method"] in methods)
             and (not regions or j["region"] in regions)
-            and (not only_settings or j["setting"] in only_settings)]
+            and (not only_settings or j["setting"] in only_settings)
+            and (not fractions or j["data_fraction"] in fractions)]
     log.info("%s: %d jobs done, %d to run", suite["suite"], len(done), len(todo))
     context = jobs.Context(suite, data_cfg, model_cfg, trains, work)
     suite_started = time.perf_counter()
@@ -167,6 +170,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="comma-separated subset of the target regions")
     parser.add_argument("--settings", type=names, help="comma-separated subset of the suite's "
                         "settings (new-region, all-regions)")
+    parser.add_argument("--fractions", type=floats, help="comma-separated subset of the "
+                        "suite's data fractions")
     parser.add_argument("--cpu", action="store_true", help="force CPU even with a GPU")
     parser.add_argument("--data-dir", help="override the suite's data directory")
     parser.add_argument("--work-dir", help="where backbones are cached (default runs/bench)")
@@ -185,7 +190,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"results: {path}  report: {path.with_suffix('.md')}")
         return
     path = run_suite(args.suite, args.quick, args.out, args.methods, args.regions, args.cpu,
-                     args.data_dir, args.work_dir, args.budget_minutes, args.settings)
+                     args.data_dir, args.work_dir, args.budget_minutes, args.settings,
+                     args.fractions)
     print(f"results: {path}  report: {path.with_suffix('.md')}")
 
 

@@ -40,6 +40,19 @@ def _spread(scores: torch.Tensor, allowed: torch.Tensor) -> float:
     return float(values.std()) if values.numel() > 1 else 0.0
 
 
+def blend_weight(base: torch.Tensor, extra: torch.Tensor, allowed: torch.Tensor,
+                 target: torch.Tensor) -> tuple[float, float, dict[float, float]]:
+    """The grid weight ``w`` whose ``base + w * unit * extra`` ranks the hold-out best (ties:
+    the smaller), ``unit`` (the ratio of the two parts' score spreads over the ranked
+    columns) and NDCG@10 at every grid weight. ``base``, ``extra``: scores ``[cases, n]``."""
+    unit = _spread(base, allowed) / max(_spread(extra, allowed), 1e-12)
+    found = {}
+    for w in WEIGHT_GRID:
+        scores = base + (w * unit) * extra if w else base
+        found[w] = metrics_from_ranks(target_ranks(scores, target, allowed))["ndcg@10"]
+    return max(WEIGHT_GRID, key=lambda w: (found[w], -w)), unit, found
+
+
 def fit_item_item(task: RegionTask, data: RegionData, holdout: list[EvalCase],
                   dtype: torch.dtype = torch.float32) -> dict[str, Any]:
     """Fill ``task``'s item-item part from EASE and choose its weight on ``holdout`` (see the
@@ -65,12 +78,7 @@ def fit_item_item(task: RegionTask, data: RegionData, holdout: list[EvalCase],
     extra = part.rows([task.vocab.columns(h).tolist() for h in histories])
     allowed = allowed_mask(cases, task.vocab.index, exclude_seen=True)
     target = torch.tensor([task.vocab.index[c.target] for c in cases])
-    unit = _spread(base, allowed) / max(_spread(extra, allowed), 1e-12)
-    found = {}
-    for w in WEIGHT_GRID:
-        scores = base + (w * unit) * extra if w else base
-        found[w] = metrics_from_ranks(target_ranks(scores, target, allowed))["ndcg@10"]
-    best = max(WEIGHT_GRID, key=lambda w: (found[w], -w))
+    best, unit, found = blend_weight(base, extra, allowed, target)
     stats = {"neighbours": part.k, "item_item_lambda": lam,
              "item_item_ease_holdout_ndcg@10": round(ease_ndcg, 4),
              "item_item_holdout_ndcg@10": {str(w): round(v, 4) for w, v in found.items()},

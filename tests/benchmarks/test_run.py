@@ -71,7 +71,12 @@ def test_quick_suite_writes_every_field_and_resumes(tmp_path):
         assert not missing, (record["method"], missing)
         assert 0.0 <= record["ndcg@10"] <= 1.0
     methods = {r["method"] for r in records}
-    assert {"lora", "full", "scratch", "zero-shot", "ease", "bottleneck"} <= methods
+    assert {"lora", "full", "scratch", "scratch-nb", "zero-shot", "ease", "bottleneck"} <= methods
+    for record in records:  # the part's choice is recorded: what the hold-out saw, and k
+        if record["method"] == "scratch-nb":
+            grid = record["item_item_holdout_ndcg@10"]
+            assert record["neighbours"] == 8 and set(grid) >= {"0.0", "1.0"}
+            assert (record["item_item_weight"] == 0) == (max(grid.values()) == grid["0.0"])
     lora = next(r for r in records if r["method"] == "lora")
     assert 0 < lora["trainable_params"] < lora["total_params"]
     assert 0 < lora["adapter_bytes"] < lora["backbone_bytes"]
