@@ -257,7 +257,8 @@ def train_region(backbone: RecModel, vocab: ItemVocab, data: RegionData, adapt_c
     calibration = (calibrate_unseen(task, catalogue, known, data.valid[:VALID_CASES])
                    if adapt_cfg.calibrate_unseen else {})
     round_trainable(task, dtype)  # evaluated == saved, also for float16 adapters
-    blended = fit_item_item(task, data, data.valid[:VALID_CASES], dtype)
+    blended = fit_item_item(task, data, data.valid[:VALID_CASES], dtype,
+                            adapt_cfg.max_neighbour_catalogue)
     stats = {**calibration, **distilled, **blended,
              "train_seconds": round(time.perf_counter() - started, 2),
              "trainable_params": count_trainable(task), "best_epoch": result.best_epoch,

@@ -54,14 +54,21 @@ def blend_weight(base: torch.Tensor, extra: torch.Tensor, allowed: torch.Tensor,
 
 
 def fit_item_item(task: RegionTask, data: RegionData, holdout: list[EvalCase],
-                  dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+                  dtype: torch.dtype = torch.float32,
+                  max_catalogue: int = 20000) -> dict[str, Any]:
     """Fill ``task``'s item-item part from EASE and choose its weight on ``holdout`` (see the
-    module's docstring); returns what was chosen, for the adapter's metadata."""
+    module's docstring); returns what was chosen, for the adapter's metadata. A catalogue of
+    more than ``max_catalogue`` items (EASE inverts an ``[n, n]`` matrix) gets no part."""
     part = task.item_item
     if part is None:
         return {}
     started = time.perf_counter()
     catalogue = task.item_side.catalogue
+    if len(catalogue) > max_catalogue:
+        detach_item_item(task.item_side)
+        logger.warning("item-item part dropped: EASE over %d items is past "
+                       "adapt.max_neighbour_catalogue (%d)", len(catalogue), max_catalogue)
+        return {"neighbours": 0, "item_item": "catalogue too large"}
     cases = [c for c in holdout if c.target in task.vocab.index]
     if not cases or not data.train:
         detach_item_item(task.item_side)

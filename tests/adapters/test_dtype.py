@@ -91,6 +91,8 @@ def test_auto_item_rank_keeps_the_saved_file_within_budget(tiny_backbone, island
     cfg = AdaptConfig(method=method, region=REGION, item_budget=0.3, max_item_rank=10_000)
     task = build_region_task(backbone, vocab, island.catalogue, cfg, total_steps=10)
     assert task.item_side.rank > 1  # the budget, not the floor, set it
+    # the item-item part took its share of the same budget (int16 indices + float16 weights)
+    assert task.item_item is not None and task.item_item.k > 0
     saved = save_adapter(task, method, REGION, {"region": REGION, "backbone_fingerprint":
                                                 meta["fingerprint"]}, tmp_path / "a", "float16")
     assert saved["adapter_bytes"] == (tmp_path / "a" / WEIGHTS).stat().st_size

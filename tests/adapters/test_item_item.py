@@ -105,6 +105,13 @@ def test_fit_without_hold_out_drops_the_part(tiny_backbone_dir, island):
     assert task.item_item is None and stats["neighbours"] == 0
 
 
+def test_a_catalogue_past_the_limit_gets_no_part(tiny_backbone_dir, island, caplog):
+    task = _task(tiny_backbone_dir, island, K)
+    stats = fit_item_item(task, island, island.valid, max_catalogue=len(island.catalogue) - 1)
+    assert task.item_item is None and stats["item_item"] == "catalogue too large"
+    assert "max_neighbour_catalogue" in caplog.text
+
+
 def test_untrained_adapter_gains_from_the_part(tiny_backbone_dir, tiny_regions):
     """An adapter whose transformer scores are noise: EASE's neighbours must win the
     hold-out, and the blend must then beat the adapter alone on it."""
