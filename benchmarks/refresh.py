@@ -142,7 +142,8 @@ def next_period_ndcg(task, catalogue: list[str], histories: list[list[str]],
 
 def run_seed(periods: list[pd.DataFrame], method: str, seed: int, work: Path,
              refresh_epochs: int | None = None, methods: tuple[str, ...] = METHODS,
-             replay: float = REPLAY, refresh_lr: float | None = None) -> list[dict]:
+             replay: float = REPLAY, refresh_lr: float | None = None,
+             refresh_patience: int | None = None) -> list[dict]:
     work = work / f"seed{seed}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -153,6 +154,8 @@ def run_seed(periods: list[pd.DataFrame], method: str, seed: int, work: Path,
     adapt_cfg = AdaptConfig(method=method, region=REGION)
     if refresh_lr is not None:  # else the library's default (AdaptConfig.refresh_lr)
         adapt_cfg = replace(adapt_cfg, refresh_lr=refresh_lr)
+    if refresh_patience is not None:  # else the library's (AdaptConfig.refresh_patience)
+        adapt_cfg = replace(adapt_cfg, refresh_patience=refresh_patience)
     started = time.perf_counter()
     task, result = train_backbone({REGION: region_data(periods[0])}, MODEL, pretrain_cfg)
     bb_meta = save_backbone(task.model, task.vocab, {"benchmark": NAME, "seed": seed},
@@ -214,8 +217,10 @@ def run_seed(periods: list[pd.DataFrame], method: str, seed: int, work: Path,
                       "epochs_run": stats.get("epochs_run", 0),
                       "best_epoch": stats.get("best_epoch", 0),
                       "valid_ndcg@10": stats.get("best_valid_ndcg@10"),
-                      "refresh_lr": adapt_cfg.refresh_lr if name.startswith("refreshed")
-                      else None,
+                      **({"refresh_lr": adapt_cfg.refresh_lr,
+                          "refresh_patience": adapt_cfg.refresh_patience
+                          or refresh_train.patience}
+                         if name.startswith("refreshed") else {}),
                       "catalogue": len(task.item_side.catalogue)}
             if stats.get("replay"):
                 record["replay"] = stats["replay"]

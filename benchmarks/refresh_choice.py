@@ -1,18 +1,23 @@
-"""Choose the refresh's learning rate (``AdaptConfig.refresh_lr``) on the refresh's own hold-out.
+"""Choose the refresh's learning rate (``AdaptConfig.refresh_lr``) and early-stopping patience
+on the refresh's own hold-out.
 
     OMP_NUM_THREADS=1 python -m benchmarks.refresh_choice --lrs 1,0.5,0.25 --seeds 0,1,2
+    OMP_NUM_THREADS=1 python -m benchmarks.refresh_choice --lrs 1 --patience 6
 
 The refreshed chain of ``benchmarks/refresh.py`` (backbone and first adapter on period 0,
 then periods 1 .. P-2 each refreshed from the previous step) runs once per candidate
-multiple of the adapters' learning rate. The rule, fixed before any run: each refresh records
-its early-stopping hold-out NDCG@10 (the last items of period p's own users, leave-last-out,
-as ``regiontune adapt`` splits), and the chosen multiple is the one with the highest mean of
-that figure over periods and seeds (ties within 0.001: the larger multiple, the status quo
-side). The next-period NDCG@10 the benchmark reports is recorded in the JSON but never read
-here: choosing on it would tune on the test.
+(multiple of the adapters' learning rate, refresh patience). The rule, fixed before any run:
+each refresh records its early-stopping hold-out NDCG@10 (the last items of period p's own
+users, leave-last-out, as ``regiontune adapt`` splits), and the chosen candidate is the one
+with the highest mean of that figure over periods and seeds (ties within 0.001: the larger
+multiple, then the smaller patience -- the status quo and the cheaper side; a longer
+patience can only find a better hold-out epoch, so it must win by more than the tie). The
+next-period NDCG@10 the benchmark reports is recorded in the JSON but never read here:
+choosing on it would tune on the test. The lr study ran first (patience 3, the adapters'),
+the patience study after it at the chosen multiple.
 
 Writes ``benchmarks/results/refresh_choice.{json,md}``; a rerun replaces the records of the
-(lr, seed) pairs it runs.
+(lr, patience, seed) it runs.
 """
 
 from __future__ import annotations
@@ -38,17 +43,25 @@ from benchmarks.refresh import ADAPT, load_periods, run_seed
 TIE = 0.001
 
 
-def choose(records: list[dict]) -> tuple[float | None, dict[float, float]]:
+def choose(records: list[dict]
+           ) -> tuple[tuple[float, int] | None, dict[tuple[float, int], float]]:
     """(the chosen multiple, mean hold-out NDCG@10 per multiple) by the module's rule."""
     by = defaultdict(list)
     for r in records:
         if r["method"] == "refreshed" and r.get("valid_ndcg@10") is not None:
-            by[r["refresh_lr"]].append(r["valid_ndcg@10"])
-    means = {lr: statistics.fmean(v) for lr, v in by.items()}
+            by[candidate(r)].append(r["valid_ndcg@10"])
+    means = {c: statistics.fmean(v) for c, v in by.items()}
     if not means:
         return None, means
     top = max(means.values())
-    return max(lr for lr, m in means.items() if m >= top - TIE), means
+    return max((c for c, m in means.items() if m >= top - TIE),
+               key=lambda c: (c[0], -c[1])), means
+
+
+def candidate(record: dict) -> tuple[float, int]:
+    """(refresh lr multiple, refresh patience); records before the patience was recorded ran
+    with the adapters' patience."""
+    return record["refresh_lr"], record.get("refresh_patience") or ADAPT.patience
 
 
 def to_markdown(results: dict) -> str:
@@ -56,29 +69,32 @@ def to_markdown(results: dict) -> str:
     chosen, means = choose(records)
     cells = defaultdict(list)
     for r in records:
-        cells[(r["refresh_lr"], r["period"])].append(r)
+        cells[(candidate(r), r["period"])].append(r)
     periods = sorted({r["period"] for r in records})
     rows = []
-    for lr in sorted(means, reverse=True):
-        row = [f"{lr:g} (lr {lr * ADAPT.lr:.2g})"]
+    for cand in sorted(means, key=lambda c: (-c[0], c[1])):
+        lr, patience = cand
+        row = [f"{lr:g} (lr {lr * ADAPT.lr:.2g})", patience]
         for p in periods:
-            mine = cells[(lr, p)]
+            mine = cells[(cand, p)]
             row.append(f"{statistics.fmean(r['valid_ndcg@10'] for r in mine):.4f} "
                        f"(best ep. {statistics.fmean(r['best_epoch'] for r in mine):.1f}, "
                        f"{statistics.fmean(r['train_seconds'] for r in mine):.1f} s)"
                        if mine else "–")
-        seeds = sorted({r["seed"] for r in records if r["refresh_lr"] == lr})
-        rows.append([*row, f"{means[lr]:.4f}", len(seeds),
-                     "**chosen**" if lr == chosen else ""])
+        seeds = sorted({r["seed"] for r in records if candidate(r) == cand})
+        rows.append([*row, f"{means[cand]:.4f}", len(seeds),
+                     "**chosen**" if cand == chosen else ""])
     return "\n".join([
-        "# Refresh learning rate, chosen on the refresh's hold-out", "",
-        f"- command: `{results.get('command', '')}`",
+        "# Refresh learning rate and patience, chosen on the refresh's hold-out", "",
+        *[f"- command: `{c}`" for c in results.get("commands", [results.get("command", "")])],
         f"- commit: `{results.get('meta', {}).get('git_commit')}`", "",
-        "Rule (fixed before the runs; `benchmarks/refresh_choice.py`): the multiple of the "
-        f"adapters' learning rate ({ADAPT.lr:g}) with the highest mean early-stopping hold-out "
-        f"NDCG@10 of the refreshes over periods and seeds; within {TIE} of the best, the larger "
-        "multiple. The next-period NDCG@10 (the benchmark's reported figure) is not read.", "",
-        *table(["refresh lr multiple", *[f"period {p}: hold-out NDCG@10" for p in periods],
+        "Rule (fixed before the runs; `benchmarks/refresh_choice.py`): the (multiple of the "
+        f"adapters' learning rate {ADAPT.lr:g}, patience) with the highest mean early-stopping "
+        f"hold-out NDCG@10 of the refreshes over periods and seeds; within {TIE} of the best, "
+        "the larger multiple, then the smaller patience. The next-period NDCG@10 (the "
+        "benchmark's reported figure) is not read.", "",
+        *table(["refresh lr multiple", "patience",
+                *[f"period {p}: hold-out NDCG@10" for p in periods],
                 "mean", "seeds", ""], rows), ""])
 
 
@@ -88,6 +104,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--periods", type=int, default=5)
     parser.add_argument("--seeds", type=integers, default="0,1,2")
     parser.add_argument("--lrs", type=floats, default="1,0.5,0.25")
+    parser.add_argument("--patience", type=int, default=ADAPT.patience,
+                        help="early-stopping patience of the refreshes")
     parser.add_argument("--method", default="lora")
     parser.add_argument("--work", type=Path, default=Path("runs/bench/refresh-choice"))
     parser.add_argument("--out", type=Path, default=RESULTS / "refresh_choice.json")
@@ -97,15 +115,18 @@ def main(argv: list[str] | None = None) -> None:
     results = load_results(args.out, dataset="ml-100k")
     if not args.report_only:
         periods = load_periods(args.data_dir, args.periods)
-        results["command"] = "OMP_NUM_THREADS=1 python -m benchmarks.refresh_choice " + " ".join(
+        command = "OMP_NUM_THREADS=1 python -m benchmarks.refresh_choice " + " ".join(
             sys.argv[1:] if argv is None else argv)
-        results["meta"] = run_meta({"lrs": args.lrs, "seeds": args.seeds})
+        results["commands"] = [*results.get("commands", []), command]
+        results["meta"] = run_meta({"lrs": args.lrs, "seeds": args.seeds,
+                                    "patience": args.patience})
         for seed in args.seeds:
             for lr in args.lrs:
-                results["records"] = [r for r in results["records"]
-                                      if (r["refresh_lr"], r["seed"]) != (lr, seed)]
+                results["records"] = [r for r in results["records"] if (
+                    *candidate(r), r["seed"]) != (lr, args.patience, seed)]
                 results["records"] += run_seed(periods, args.method, seed, args.work,
-                                               methods=("refreshed",), refresh_lr=lr)
+                                               methods=("refreshed",), refresh_lr=lr,
+                                               refresh_patience=args.patience)
                 write_results(results, args.out)
     md = args.out.with_suffix(".md")
     md.write_text(to_markdown(results) + "\n")

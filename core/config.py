@@ -164,8 +164,13 @@ class AdaptConfig:
     # (training/replay.py).
     replay: float = 0.0
     # refresh only (--init-from): the refresh trains at this multiple of train.lr (its
-    # optimizer and schedule restart from a trained adapter, not from the identity)
+    # optimizer and schedule restart from a trained adapter, not from the identity), and
+    # stops early after refresh_patience epochs without a hold-out gain (None: train.patience).
+    # Chosen on the refreshes' hold-out (benchmarks/results/refresh_choice.md, ml-100k, 5
+    # seeds): lr multiples 0.5-0.1 lost (0.061-0.053 against 0.063); patience 6 against the
+    # adapters' 3 won (0.067): a restarted schedule first dips below the parent
     refresh_lr: float = 1.0
+    refresh_patience: int | None = 6
 
 
 def _coerce(value: str, target_type: Any) -> Any:

@@ -46,14 +46,22 @@ def check_replay(fraction: float, init_from: str | Path | None) -> None:
                          "--init-from PARENT_DIR")
 
 
-def refresh_train_config(train_cfg: TrainConfig, refresh_lr: float) -> TrainConfig:
-    """The training settings of a refresh: the learning rate scaled by ``refresh_lr``
-    (``AdaptConfig.refresh_lr``; the refresh restarts its optimizer and schedule on an adapter
-    that is already trained, not on the identity)."""
+def refresh_train_config(train_cfg: TrainConfig, refresh_lr: float,
+                         refresh_patience: int | None = None) -> TrainConfig:
+    """The training settings of a refresh: the learning rate scaled by ``refresh_lr``, the
+    early-stopping patience ``refresh_patience`` (None: ``train_cfg``'s) --
+    ``AdaptConfig.refresh_lr`` / ``refresh_patience``. The refresh restarts its optimizer and
+    schedule on an adapter that is already trained, not on the identity."""
     if not (math.isfinite(refresh_lr) and refresh_lr > 0):
         raise ValueError(f"refresh_lr must be a positive number (a multiple of train.lr for "
                          f"refreshes), not {refresh_lr}")
-    return replace(train_cfg, lr=train_cfg.lr * refresh_lr)
+    if refresh_patience is not None and (isinstance(refresh_patience, bool)
+                                         or not isinstance(refresh_patience, int)
+                                         or refresh_patience < 1):
+        raise ValueError(f"refresh_patience must be a whole number of epochs >= 1 (or none: "
+                         f"the training patience), not {refresh_patience!r}")
+    patience = train_cfg.patience if refresh_patience is None else refresh_patience
+    return replace(train_cfg, lr=train_cfg.lr * refresh_lr, patience=patience)
 
 
 def _data_paths(cfg: DataConfig) -> list[Path]:

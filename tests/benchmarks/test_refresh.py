@@ -56,18 +56,25 @@ def test_verdicts_apply_the_bar():
 def test_refresh_lr_choice_reads_the_hold_out_only():
     from benchmarks import refresh_choice
 
-    def rec(lr, seed, valid, test):
+    def rec(lr, seed, valid, test, patience=None):
         return {"method": "refreshed", "refresh_lr": lr, "seed": seed, "period": 1,
-                "valid_ndcg@10": valid, "ndcg@10": test}
+                "valid_ndcg@10": valid, "ndcg@10": test, "refresh_patience": patience}
     # 0.5 is best on the hold-out; 0.25 is best on the next period: the hold-out decides
     records = [rec(1.0, 0, 0.060, 0.20), rec(1.0, 1, 0.062, 0.20),
                rec(0.5, 0, 0.066, 0.10), rec(0.5, 1, 0.064, 0.10),
                rec(0.25, 0, 0.050, 0.30), rec(0.25, 1, 0.052, 0.30),
                {**rec(0.1, 0, None, 0.9), "method": "stale"}]
     chosen, means = refresh_choice.choose(records)
-    assert chosen == 0.5 and set(means) == {1.0, 0.5, 0.25}
-    assert means[1.0] == pytest.approx(0.061)
+    patience = refresh_choice.ADAPT.patience  # records without one ran with the adapters'
+    assert chosen == (0.5, patience) and set(means) == {(1.0, patience), (0.5, patience),
+                                                        (0.25, patience)}
+    assert means[(1.0, patience)] == pytest.approx(0.061)
     # within the tie margin of the best, the larger multiple (the status quo side) wins
     records[0]["valid_ndcg@10"] = records[1]["valid_ndcg@10"] = 0.0645
-    assert refresh_choice.choose(records)[0] == 1.0
+    assert refresh_choice.choose(records)[0] == (1.0, patience)
+    # a longer patience must win by more than the tie; then it does win
+    longer = [rec(1.0, 0, 0.0650, 0.0, patience + 3), rec(1.0, 1, 0.0652, 0.0, patience + 3)]
+    assert refresh_choice.choose(records + longer)[0] == (1.0, patience)
+    longer[0]["valid_ndcg@10"] = 0.070
+    assert refresh_choice.choose(records + longer)[0] == (1.0, patience + 3)
     assert refresh_choice.choose([]) == (None, {})

@@ -127,25 +127,29 @@ class _Stop(Exception):
 
 def test_a_refresh_trains_at_its_own_learning_rate(tiny_backbone_dir, parent_dir, new_data,
                                                    monkeypatch):
-    """``refresh_lr`` scales the learning rate of refreshes only; a new adapter keeps it."""
+    """``refresh_lr`` scales the learning rate of refreshes only, ``refresh_patience`` sets
+    their patience; a new adapter keeps the training settings."""
     import regiontune.training.adapt as adapt_module
 
     seen = []
 
     def fake_fit(task, sequences, evaluate, cfg, *args, **kwargs):
-        seen.append(cfg.lr)
+        seen.append((cfg.lr, cfg.patience))
         raise _Stop
 
     monkeypatch.setattr(adapt_module, "fit", fake_fit)
-    train = replace(TINY_TRAIN, lr=4e-3)
-    for parent, refresh_lr in ((parent_dir, 0.25), (None, 0.25), (parent_dir, 1.0)):
+    train = replace(TINY_TRAIN, lr=4e-3, patience=3)
+    for parent, refresh_lr, patience in ((parent_dir, 0.25, 7), (None, 0.25, 7),
+                                         (parent_dir, 1.0, None)):
         backbone, vocab, bmeta = load_backbone(tiny_backbone_dir)
         folder = AdapterFolder.read(parent, bmeta["fingerprint"]) if parent else None
         with pytest.raises(_Stop):
             train_region(backbone, vocab, new_data,
-                         AdaptConfig(region=REGION, refresh_lr=refresh_lr), train,
+                         AdaptConfig(region=REGION, refresh_lr=refresh_lr,
+                                     refresh_patience=patience), train,
                          parent=folder)
-    assert seen == pytest.approx([1e-3, 4e-3, 4e-3])
+    assert seen == [(pytest.approx(1e-3), 7), (pytest.approx(4e-3), 3),
+                    (pytest.approx(4e-3), 3)]
     backbone, vocab, bmeta = load_backbone(tiny_backbone_dir)
     with pytest.raises(ValueError, match="refresh_lr must be a positive number"):
         train_region(backbone, vocab, new_data, AdaptConfig(region=REGION, refresh_lr=0.0),

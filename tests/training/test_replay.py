@@ -122,12 +122,17 @@ def test_replay_needs_a_refresh_and_a_share(tiny_backbone_dir, recorded_parent, 
 
 # ---------------------------------------------------------------- the refresh's learning rate
 
-def test_refresh_train_config_scales_the_learning_rate_alone():
-    cfg = replace(TINY_TRAIN, lr=4e-3)
+def test_refresh_train_config_sets_the_learning_rate_and_patience_alone():
+    cfg = replace(TINY_TRAIN, lr=4e-3, patience=3)
     scaled = refresh_train_config(cfg, 0.25)
-    assert scaled.lr == pytest.approx(1e-3)
+    assert scaled.lr == pytest.approx(1e-3) and scaled.patience == 3
     assert replace(scaled, lr=cfg.lr) == cfg  # nothing else changes
-    assert cfg.lr == 4e-3  # the caller's settings are not edited
+    longer = refresh_train_config(cfg, 1.0, 6)
+    assert longer.patience == 6 and replace(longer, patience=3) == cfg
+    assert (cfg.lr, cfg.patience) == (4e-3, 3)  # the caller's settings are not edited
     for bad in (0.0, -0.5, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="refresh_lr must be a positive number"):
             refresh_train_config(cfg, bad)
+    for bad in (0, -2, 2.5, True):
+        with pytest.raises(ValueError, match="refresh_patience must be a whole number"):
+            refresh_train_config(cfg, 1.0, bad)
