@@ -9,12 +9,10 @@ each such region gets its own body and its own sub-batch.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import re
 import threading
 import time
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,14 +22,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from regiontune.adapters import AdapterFolder, AdapterMethod, ItemSide, get_method
-from regiontune.adapters.grow import Growth, calibrated_offset, plan_growth
 from regiontune.adapters.io import build_item_side, read_region_text
 from regiontune.adapters.item_side import PREFIX as ITEM_SIDE_PREFIX
 from regiontune.adapters.routing import BASE, freeze, route, shared_clone
 from regiontune.model.recmodel import N_SPECIAL, RecModel
 from regiontune.model.vocab import ItemVocab
 from regiontune.serving.item_item import item_item_factors
-from regiontune.serving.item_text import TextBatch, grown_text, text_factors, text_table
+from regiontune.serving.item_text import TextBatch, text_factors, text_table
 
 _VERSIONS = itertools.count(1)
 
@@ -245,60 +242,6 @@ def build_entry(region: str, directory: Path, backbone: RecModel, vocab: ItemVoc
     small_meta["tensor_bytes"] = entry.item_bytes() + sum(
         t.nbytes for k, t in folder.tensors.items() if not k.startswith(ITEM_SIDE_PREFIX))
     return entry
-
-
-def plan_entry_growth(entry: RegionEntry, items: Iterable[str], vocab: ItemVocab,
-                      histories: Iterable[Sequence[str]] = (), text_rows_of=None) -> Growth:
-    """The rows ``items`` would get in ``entry``'s item side (:func:`plan_growth` on the
-    loaded factors; ``vocab``: the backbone's; ``text_rows_of``: item text,
-    ``adapters/text_growth.py``). An item-item part is refused (ValueError)."""
-    known = entry.columns >= 0
-    base_bias = entry.base_bias
-    bias = base_bias[entry.columns.clamp(min=0).long()] * known
-    if entry.item_bias is not None:
-        bias = bias + entry.item_bias
-
-    def rows(index: torch.Tensor) -> torch.Tensor:
-        columns = entry.columns[index].long()
-        out = entry.base_embed[N_SPECIAL + columns.clamp(min=0)] * (columns >= 0)[:, None]
-        if entry.item_a is not None:
-            out = out + entry.item_a[index] @ entry.item_b
-        if entry.text_slot is not None:  # new items' text rows
-            slot = entry.text_slot[index].long()
-            out = out + entry.text_rows[slot.clamp(min=0)] * (slot >= 0)[:, None]
-        return out
-
-    return plan_growth(entry.vocab.items, items, vocab=vocab, rows=rows, effective_bias=bias,
-                       base_table=entry.base_embed[N_SPECIAL:], base_bias=base_bias,
-                       lowrank_b=entry.item_b, has_bias=entry.item_bias is not None,
-                       unseen_offset=calibrated_offset(entry.meta), histories=histories,
-                       text_rows_of=text_rows_of)
-
-
-def grown_entry(entry: RegionEntry, growth: Growth, **record: Any) -> RegionEntry:
-    """A new entry: ``entry`` with ``growth``'s items appended (old rows, the same values),
-    routing to the same adapter (shared through ``ref``)."""
-    vocab = ItemVocab(entry.vocab.items + growth.added)
-    columns = torch.cat([entry.columns, growth.columns.to(torch.int32)])
-    item_a = None if entry.item_a is None else torch.cat([entry.item_a, growth.a_rows])
-    item_bias = None if entry.item_bias is None else torch.cat([entry.item_bias,
-                                                                  growth.bias_rows])
-    meta = {**entry.meta, "n_new_items": int(entry.meta.get("n_new_items", 0))
-            + len(growth.region_new),
-            "grown": [*(entry.meta.get("grown") or []), growth.record(**record)]}
-    # the item-item part: new items get no neighbours and no old item lists them
-    neighbours = {} if entry.nb_index is None else {
-        "nb_index": torch.cat([entry.nb_index, entry.nb_index.new_zeros(len(growth.added),
-                                                                         entry.neighbours)]),
-        "nb_value": torch.cat([entry.nb_value, entry.nb_value.new_zeros(len(growth.added),
-                                                                         entry.neighbours)])}
-    new = dataclasses.replace(entry, vocab=vocab, columns=columns, item_a=item_a,
-                              item_bias=item_bias, meta=meta, loaded_at=time.time(), **neighbours,
-                              **grown_text(entry, growth))
-    meta["tensor_bytes"] = int(entry.meta.get("tensor_bytes") or 0) + new.item_bytes() \
-        - entry.item_bytes()
-    entry.ref.take()
-    return new
 
 
 class ItemBatch:
