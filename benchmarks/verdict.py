@@ -69,14 +69,16 @@ def _scarce(summary: list[dict], region) -> list[str]:
         for method in ("full", *ADAPTERS):
             if method in rows:
                 body.append([f"{fraction:g}", method, compare(rows[method], rows.get("scratch")),
+                             compare(rows[method], rows.get("scratch-nb")),
                              compare(rows[method], rows.get("full"))
                              if method != "full" else MISSING,
                              f"{compare(rows[method], classic)} ({classic_name})"
                              if classic else MISSING])
     if not body:
         return []
-    header = ["fraction", "method", "vs scratch (same data)", "vs full (same data)",
-              "vs best classic (same data)"]
+    # scratch-nb: scratch with the adapters' item-item part (benchmarks/jobs.py)
+    header = ["fraction", "method", "vs scratch (same data)", "vs scratch-nb (same data)",
+              "vs full (same data)", "vs best classic (same data)"]
     return [f"### {region}: scarce data", ""] + table(header, body) + [""]
 
 

@@ -36,14 +36,15 @@ def test_section_names_every_adapter_and_the_best_classic_baseline():
     summary = [row("full", 0.58), row("scratch", 0.55), row("zero-shot", 0.44),
                row("lora", 0.57), row("ia3", 0.50), row("ease", 0.56), row("popularity", 0.30),
                row("scratch", 0.45, fraction=0.1), row("lora", 0.47, fraction=0.1),
-               row("full", 0.53, fraction=0.1)]
+               row("full", 0.53, fraction=0.1), row("scratch-nb", 0.49, fraction=0.1)]
     text = "\n".join(verdict_section(summary))
     assert "vs ease" in text and "vs popularity" not in text
     lines = {line.split("|")[1].strip(): line for line in text.splitlines()
              if line.startswith("| lora") or line.startswith("| ia3")}
     assert "loses (-0.0100)" in lines["lora"] and "wins (+0.0200)" in lines["lora"]
     assert "loses (-0.0800)" in lines["ia3"]  # a bad result is listed like a good one
-    assert "| 0.1 | lora | wins (+0.0200) | loses (-0.0600) |" in text
+    # vs scratch, vs scratch with the item-item part, vs full
+    assert "| 0.1 | lora | wins (+0.0200) | loses (-0.0200) | loses (-0.0600) |" in text
 
 
 def test_section_without_adapters_says_so():
