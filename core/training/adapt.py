@@ -87,8 +87,6 @@ def build_region_task(backbone: RecModel, vocab: ItemVocab, catalogue: list[str]
     return RegionTask(body, base, item_side, num_negatives)
 
 
-
-
 def region_sequences(task: RegionTask, data: RegionData) -> list[list[int]]:
     sequences = [task.vocab.encode(h) for h in data.train.values()]
     return [s for s in sequences if len(s) >= 2]
