@@ -271,23 +271,21 @@ def grown_tensors(tensors: Mapping[str, torch.Tensor], growth: Growth, n_old: in
     """``tensors`` (a weights file's) with the item side's new rows appended in each tensor's
     own dtype; every other tensor, and every old row, as it was (the same bits)."""
     out = dict(tensors)
-    a, bias = out.get(PREFIX + "lowrank_a"), out.get(PREFIX + "bias")
-    for name, t in (("lowrank_a", a), ("bias", bias)):
+    for name in ("lowrank_a", "bias", *NEIGHBOUR_TENSORS):  # one row per catalogue item
+        t = out.get(PREFIX + name)
         if t is not None and t.shape[0] != n_old:
             raise ArtifactError(f"item-side tensor {name} has {t.shape[0]} rows for a "
                                 f"catalogue of {n_old} items")
+    a, bias = out.get(PREFIX + "lowrank_a"), out.get(PREFIX + "bias")
     if a is not None:
         if growth.a_rows is None or growth.a_rows.shape[1] != a.shape[1]:
             raise ArtifactError("the new rows do not fit the item side's rank")
         out[PREFIX + "lowrank_a"] = torch.cat([a, growth.a_rows.to(a.dtype)]).contiguous()
     if bias is not None:
         out[PREFIX + "bias"] = torch.cat([bias, growth.bias_rows.to(bias.dtype)]).contiguous()
-    for name in NEIGHBOUR_TENSORS:
+    for name in NEIGHBOUR_TENSORS:  # new items: no neighbours
         t = out.get(PREFIX + name)
         if t is not None:
-            if t.shape[0] != n_old:
-                raise ArtifactError(f"item-side tensor {name} has {t.shape[0]} rows for a "
-                                    f"catalogue of {n_old} items")
             out[PREFIX + name] = torch.cat([t, t.new_zeros(len(growth.added), t.shape[1])])
     return out
 

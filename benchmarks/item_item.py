@@ -44,6 +44,7 @@ from regiontune.evaluation.evaluate import allowed_mask, task_scores
 from regiontune.evaluation.metrics import metrics_from_ranks, target_ranks
 from regiontune.model.backbone import load_backbone
 from regiontune.training.adapt import VALID_CASES, train_region
+from regiontune.training.item_item import blend_weight
 
 log = logging.getLogger("benchmarks")
 OUT = RESULTS / "item_item.json"
@@ -64,10 +65,6 @@ def _forms(b: torch.Tensor) -> dict[str, torch.Tensor]:
     for r in SVD_RANKS:
         out[f"svd{r}"] = (u[:, :r] * s[:r]) @ vh[:r]
     return out
-
-
-def _spread(scores: torch.Tensor, allowed: torch.Tensor) -> float:
-    return float(scores[allowed & torch.isfinite(scores)].std())
 
 
 def point(context: Context, setting: str, region: str, fraction: float, seed: int) -> list[dict]:
@@ -98,14 +95,12 @@ def point(context: Context, setting: str, region: str, fraction: float, seed: in
     records = []
     for form, b in _forms(torch.from_numpy(ease.b).float()).items():
         extra_h, extra_t = hold[1] @ b, test[1] @ b
-        unit = _spread(hold[0], hold[2]) / max(_spread(extra_h, hold[2]), 1e-12)
+        w, unit, on_hold = blend_weight(hold[0], extra_h, hold[2], hold[3], GRID)
 
         def ndcg(p, extra, w, unit=unit):
             return metrics_from_ranks(target_ranks(p[0] + w * unit * extra, p[3], p[2]))[
                 "ndcg@10"]
 
-        on_hold = {w: ndcg(hold, extra_h, w) for w in GRID}
-        w = max(GRID, key=lambda g: (on_hold[g], -g))
         records.append({"setting": setting, "region": region, "data_fraction": fraction,
                         "seed": seed, "form": form, "weight": w,
                         "holdout_ndcg@10": round(on_hold[w], 4),

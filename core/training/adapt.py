@@ -44,7 +44,7 @@ from regiontune.model.backbone import load_backbone
 from regiontune.model.recmodel import RecModel
 from regiontune.model.textenc import TextVectors
 from regiontune.model.vocab import ItemVocab
-from regiontune.training.budget import auto_item_rank, auto_neighbours
+from regiontune.training.budget import auto_item_rank, neighbours_for
 from regiontune.training.distill import fit_teacher
 from regiontune.training.item_item import fit_item_item
 from regiontune.training.loop import epoch_steps, fit, make_accelerator
@@ -74,9 +74,7 @@ def build_region_task(backbone: RecModel, vocab: ItemVocab, catalogue: list[str]
     base = method.base_of(body)
     scale = float(backbone.item_table()[0].detach().std())
     own_body = None if method.copies_backbone else body
-    neighbours = adapt_cfg.neighbours
-    if neighbours < 0:
-        neighbours = auto_neighbours(backbone, own_body, len(catalogue), adapt_cfg)
+    neighbours = neighbours_for(backbone, own_body, len(catalogue), adapt_cfg)
     rank = adapt_cfg.item_rank
     if rank < 0:
         rank = auto_item_rank(backbone, own_body, len(catalogue), adapt_cfg, neighbours)
@@ -177,11 +175,9 @@ def continue_region_task(backbone: RecModel, vocab: ItemVocab, parent: AdapterFo
     if parent_part is not None:
         item_side.item_item = parent_part.extended(len(item_side.catalogue))
     else:
-        neighbours = adapt_cfg.neighbours
-        if neighbours < 0:
-            neighbours = auto_neighbours(backbone, None if method.copies_backbone else body,
-                                         len(item_side.catalogue), adapt_cfg)
-        attach_item_item(item_side, neighbours)
+        attach_item_item(item_side, neighbours_for(
+            backbone, None if method.copies_backbone else body, len(item_side.catalogue),
+            adapt_cfg))
     return RegionTask(body, method.base_of(body), item_side, num_negatives)
 
 

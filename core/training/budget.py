@@ -63,6 +63,13 @@ def auto_neighbours(backbone: RecModel, body, n_items: int, adapt_cfg: AdaptConf
     return max(0, min(adapt_cfg.max_neighbours, k))
 
 
+def neighbours_for(backbone: RecModel, body, n_items: int, adapt_cfg: AdaptConfig) -> int:
+    """``adapt_cfg.neighbours`` when given (>= 0), else :func:`auto_neighbours`."""
+    if adapt_cfg.neighbours >= 0:
+        return adapt_cfg.neighbours
+    return auto_neighbours(backbone, body, n_items, adapt_cfg)
+
+
 def auto_item_rank(backbone: RecModel, body, n_items: int, adapt_cfg: AdaptConfig,
                    neighbours: int = 0) -> int:
     """Largest item rank keeping the adapter within ``item_budget`` of the backbone's size,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -41,16 +42,17 @@ def _spread(scores: torch.Tensor, allowed: torch.Tensor) -> float:
 
 
 def blend_weight(base: torch.Tensor, extra: torch.Tensor, allowed: torch.Tensor,
-                 target: torch.Tensor) -> tuple[float, float, dict[float, float]]:
-    """The grid weight ``w`` whose ``base + w * unit * extra`` ranks the hold-out best (ties:
-    the smaller), ``unit`` (the ratio of the two parts' score spreads over the ranked
+                 target: torch.Tensor, grid: Sequence[float] = WEIGHT_GRID
+                 ) -> tuple[float, float, dict[float, float]]:
+    """The ``grid`` weight ``w`` whose ``base + w * unit * extra`` ranks the hold-out best
+    (ties: the smaller), ``unit`` (the ratio of the two parts' score spreads over the ranked
     columns) and NDCG@10 at every grid weight. ``base``, ``extra``: scores ``[cases, n]``."""
     unit = _spread(base, allowed) / max(_spread(extra, allowed), 1e-12)
     found = {}
-    for w in WEIGHT_GRID:
+    for w in grid:
         scores = base + (w * unit) * extra if w else base
         found[w] = metrics_from_ranks(target_ranks(scores, target, allowed))["ndcg@10"]
-    return max(WEIGHT_GRID, key=lambda w: (found[w], -w)), unit, found
+    return max(grid, key=lambda w: (found[w], -w)), unit, found
 
 
 def fit_item_item(task: RegionTask, data: RegionData, holdout: list[EvalCase],
