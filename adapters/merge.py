@@ -32,6 +32,13 @@
   backbone treats items it does not know (``meta["merge"]["items_left_out"]`` counts them;
   ``regiontune grow`` adds them once they have interactions).
 
+**The item-item part** (``adapters/item_item.py``: each item's top-k EASE neighbours and a
+blend weight each source chose on its own hold-out) is merged as the weighted sum of the
+sources' part scores (:func:`merge_item_item`): neighbours mapped onto the merged catalogue by
+item id, blend weight the merge-weighted mean of the sources' (no target data needed);
+``item_item="mean"`` renormalises each row over the sources holding its item, ``"omit"``
+leaves the part out.
+
 ``weights="overlap"`` derives the weights from a given catalogue: each source's weight is the
 share of that catalogue its own catalogue holds (``|source ∩ target| / |target|``), then
 normalised. Sources of weight 0 are left out.
@@ -67,6 +74,10 @@ logger = logging.getLogger(__name__)
 # config entries that name where an adapter came from, not what it computes
 PROVENANCE_KEYS = ("base_model_name_or_path", "revision", "inference_mode")
 NEW_ITEMS = ("zero", "mean", "omit")  # items new to every source and to the backbone
+# the sources' item-item parts: their weighted sum (exact up to the top-k), the same per row
+# renormalised over the sources that hold the row's item, or left out
+ITEM_ITEM = ("sum", "mean", "omit")
+PART = ITEM_PREFIX + "item_item."
 REGION_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # the names the server accepts
 
 
@@ -273,6 +284,73 @@ def trained_rows(folder: AdapterFolder) -> torch.Tensor:
     return ~untrained if known else torch.ones(n, dtype=torch.bool)
 
 
+def merge_item_item(sources: list[AdapterFolder], weights: list[float], catalogue: list[str],
+                    mode: str = "sum") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The merged item-item part (``adapters/item_item.py``) over ``catalogue``: tensors
+    (none when no source has a part, or ``mode`` is ``"omit"``) and what was done.
+
+    Source ``s`` (merge weight ``w_s``, blend weight ``v_s``: 0 when it has no part) scores
+    ``v_s * sum_i B_s[i, j]`` over a history's items ``i``. Mapped onto the merged catalogue
+    by item id (rows and neighbours the catalogue lacks are dropped), the merged part is
+    their weighted sum: blend weight ``V = sum_s w_s v_s`` (the merge-weighted mean of the
+    sources' blend weights, chosen on their own hold-outs) and strengths
+    ``sum_s (w_s v_s / V) B_s[i, j]`` (``"sum"``: exact but for the top-``k`` cut, ``k`` the
+    largest of the sources'); ``"mean"`` renormalises each row over the sources holding its
+    item (an item one source knows keeps that source's whole row, as the item side does)."""
+    if mode not in ITEM_ITEM:
+        raise ValueError(f"item_item {mode!r}: use one of {ITEM_ITEM}")
+    ks = [int(f.meta.get("neighbours", 0) or 0) for f in sources]
+    blends = [float(f.tensors[PART + "weight"]) if k > 0 and PART + "weight" in f.tensors
+              else 0.0 for f, k in zip(sources, ks, strict=True)]
+    total = sum(w * v for w, v in zip(weights, blends, strict=True))
+    if mode == "omit" or not any(ks) or total <= 0:
+        why = ("left out (--item-item omit)" if mode == "omit" else
+               "no source has an item-item part of positive weight")
+        return {}, {"neighbours": 0, "mode": mode, "note": why}
+    n, k = len(catalogue), max(ks)
+    position = {item: i for i, item in enumerate(catalogue)}
+    rows, cols, vals = [], [], []
+    held = torch.zeros(n)  # per merged row: the summed share of the sources holding it
+    for folder, weight, blend, k_s in zip(sources, weights, blends, ks, strict=True):
+        if k_s == 0 or weight * blend <= 0:
+            continue
+        share = weight * blend / total
+        to_merged = torch.tensor([position.get(i, -1) for i in folder.meta["catalogue"]])
+        neighbours = folder.tensors[PART + "neighbours"].long()
+        strengths = folder.tensors[PART + "strengths"].float()
+        src_rows = torch.arange(len(to_merged))[:, None].expand_as(neighbours)
+        dst_rows, dst_cols = to_merged[src_rows], to_merged[neighbours]
+        keep = (dst_rows >= 0) & (dst_cols >= 0) & (strengths != 0)
+        rows.append(dst_rows[keep])
+        cols.append(dst_cols[keep])
+        vals.append(share * strengths[keep])
+        held[to_merged[to_merged >= 0]] += share
+    row, col, val = torch.cat(rows), torch.cat(cols), torch.cat(vals)
+    if mode == "mean":
+        val = val / held[row].clamp(min=1e-12)
+    # sum the sources' weights of each (row, neighbour) pair, then keep each row's top k
+    key, inverse = torch.unique(row * n + col, return_inverse=True)
+    summed = torch.zeros(len(key)).index_add_(0, inverse, val)
+    row, col = key // n, key % n
+    order = torch.argsort(summed, descending=True, stable=True)
+    order = order[torch.argsort(row[order], stable=True)]  # by row, largest first in a row
+    row, col, summed = row[order], col[order], summed[order]
+    starts = torch.searchsorted(row, row, right=False)
+    rank = torch.arange(len(row)) - starts
+    top = rank < k
+    index_dtype = torch.int16 if n <= torch.iinfo(torch.int16).max else torch.int32
+    neighbours = torch.zeros(n, k, dtype=index_dtype)
+    strengths = torch.zeros(n, k)
+    neighbours[row[top], rank[top]] = col[top].to(index_dtype)
+    strengths[row[top], rank[top]] = summed[top]
+    info = {"neighbours": k, "mode": mode, "blend_weight": total,
+            "source_blend_weights": [round(v, 6) for v in blends],
+            "rows_with_neighbours": int((strengths != 0).any(dim=1).sum()),
+            "pairs_cut": int((~top).sum())}
+    return {PART + "neighbours": neighbours, PART + "strengths": strengths,
+            PART + "weight": torch.tensor(total)}, info
+
+
 def project(a: torch.Tensor, b: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The best rank-``rank`` approximation of ``a @ b`` (truncated SVD), as new (a, b)."""
     if rank < 1:
@@ -286,7 +364,8 @@ def project(a: torch.Tensor, b: torch.Tensor, rank: int) -> tuple[torch.Tensor, 
 def merge_adapters(paths: Sequence[str | Path], weights: Sequence[float] | str,
                    backbone_dir: str | Path, out: str | Path, *, region: str | None = None,
                    catalogue: list[str] | None = None, item_rank: int | None = None,
-                   new_items: str = "zero", dtype: str = "auto") -> dict[str, Any]:
+                   new_items: str = "zero", dtype: str = "auto",
+                   item_item: str = "sum") -> dict[str, Any]:
     """Merge the adapters in ``paths`` with ``weights`` (or ``"overlap"``, which needs
     ``catalogue``) into ``out``; returns the metadata written to ``region.json``.
 
@@ -297,6 +376,8 @@ def merge_adapters(paths: Sequence[str | Path], weights: Sequence[float] | str,
     paths = [Path(p) for p in paths]
     if new_items not in NEW_ITEMS:
         raise ValueError(f"new_items {new_items!r}: use one of {NEW_ITEMS}")
+    if item_item not in ITEM_ITEM:
+        raise ValueError(f"item_item {item_item!r}: use one of {ITEM_ITEM}")
     if not paths:
         raise ValueError("name at least one adapter to merge")
     region = region or Path(out).name
@@ -309,12 +390,6 @@ def merge_adapters(paths: Sequence[str | Path], weights: Sequence[float] | str,
     backbone, vocab, bmeta = load_backbone(backbone_dir)
     fingerprint = bmeta["fingerprint"]
     folders = [AdapterFolder.read(p, fingerprint) for p in paths]
-    # the sources' item-item parts (adapters/item_item.py) are not merged: each is EASE on
-    # its own region's histories, with a weight chosen on that region's hold-out
-    with_part = [f.path.name for f in folders if int(f.meta.get("neighbours", 0) or 0) > 0]
-    if with_part:
-        logger.info("item-item parts of %s left out of the merge (fitted to their own "
-                    "regions' data)", ", ".join(with_part))
     methods = {f.trained_method for f in folders}
     if len(methods) > 1:
         listed = ", ".join(f"{f.path.name} ({f.trained_method})" for f in folders)
@@ -357,6 +432,8 @@ def merge_adapters(paths: Sequence[str | Path], weights: Sequence[float] | str,
     if not catalogue:
         raise ValueError("no item of the catalogue is known to a source adapter or to the "
                          "backbone: with --new-items omit nothing is left to serve")
+    part_tensors, part_info = merge_item_item(folders, normalised, catalogue, item_item)
+    item_tensors.update(part_tensors)
     torch_dtype = weights_dtype(dtype, saved_as)
     merged_from = [{"region": f.region, "weight": w, "method": f.trained_method,
                     "path": f.path.name, "weights_fingerprint": weights_hash(f)}
@@ -374,12 +451,14 @@ def merge_adapters(paths: Sequence[str | Path], weights: Sequence[float] | str,
                 "new_items": [i for i, c in zip(catalogue, vocab.columns(catalogue).tolist(),
                                                 strict=True) if c < 0],
                 "item_rank": rank, "item_bias": True,
+                "neighbours": part_info["neighbours"],
                 "backbone_fingerprint": fingerprint,
                 "backbone_path": str(Path(backbone_dir).resolve()),
                 "backbone_repo": bmeta.get("hub", {}).get("repo_id"),
                 "dataset": datasets.pop() if len(datasets) == 1 else None,
                 "merged_from": merged_from,
-                "merge": {"weights": rule, "catalogue": "given" if given else "union", **info}}
+                "merge": {"weights": rule, "catalogue": "given" if given else "union", **info,
+                          "item_item": part_info}}
         write_json(tmp / ADAPTER_META, meta)
         from regiontune.artifacts.cards import write_card  # at call time (tests replace it)
 

@@ -87,6 +87,11 @@ def merge(out: Path = typer.Option(..., "--out", help="Directory for the merged 
                                         "skipped in histories and never recommended, as the "
                                         "bare backbone treats them; `regiontune grow` adds "
                                         "them later)."),
+          item_item: str = typer.Option("sum", "--item-item", help="The sources' item-item "
+                                        "parts (EASE neighbours): sum (their scores' weighted "
+                                        "sum, mapped by item id; blend weight the weighted mean "
+                                        "of theirs), mean (each row renormalised over the "
+                                        "sources holding its item) or omit."),
           weights_dtype: str = typer.Option("auto", "--weights-dtype", help="auto (float16 "
                                             "for adapters, float32 for full), float32, "
                                             "float16 or bfloat16."),
@@ -97,7 +102,8 @@ def merge(out: Path = typer.Option(..., "--out", help="Directory for the merged 
     LoRA: the exact weighted sum of the deltas (AdaLoRA: of its LoRA exports, saved as LoRA);
     IA3, bottleneck, full: the weighted average of the tensors. Item side: per item, the
     weighted average over the sources that hold it; items in none keep the backbone's row, or,
-    new to the backbone too, get the lowest source bias (see --new-items).
+    new to the backbone too, get the lowest source bias (see --new-items). Item-item parts:
+    the weighted sum of the sources' (see --item-item).
     """
     from regiontune.adapters.merge import merge_adapters, read_catalogue
 
@@ -115,7 +121,8 @@ def merge(out: Path = typer.Option(..., "--out", help="Directory for the merged 
     paths = resolve(names, adapter_root, adapter)
     rule = "overlap" if weights else [1.0 if w is None else w for w in given]
     meta = merge_adapters(paths, rule, backbone, out, region=region, catalogue=items,
-                          item_rank=item_rank, new_items=new_items, dtype=weights_dtype)
+                          item_rank=item_rank, new_items=new_items, dtype=weights_dtype,
+                          item_item=item_item)
     info = meta["merge"]
     typer.echo("sources: " + ", ".join(f"{m['region']} {m['weight']:.3f}"
                                        for m in meta["merged_from"]))
@@ -123,5 +130,9 @@ def merge(out: Path = typer.Option(..., "--out", help="Directory for the merged 
                f"a source, {info['items_backbone_only']:,} from the backbone alone, "
                f"{info['items_fallback']:,} new to all); item rank {meta['item_rank']} "
                f"({info['item_rank_mode']})")
+    part = info.get("item_item") or {}
+    typer.echo(f"item-item part: {meta.get('neighbours', 0)} neighbours an item" + (
+        f", blend weight {part['blend_weight']:.3g} ({part['mode']})" if meta.get("neighbours")
+        else f" ({part.get('note', 'none')})"))
     typer.echo(f"merged adapter ({meta['method']}, region {meta['region']}, "
                f"{meta['adapter_bytes'] / 1024:.0f} KiB) written to {out}")

@@ -354,3 +354,116 @@ def test_omitted_new_items_are_read_and_scored_as_the_backbone_does(lora_pair,
         merge_adapters([west, delta], [1, 1], tiny_backbone_dir, tmp_path / "none",
                        catalogue=["never-1", "never-2"], new_items="omit")
     assert not (tmp_path / "none").exists()
+
+
+# -- the item-item part -------------------------------------------------------------------------
+
+def with_part(backbone_dir: Path, data, out: Path, seed: int, blend: float, k: int = 3,
+              filled: int = 1) -> Path:
+    """A LoRA adapter whose item-item part gives each item ``filled`` random neighbours of
+    ``k`` (the rest zero) and blend weight ``blend``."""
+    backbone, vocab, meta = load_backbone(backbone_dir)
+    task = build_region_task(backbone, vocab, data.catalogue,
+                             AdaptConfig(method="lora", region=data.region, neighbours=k),
+                             total_steps=50)
+    perturb(task, seed=seed)
+    part = task.item_item
+    gen = torch.Generator().manual_seed(seed)
+    n = len(data.catalogue)
+    with torch.no_grad():
+        part.neighbours.zero_()
+        part.strengths.zero_()
+        part.neighbours[:, :filled] = torch.randint(0, n, (n, filled), generator=gen).to(
+            part.neighbours.dtype)
+        part.strengths[:, :filled] = torch.rand(n, filled, generator=gen) + 0.5
+        part.weight.fill_(blend)
+    save_adapter(task, "lora", data.region, {"region": data.region,
+                                             "backbone_fingerprint": meta["fingerprint"]},
+                 out, "float32")
+    return out
+
+
+def part_scores(directory: Path, backbone_dir: Path, histories: list[list[str]],
+                catalogue: list[str]) -> torch.Tensor:
+    """The adapter's item-item scores ``[len(histories), len(catalogue)]`` by item id (0 for
+    items it lacks; history items it lacks are skipped), blend weight included."""
+    task = load(directory, backbone_dir)
+    part = task.item_item
+    if part is None:
+        return torch.zeros(len(histories), len(catalogue))
+    own = {item: i for i, item in enumerate(task.item_side.catalogue)}
+    scores = part.scores([[own[i] for i in h if i in own] for h in histories])
+    out = torch.zeros(len(histories), len(catalogue))
+    for j, item in enumerate(catalogue):
+        if item in own:
+            out[:, j] = scores[:, own[item]]
+    return out
+
+
+@pytest.fixture(scope="module")
+def part_pair(tiny_backbone_dir, tiny_regions, tmp_path_factory):
+    root = tmp_path_factory.mktemp("merge-parts")
+    return (with_part(tiny_backbone_dir, tiny_regions["west"], root / "west", 11, blend=0.5),
+            with_part(tiny_backbone_dir, tiny_regions["delta"], root / "delta", 12, blend=2.0))
+
+
+def test_item_item_parts_merge_into_the_weighted_sum_of_their_scores(part_pair, tiny_regions,
+                                                                     tiny_backbone_dir,
+                                                                     tmp_path):
+    west, delta = part_pair
+    meta = merge_adapters([west, delta], [1.0, 3.0], tiny_backbone_dir, tmp_path / "m",
+                          dtype="float32")
+    info = meta["merge"]["item_item"]
+    assert meta["neighbours"] == 3 and info["pairs_cut"] == 0  # <= 2 neighbours a row
+    assert info["blend_weight"] == pytest.approx(0.25 * 0.5 + 0.75 * 2.0)
+    catalogue = meta["catalogue"]
+    shared = sorted(set(tiny_regions["west"].catalogue) & set(tiny_regions["delta"].catalogue))
+    assert shared  # rows both sources hold: their strengths add up
+    histories = [c.history for c in tiny_regions["west"].valid[:4]]
+    histories += [c.history for c in tiny_regions["delta"].valid[:4]] + [shared[:3]]
+    got = part_scores(tmp_path / "m", tiny_backbone_dir, histories, catalogue)
+    want = (0.25 * part_scores(west, tiny_backbone_dir, histories, catalogue)
+            + 0.75 * part_scores(delta, tiny_backbone_dir, histories, catalogue))
+    assert want.abs().sum() > 0
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_item_item_mean_keeps_a_lone_sources_row_and_omit_drops_the_part(
+        part_pair, tiny_regions, tiny_backbone_dir, tmp_path):
+    west, delta = part_pair
+    meta = merge_adapters([west, delta], [1.0, 3.0], tiny_backbone_dir, tmp_path / "m",
+                          dtype="float32", item_item="mean")
+    catalogue = meta["catalogue"]
+    blend = meta["merge"]["item_item"]["blend_weight"]
+    west_only = [i for i in tiny_regions["west"].catalogue
+                 if i not in set(tiny_regions["delta"].catalogue)]
+    assert west_only
+    # a history of west-only items: west's own part, scaled to the merged blend weight
+    got = part_scores(tmp_path / "m", tiny_backbone_dir, [west_only[:2]], catalogue)
+    want = part_scores(west, tiny_backbone_dir, [west_only[:2]], catalogue) * (blend / 0.5)
+    assert want.abs().sum() > 0
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    omitted = merge_adapters([west, delta], [1.0, 3.0], tiny_backbone_dir, tmp_path / "o",
+                             dtype="float32", item_item="omit")
+    assert omitted["neighbours"] == 0 and load(tmp_path / "o", tiny_backbone_dir).item_item is None
+
+
+def test_a_source_without_a_part_adds_nothing_to_the_merged_part(part_pair, lora_pair,
+                                                                 tiny_backbone_dir, tmp_path):
+    west, _ = part_pair
+    _, _, delta_bare = lora_pair  # no item-item part
+    meta = merge_adapters([west, delta_bare], [1.0, 1.0], tiny_backbone_dir, tmp_path / "m",
+                          dtype="float32")
+    assert meta["merge"]["item_item"]["blend_weight"] == pytest.approx(0.5 * 0.5)
+    catalogue = meta["catalogue"]
+    histories = [catalogue[:3], catalogue[-3:]]
+    torch.testing.assert_close(part_scores(tmp_path / "m", tiny_backbone_dir, histories,
+                                           catalogue),
+                               0.5 * part_scores(west, tiny_backbone_dir, histories, catalogue),
+                               atol=1e-5, rtol=1e-5)
+    none = merge_adapters([delta_bare, renamed_copy(delta_bare, tmp_path / "d2", "d2")],
+                          [1, 1], tiny_backbone_dir, tmp_path / "n", dtype="float32")
+    assert none["neighbours"] == 0 and "no source" in none["merge"]["item_item"]["note"]
+    with pytest.raises(ValueError, match="item_item"):
+        merge_adapters([west], [1], tiny_backbone_dir, tmp_path / "x", item_item="max")
+    assert not (tmp_path / "x").exists()

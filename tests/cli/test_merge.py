@@ -34,6 +34,7 @@ def test_merge_with_given_weights(backbone, adapter, second, tmp_path):
     text = ok(invoke("merge", "--out", out, "--from", "island=1", "--from", "delta=3",
                      "--backbone", backbone[0], "--adapter", adapter[0], "--adapter", second))
     assert "island 0.250, delta 0.750" in text and "written to" in text
+    assert "item-item part:" in text
     meta = read_json(out / "region.json")
     assert meta["region"] == "newland" and meta["method"] == "lora"
     assert [(m["region"], m["weight"]) for m in meta["merged_from"]] == [
@@ -89,6 +90,7 @@ def test_bad_merges_fail_clearly_and_write_nothing(backbone, root, tmp_path):
             (["--from", "island=1", "--weights", "overlap", "--catalogue",
               tmp_path / "items.txt"], ["not both"]),
             (["--from", "island", "--weights", "equalish"], ["only rule is overlap"]),
+            (["--from", "island", "--item-item", "max"], ["item_item 'max'", "sum"]),
             (["--from", "island", "--from", "far", "--adapter", foreign],
              ["trained on backbone sha256:x"]),
             (["--from", "island", "--catalogue", tmp_path / "none.txt"], ["no such catalogue"])):
