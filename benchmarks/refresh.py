@@ -149,9 +149,10 @@ def run_seed(periods: list[pd.DataFrame], method: str, seed: int, work: Path,
     work.mkdir(parents=True)
     pretrain_cfg = TrainConfig(**{**PRETRAIN.__dict__, "seed": seed})
     adapt_train = TrainConfig(**{**ADAPT.__dict__, "seed": seed})
-    refresh_train = TrainConfig(**{**adapt_train.__dict__,
-                                   "epochs": refresh_epochs or adapt_train.epochs})
+    refresh_train = adapt_train  # the refresh_* settings of adapt_cfg apply to refreshes
     adapt_cfg = AdaptConfig(method=method, region=REGION)
+    if refresh_epochs is not None:  # else the library's (AdaptConfig.refresh_epochs)
+        adapt_cfg = replace(adapt_cfg, refresh_epochs=refresh_epochs)
     if refresh_lr is not None:  # else the library's default (AdaptConfig.refresh_lr)
         adapt_cfg = replace(adapt_cfg, refresh_lr=refresh_lr)
     if refresh_patience is not None:  # else the library's (AdaptConfig.refresh_patience)
@@ -219,7 +220,8 @@ def run_seed(periods: list[pd.DataFrame], method: str, seed: int, work: Path,
                       "valid_ndcg@10": stats.get("best_valid_ndcg@10"),
                       **({"refresh_lr": adapt_cfg.refresh_lr,
                           "refresh_patience": adapt_cfg.refresh_patience
-                          or refresh_train.patience}
+                          or refresh_train.patience,
+                          "refresh_epochs": adapt_cfg.refresh_epochs or refresh_train.epochs}
                          if name.startswith("refreshed") else {}),
                       "catalogue": len(task.item_side.catalogue)}
             if stats.get("replay"):
@@ -365,7 +367,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--replay", type=float, default=REPLAY,
                         help="refreshed-replay: share of the parent's training users replayed")
     parser.add_argument("--refresh-epochs", type=int, default=None,
-                        help="epoch cap of the refreshes (default: the adapters' 20)")
+                        help="epoch cap of the refreshes (default: AdaptConfig.refresh_epochs, "
+                        "none: the adapters' 20)")
     parser.add_argument("--work", type=Path, default=Path("runs/bench/refresh"))
     parser.add_argument("--out", type=Path, default=RESULTS / f"{NAME}.json")
     parser.add_argument("--report-only", action="store_true")
@@ -387,7 +390,9 @@ def main(argv: list[str] | None = None) -> None:
         results["command"] = "OMP_NUM_THREADS=1 python -m benchmarks.refresh " + " ".join(
             sys.argv[1:] if argv is None else argv)
         results["config"] = {"periods": args.periods, "method": args.method,
-                             "refresh_epochs": args.refresh_epochs or ADAPT.epochs,
+                             "refresh_epochs": (args.refresh_epochs
+                                                or AdaptConfig().refresh_epochs
+                                                or ADAPT.epochs),
                              "methods": list(args.methods), "replay": args.replay,
                              "model": to_dict(MODEL)["model"],
                              "pretrain": to_dict(PRETRAIN)["train"],

@@ -171,6 +171,9 @@ class AdaptConfig:
     # adapters' 3 won (0.067): a restarted schedule first dips below the parent
     refresh_lr: float = 1.0
     refresh_patience: int | None = 6
+    # refresh only: at most this many epochs (the cosine schedule spans them; None:
+    # train.epochs)
+    refresh_epochs: int | None = None
 
 
 def _coerce(value: str, target_type: Any) -> Any:

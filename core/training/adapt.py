@@ -202,7 +202,7 @@ def train_region(backbone: RecModel, vocab: ItemVocab, data: RegionData, adapt_c
     check_replay(adapt_cfg.replay, parent.path if parent is not None else None)
     if parent is not None:
         train_cfg = refresh_train_config(train_cfg, adapt_cfg.refresh_lr,
-                                         adapt_cfg.refresh_patience)
+                                         adapt_cfg.refresh_patience, adapt_cfg.refresh_epochs)
     if parent is not None and adapt_cfg.method != parent.trained_method:
         raise ValueError(f"method {adapt_cfg.method!r} differs from the parent adapter's "
                          f"{parent.trained_method!r}: a refresh continues the parent's method")

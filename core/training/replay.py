@@ -47,11 +47,13 @@ def check_replay(fraction: float, init_from: str | Path | None) -> None:
 
 
 def refresh_train_config(train_cfg: TrainConfig, refresh_lr: float,
-                         refresh_patience: int | None = None) -> TrainConfig:
+                         refresh_patience: int | None = None,
+                         refresh_epochs: int | None = None) -> TrainConfig:
     """The training settings of a refresh: the learning rate scaled by ``refresh_lr``, the
-    early-stopping patience ``refresh_patience`` (None: ``train_cfg``'s) --
-    ``AdaptConfig.refresh_lr`` / ``refresh_patience``. The refresh restarts its optimizer and
-    schedule on an adapter that is already trained, not on the identity."""
+    early-stopping patience ``refresh_patience`` and the epoch cap ``refresh_epochs`` (None:
+    ``train_cfg``'s) -- ``AdaptConfig.refresh_lr`` / ``refresh_patience`` /
+    ``refresh_epochs``. The refresh restarts its optimizer and schedule on an adapter that is
+    already trained, not on the identity."""
     if not (math.isfinite(refresh_lr) and refresh_lr > 0):
         raise ValueError(f"refresh_lr must be a positive number (a multiple of train.lr for "
                          f"refreshes), not {refresh_lr}")
@@ -60,8 +62,14 @@ def refresh_train_config(train_cfg: TrainConfig, refresh_lr: float,
                                          or refresh_patience < 1):
         raise ValueError(f"refresh_patience must be a whole number of epochs >= 1 (or none: "
                          f"the training patience), not {refresh_patience!r}")
+    if refresh_epochs is not None and (isinstance(refresh_epochs, bool)
+                                       or not isinstance(refresh_epochs, int)
+                                       or refresh_epochs < 1):
+        raise ValueError(f"refresh_epochs must be a whole number of epochs >= 1 (or none: "
+                         f"train.epochs), not {refresh_epochs!r}")
     patience = train_cfg.patience if refresh_patience is None else refresh_patience
-    return replace(train_cfg, lr=train_cfg.lr * refresh_lr, patience=patience)
+    epochs = train_cfg.epochs if refresh_epochs is None else refresh_epochs
+    return replace(train_cfg, lr=train_cfg.lr * refresh_lr, patience=patience, epochs=epochs)
 
 
 def _data_paths(cfg: DataConfig) -> list[Path]:

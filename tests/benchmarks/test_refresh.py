@@ -56,25 +56,32 @@ def test_verdicts_apply_the_bar():
 def test_refresh_lr_choice_reads_the_hold_out_only():
     from benchmarks import refresh_choice
 
-    def rec(lr, seed, valid, test, patience=None):
+    def rec(lr, seed, valid, test, patience=None, epochs=None):
         return {"method": "refreshed", "refresh_lr": lr, "seed": seed, "period": 1,
-                "valid_ndcg@10": valid, "ndcg@10": test, "refresh_patience": patience}
+                "valid_ndcg@10": valid, "ndcg@10": test, "refresh_patience": patience,
+                "refresh_epochs": epochs}
     # 0.5 is best on the hold-out; 0.25 is best on the next period: the hold-out decides
     records = [rec(1.0, 0, 0.060, 0.20), rec(1.0, 1, 0.062, 0.20),
                rec(0.5, 0, 0.066, 0.10), rec(0.5, 1, 0.064, 0.10),
                rec(0.25, 0, 0.050, 0.30), rec(0.25, 1, 0.052, 0.30),
                {**rec(0.1, 0, None, 0.9), "method": "stale"}]
     chosen, means = refresh_choice.choose(records)
-    patience = refresh_choice.ADAPT.patience  # records without one ran with the adapters'
-    assert chosen == (0.5, patience) and set(means) == {(1.0, patience), (0.5, patience),
-                                                        (0.25, patience)}
-    assert means[(1.0, patience)] == pytest.approx(0.061)
+    # records without a patience or a cap ran with the adapters'
+    patience, cap = refresh_choice.ADAPT.patience, refresh_choice.ADAPT.epochs
+    assert chosen == (0.5, patience, cap) and set(means) == {
+        (1.0, patience, cap), (0.5, patience, cap), (0.25, patience, cap)}
+    assert means[(1.0, patience, cap)] == pytest.approx(0.061)
     # within the tie margin of the best, the larger multiple (the status quo side) wins
     records[0]["valid_ndcg@10"] = records[1]["valid_ndcg@10"] = 0.0645
-    assert refresh_choice.choose(records)[0] == (1.0, patience)
+    assert refresh_choice.choose(records)[0] == (1.0, patience, cap)
     # a longer patience must win by more than the tie; then it does win
     longer = [rec(1.0, 0, 0.0650, 0.0, patience + 3), rec(1.0, 1, 0.0652, 0.0, patience + 3)]
-    assert refresh_choice.choose(records + longer)[0] == (1.0, patience)
+    assert refresh_choice.choose(records + longer)[0] == (1.0, patience, cap)
     longer[0]["valid_ndcg@10"] = 0.070
-    assert refresh_choice.choose(records + longer)[0] == (1.0, patience + 3)
+    assert refresh_choice.choose(records + longer)[0] == (1.0, patience + 3, cap)
+    # a smaller epoch cap wins a tie (the cheaper side), and loses when clearly worse
+    capped = [rec(1.0, 0, 0.0695, 0.9, patience + 3, 5), rec(1.0, 1, 0.0652, 0.9, patience + 3, 5)]
+    assert refresh_choice.choose(records + longer + capped)[0] == (1.0, patience + 3, 5)
+    capped[0]["valid_ndcg@10"] = 0.060
+    assert refresh_choice.choose(records + longer + capped)[0] == (1.0, patience + 3, cap)
     assert refresh_choice.choose([]) == (None, {})

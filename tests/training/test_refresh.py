@@ -134,11 +134,12 @@ def test_a_refresh_trains_at_its_own_learning_rate(tiny_backbone_dir, parent_dir
     seen = []
 
     def fake_fit(task, sequences, evaluate, cfg, *args, **kwargs):
-        seen.append((cfg.lr, cfg.patience))
+        seen.append((cfg.lr, cfg.patience, cfg.epochs))
         raise _Stop
 
     monkeypatch.setattr(adapt_module, "fit", fake_fit)
     train = replace(TINY_TRAIN, lr=4e-3, patience=3)
+    epochs = train.epochs
     for parent, refresh_lr, patience in ((parent_dir, 0.25, 7), (None, 0.25, 7),
                                          (parent_dir, 1.0, None)):
         backbone, vocab, bmeta = load_backbone(tiny_backbone_dir)
@@ -146,10 +147,11 @@ def test_a_refresh_trains_at_its_own_learning_rate(tiny_backbone_dir, parent_dir
         with pytest.raises(_Stop):
             train_region(backbone, vocab, new_data,
                          AdaptConfig(region=REGION, refresh_lr=refresh_lr,
-                                     refresh_patience=patience), train,
+                                     refresh_patience=patience,
+                                     refresh_epochs=epochs + 2 if patience else None), train,
                          parent=folder)
-    assert seen == [(pytest.approx(1e-3), 7), (pytest.approx(4e-3), 3),
-                    (pytest.approx(4e-3), 3)]
+    assert seen == [(pytest.approx(1e-3), 7, epochs + 2), (pytest.approx(4e-3), 3, epochs),
+                    (pytest.approx(4e-3), 3, epochs)]
     backbone, vocab, bmeta = load_backbone(tiny_backbone_dir)
     with pytest.raises(ValueError, match="refresh_lr must be a positive number"):
         train_region(backbone, vocab, new_data, AdaptConfig(region=REGION, refresh_lr=0.0),

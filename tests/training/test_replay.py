@@ -136,3 +136,9 @@ def test_refresh_train_config_sets_the_learning_rate_and_patience_alone():
     for bad in (0, -2, 2.5, True):
         with pytest.raises(ValueError, match="refresh_patience must be a whole number"):
             refresh_train_config(cfg, 1.0, bad)
+    capped = refresh_train_config(cfg, 1.0, None, 5)
+    assert capped.epochs == 5 and replace(capped, epochs=cfg.epochs) == cfg
+    assert refresh_train_config(cfg, 1.0).epochs == cfg.epochs
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="refresh_epochs must be a whole number"):
+            refresh_train_config(cfg, 1.0, None, bad)
