@@ -193,14 +193,16 @@ def plan_growth(catalogue: Sequence[str], items: Iterable[str], *, vocab: ItemVo
                 lowrank_b: torch.Tensor | None, has_bias: bool,
                 unseen_offset: float | None = None,
                 histories: Iterable[Sequence[str]] = (),
-                text_rows_of: TextRowsOf | None = None) -> Growth:
+                text_rows_of: TextRowsOf | None = None, text_lift: float = 0.0) -> Growth:
     """The rows of the ``items`` the catalogue lacks (see the module docstring).
 
     ``rows(index)``: the effective embeddings ``[len(index), hidden]`` of catalogue rows;
     ``effective_bias``: every catalogue item's effective bias; ``base_table`` /
     ``base_bias``: the base model's item table and bias over ``vocab`` (the backbone's);
     ``text_rows_of(added, known)``: the added items' projected text rows and which have one
-    (a text-aware backbone), or None."""
+    (a text-aware backbone), or None; ``text_lift``: the adapter's lift of text-only
+    never-trained items (``text_lift`` in its metadata), added to the offset of the added
+    items that start from their text alone."""
     added, already = split_items(catalogue, items)
     columns = vocab.columns(added)
     known = columns >= 0
@@ -236,7 +238,9 @@ def plan_growth(catalogue: Sequence[str], items: Iterable[str], *, vocab: ItemVo
             targets[x] = mean_row
         embedding.setdefault(how, []).append(item)
         own = float(base_bias[columns[x]]) if known[x] else 0.0
-        if unseen_offset is not None:
+        if unseen_offset is not None and how == "text" and text_lift:
+            rule, bias[x] = "unseen_offset+text_lift", unseen_offset + text_lift
+        elif unseen_offset is not None:
             rule, bias[x] = "unseen_offset", unseen_offset
         elif neighbours:
             rule = "cooccurrence"
@@ -377,6 +381,7 @@ def grow_catalogue(folder: str | Path, backbone: str | Path, items: Iterable[str
                          effective_bias=bias, base_table=base_table, base_bias=base_bias,
                          lowrank_b=side.lowrank_b, has_bias=side.bias is not None,
                          unseen_offset=calibrated_offset(read.meta),
+                         text_lift=float(read.meta.get("text_lift") or 0.0),
                          histories=histories_of(interactions), text_rows_of=text_rows_of)
     growth.text = fresh
     dtype = read.tensors.get(PREFIX + "lowrank_a", read.tensors.get(PREFIX + "bias"))

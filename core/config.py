@@ -133,6 +133,11 @@ class AdaptConfig:
     # early-stopping hold-out (core/unseen.py): their level is then the data's, not arbitrary.
     # Chosen over both alternatives on WSDM (docs/architecture.md; benchmarks/unseen_items.py)
     calibrate_unseen: bool = True
+    # item text: the never-trained items scored by their text alone get, after that offset and
+    # the item-item part, the largest extra bias lift (core/training/unseen.py: LIFT_GRID)
+    # that costs the hold-out's other targets at most this share of their NDCG@10; 0: none.
+    # Likelihood calibration alone ranks them almost never into a top 10 (cold_text.md)
+    text_lift_budget: float = 0.02
     # dtype of the saved adapter weights. "auto": float16 for adapters (half the file of
     # float32, so the auto item rank doubles within the same budget; measured on WSDM t2,
     # where the budget binds: benchmarks/results/rank_sweep.md), float32 for full

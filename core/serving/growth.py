@@ -69,7 +69,8 @@ def plan_entry_growth(entry: RegionEntry, items: Iterable[str], vocab: ItemVocab
                        base_table=entry.base_embed[N_SPECIAL:], base_bias=base_bias,
                        lowrank_b=entry.item_b, has_bias=entry.item_bias is not None,
                        unseen_offset=calibrated_offset(entry.meta), histories=histories,
-                       text_rows_of=text_rows_of)
+                       text_rows_of=text_rows_of,
+                       text_lift=float(entry.meta.get("text_lift") or 0.0))
 
 
 def grown_entry(entry: RegionEntry, growth: Growth, **record: Any) -> RegionEntry:

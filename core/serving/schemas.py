@@ -126,7 +126,9 @@ class GrowResponse(BaseModel):
                                             "embedding), mean, backbone (the backbone knows "
                                             "it) or zero (item rank 0)")
     bias: dict[str, list[str]] = Field(description="how each added item's bias was set: "
-                                       "unseen_offset, cooccurrence, backbone or lowest")
+                                       "unseen_offset, unseen_offset+text_lift (it starts "
+                                       "from its text alone), cooccurrence, backbone or "
+                                       "lowest")
     cooccurrences: int = Field(description="co-occurrence counts used")
     projection_kept: float | None = Field(None, description="mean share of the target "
                                           "embeddings' norm the rank-r rows keep")

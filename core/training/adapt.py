@@ -56,7 +56,7 @@ from regiontune.training.replay import (
     replay_record,
     sample_replay,
 )
-from regiontune.training.unseen import calibrate_unseen, trained_items
+from regiontune.training.unseen import calibrate_unseen, lift_text_items, trained_items
 
 logger = logging.getLogger(__name__)
 VALID_CASES = 1000
@@ -254,7 +254,10 @@ def train_region(backbone: RecModel, vocab: ItemVocab, data: RegionData, adapt_c
     round_trainable(task, dtype)  # evaluated == saved, also for float16 adapters
     blended = fit_item_item(task, data, data.valid[:VALID_CASES], dtype,
                             adapt_cfg.max_neighbour_catalogue)
-    stats = {**calibration, **distilled, **blended,
+    # item text: the text-only never-trained items' lift, last: after all that scores
+    lifted = lift_text_items(task, catalogue, known, data.valid[:VALID_CASES],
+                             adapt_cfg.text_lift_budget, dtype)
+    stats = {**calibration, **distilled, **blended, **lifted,
              "train_seconds": round(time.perf_counter() - started, 2),
              "trainable_params": count_trainable(task), "best_epoch": result.best_epoch,
              "epochs_run": result.epochs_run, "stopped": result.stopped,

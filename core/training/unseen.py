@@ -97,3 +97,79 @@ def calibrate_unseen(task, catalogue: Sequence[str], train: dict[str, list[str]]
     logger.info("unseen items: %d; hold-out targets among them: %d of %d; offset %.3f",
                 info["unseen_items"], info["holdout_unseen_targets"], len(cases), offset)
     return info
+
+
+# ---------------------------------------------------------------- items known by their text alone
+
+# the extra lifts tried for never-trained items scored by their text alone, in score units
+LIFT_GRID = tuple(round(0.1 * i, 1) for i in range(31))
+
+
+def text_only_mask(task, catalogue: Sequence[str], train: dict[str, list[str]]) -> torch.Tensor:
+    """True for ``catalogue`` items no training history holds whose embedding is their text's
+    alone (region-new items with a text vector on a text-aware backbone)."""
+    has = getattr(task, "new_has_text", None)
+    if has is None:
+        return torch.zeros(len(catalogue), dtype=torch.bool)
+    row_of = {item: i for i, item in enumerate(task.item_side.catalogue)}
+    text = has.bool().cpu()
+    return unseen_mask(catalogue, train) & torch.tensor(
+        [bool(text[row_of[item]]) for item in catalogue], dtype=torch.bool)
+
+
+def choose_lift(scores: torch.Tensor, allowed: torch.Tensor, target: torch.Tensor,
+                lifted: torch.Tensor, budget: float, grid: Sequence[float] = LIFT_GRID
+                ) -> tuple[float, dict[float, tuple[float, float]]]:
+    """The largest ``grid`` lift ``d`` (added to the ``lifted`` columns' scores) whose NDCG@10
+    on the cases with a target outside ``lifted`` stays within ``budget`` (a share) of its value
+    at ``d = 0``; and, per lift, (NDCG@10 of those cases, of the cases whose target is lifted)."""
+    from regiontune.evaluation.metrics import metrics_from_ranks, target_ranks
+
+    lifted_case = lifted[target]
+    found: dict[float, tuple[float, float]] = {}
+    for d in grid:
+        ranks = target_ranks(scores + d * lifted.to(scores.dtype), target, allowed)
+        found[d] = (metrics_from_ranks(ranks[~lifted_case])["ndcg@10"],
+                    metrics_from_ranks(ranks[lifted_case])["ndcg@10"] if lifted_case.any()
+                    else 0.0)
+    floor = (1.0 - budget) * found[grid[0]][0]
+    return max(d for d in grid if found[d][0] >= floor), found
+
+
+@torch.no_grad()
+def lift_text_items(task, catalogue: Sequence[str], train: dict[str, list[str]],
+                    cases: list[EvalCase], budget: float,
+                    dtype: torch.dtype | None = None) -> dict:
+    """Raise the never-trained, text-only items' bias by the largest lift of :data:`LIFT_GRID`
+    that costs the other hold-out targets at most ``budget`` of their NDCG@10 (their level
+    was calibrated for likelihood, which ranks them almost never into a top 10: their
+    text-derived scores are noisy). Chosen after everything else that scores (the calibrated
+    offset, the item-item part), on ``cases`` (the early-stopping hold-out); 0: no lift.
+    ``dtype``: the adapter's saved dtype: the lifted biases are rounded to it (chosen ==
+    saved == served)."""
+    lifted = text_only_mask(task, catalogue, train)
+    index = {item: i for i, item in enumerate(catalogue)}
+    cases = [c for c in cases if c.target in index]
+    if not lifted.any():
+        return {}
+    info: dict = {"text_lift": 0.0, "text_lift_budget": budget,
+                  "text_only_items": int(lifted.sum())}
+    if budget <= 0 or not cases:
+        return info
+    scores = task_scores(task, [c.history for c in cases], catalogue)
+    allowed = allowed_mask(cases, index, True)
+    target = torch.tensor([index[c.target] for c in cases])
+    lift, found = choose_lift(scores, allowed, target, lifted, budget)
+    row_of = {item: i for i, item in enumerate(task.item_side.catalogue)}
+    rows = torch.tensor([row_of[catalogue[i]] for i in lifted.nonzero().flatten().tolist()])
+    bias = task.item_side.bias
+    if bias is None:
+        raise ValueError("lifting text-only items needs the item bias (item_bias: true)")
+    rows = rows.to(bias.device)
+    bias.data[rows] = (bias.data[rows] + lift).to(dtype or bias.dtype).to(bias.dtype)
+    info.update(text_lift=lift, text_lift_holdout={
+        str(d): [round(w, 4), round(c, 4)] for d, (w, c) in found.items()})
+    logger.info("text-only items: %d; lift %.1f (hold-out NDCG@10 of the others %.4f -> %.4f, "
+                "of theirs %.4f -> %.4f)", int(lifted.sum()), lift, found[0.0][0],
+                found[lift][0], found[0.0][1], found[lift][1])
+    return info
