@@ -258,6 +258,15 @@ def verdicts(records: list[dict]) -> list[dict]:
             extra = {"replay_seeds": len(by[period]["refreshed-replay"]),
                      "replay_quality_ratio": rr["ndcg@10"] / ret["ndcg@10"],
                      "replay_seconds_ratio": rr["train_seconds"] / ret["train_seconds"]}
+        # per seed, refreshed and retrained timed back to back (under one load)
+        retrained_s = {r["seed"]: r["train_seconds"] for r in by[period]["retrained"]}
+        per_seed = sorted(r["train_seconds"] / retrained_s[r["seed"]]
+                          for r in by[period]["refreshed"] if retrained_s.get(r["seed"]))
+        epochs = {m: statistics.fmean(r.get("epochs_run", 0) for r in by[period][m])
+                  for m in ("refreshed", "retrained")}
+        extra = {**extra, "seconds_ratio_per_seed": per_seed,
+                 "seconds_ratio_median": statistics.median(per_seed) if per_seed else None,
+                 "epochs_refreshed": epochs["refreshed"], "epochs_retrained": epochs["retrained"]}
         out.append({"period": period, "seeds": len(by[period]["refreshed"]), **extra, **{
             f"{m}_{k}": mean[m][k] for m in mean for k in ("ndcg@10", "train_seconds")},
             "quality_ratio": quality, "seconds_ratio": seconds,
@@ -307,6 +316,16 @@ def write_report(results: dict, path: Path) -> list[Path]:
     if rows:
         lines += ["", "Bar met on every period: "
                   + ("**yes**" if all(v["met"] for v in rows) else "**no**")]
+        lines += ["", "Seconds per seed (refreshed / retrained of the same seed, timed back to "
+                  "back under one load; the bar reads the ratio of the means above):", ""]
+        lines += table(["period", "seeds", "median", "range", "epochs run: refreshed",
+                        "retrained"],
+                       [[v["period"], len(v["seconds_ratio_per_seed"]),
+                         f"{v['seconds_ratio_median']:.1%}",
+                         f"{v['seconds_ratio_per_seed'][0]:.1%} .. "
+                         f"{v['seconds_ratio_per_seed'][-1]:.1%}",
+                         f"{v['epochs_refreshed']:.1f}", f"{v['epochs_retrained']:.1f}"]
+                        for v in rows if v["seconds_ratio_per_seed"]])
     replay_rows = [v for v in rows if "replay_quality_ratio" in v]
     if replay_rows:
         fractions = sorted({r["replay"]["fraction"] for r in records if r.get("replay")})

@@ -44,6 +44,8 @@ def test_verdicts_apply_the_bar():
                              rec(2, "refreshed", 0.19, 6), rec(2, "retrained", 0.20, 10)])
     assert [v["met"] for v in rows] == [True, False]  # period 2: 95% and 60% of the seconds
     assert rows[1]["quality_ratio"] == pytest.approx(0.95)
+    assert rows[0]["seconds_ratio_per_seed"] == [pytest.approx(0.5)]
+    assert rows[1]["seconds_ratio_median"] == pytest.approx(0.6)
     assert "replay_quality_ratio" not in rows[0]
     with_replay = refresh.verdicts([rec(1, "stale", 0.10, 0), rec(1, "refreshed", 0.20, 5),
                                     rec(1, "refreshed-replay", 0.198, 8),
