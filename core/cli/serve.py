@@ -55,6 +55,16 @@ def serve(backbone: Path = typer.Option(..., "--backbone", help="Backbone direct
                                              "add."),
           max_grow_pairs: int = typer.Option(20000, "--max-grow-pairs", min=1, help="Co-"
                                              "occurrence pairs one such call may send."),
+          max_item_text_chars: int = typer.Option(2000, "--max-item-text-chars", min=1,
+                                                  help="Characters of one item's text in "
+                                                  "such a call."),
+          text_encoder: Path = typer.Option(None, "--text-encoder", help="The backbone's "
+                                            "text encoder folder, for item text sent to grow "
+                                            "calls (default: the one recorded at "
+                                            "pretraining); checked at start."),
+          text_deadline: float = typer.Option(60.0, "--text-deadline", min=0.001,
+                                              help="Seconds one grow call's item texts may "
+                                              "take to encode (then a 503)."),
           hub_timeout: float = typer.Option(10.0, "--hub-timeout", min=0.001, help="Seconds a "
                                             "hub request may wait to connect or for a byte."),
           hub_deadline: float = typer.Option(120.0, "--hub-deadline", min=0.001, help="Seconds "
@@ -83,9 +93,11 @@ def serve(backbone: Path = typer.Option(..., "--backbone", help="Backbone direct
         raise ValueError("--adapter takes REGION=SOURCE")
     limits = ServingLimits(max_body_bytes=max_body_bytes, max_history=max_history,
                            max_item_chars=max_item_chars, max_batch=max_batch, max_k=max_k,
-                           max_grow_items=max_grow_items, max_grow_pairs=max_grow_pairs)
+                           max_grow_items=max_grow_items, max_grow_pairs=max_grow_pairs,
+                           max_item_text_chars=max_item_text_chars)
     run(backbone, adapters, host, port, os.environ.get("REGIONTUNE_ADMIN_TOKEN"),
         unknown_region, pairs, adapter_roots=adapter_root, limits=limits,
         hub_timeout_s=hub_timeout, hub_deadline_s=hub_deadline, batch_wait_ms=batch_wait_ms,
         max_loaded_adapters=max_loaded_adapters, adapter_memory_mb=adapter_memory_mb,
-        read_token=read_token, cors_origins=cors_origin)
+        read_token=read_token, cors_origins=cors_origin, text_encoder=text_encoder,
+        text_deadline_s=text_deadline)

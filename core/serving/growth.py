@@ -13,6 +13,8 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,7 @@ from regiontune.adapters.text_growth import (
 )
 from regiontune.artifacts import ArtifactError
 from regiontune.model.recmodel import N_SPECIAL, RecModel
-from regiontune.model.textenc import TextEncoderError, TextVectors, backbone_encoder
+from regiontune.model.textenc import TextEncoder, TextEncoderError, TextVectors, backbone_encoder
 from regiontune.model.vocab import ItemVocab
 from regiontune.serving.entries import RegionEntry
 from regiontune.serving.errors import (
@@ -111,6 +113,38 @@ class CatalogueGrowth:
     """Growing a loaded region's catalogue (see the module docstring)."""
 
     _encoder_lock = threading.Lock()
+    # item text of grow calls: the encoder's folder (None: where pretraining recorded it;
+    # ``regiontune serve --text-encoder``) and the seconds one call's encoding may take
+    # (``--text-deadline``); texts are encoded by one worker thread, off the request's
+    text_encoder_path: str | Path | None = None
+    text_deadline_s: float = 60.0
+    _encoding: ThreadPoolExecutor | None = None
+
+    def text_encoder(self) -> TextEncoder:
+        """The backbone's text encoder, loaded once (TextEncoderError: missing, malformed, or
+        not the backbone's)."""
+        with self._encoder_lock:
+            if getattr(self, "_text_encoder", None) is None:
+                self._text_encoder = backbone_encoder(self.backbone.config, self.meta,
+                                                      self.text_encoder_path)
+            return self._text_encoder
+
+    def _encode_bounded(self, todo: Mapping[str, str]) -> TextVectors | None:
+        """``todo`` encoded on the encoding thread, waiting at most ``text_deadline_s`` (one
+        call's texts at a time: a second waits for the first within its own deadline)."""
+        with self._encoder_lock:
+            if self._encoding is None:
+                self._encoding = ThreadPoolExecutor(1, thread_name_prefix="regiontune-text")
+            pool = self._encoding
+        future = pool.submit(lambda: encode_new_text(self.backbone, self.meta, todo,
+                                                     self.text_encoder(), progress=False))
+        try:
+            return future.result(timeout=self.text_deadline_s)
+        except FutureTimeout as err:
+            future.cancel()  # still queued: dropped; running: finishes, its result unused
+            raise TextEncodingError(f"encoding the texts of {len(todo)} item(s) took longer "
+                                    f"than the server's {self.text_deadline_s:g} s; send "
+                                    "fewer texts per call") from err
 
     def grow(self, region: str, items: Sequence[str],
              histories: Iterable[Sequence[str]] = (),
@@ -170,11 +204,7 @@ class CatalogueGrowth:
                                    list(items))
             if not todo:
                 return None
-            with self._encoder_lock:
-                if getattr(self, "_text_encoder", None) is None:
-                    self._text_encoder = backbone_encoder(self.backbone.config, self.meta)
-            return encode_new_text(self.backbone, self.meta, todo, self._text_encoder,
-                                   progress=False)
+            return self._encode_bounded(todo)
         except TextEncoderError as err:  # the server's encoder: its paths stay in the log
             logger.error("cannot encode item text: %s", err)
             raise TextEncodingError("the server cannot encode item text: the backbone's text "

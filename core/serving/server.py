@@ -23,7 +23,8 @@ def serve(backbone_dir: str | Path, adapters_dir: str | Path | None = None,
           hub_timeout_s: float = 10.0, hub_deadline_s: float = 120.0,
           batch_wait_ms: float = 2.0, max_loaded_adapters: int | None = None,
           adapter_memory_mb: float | None = None, read_token: str | None = None,
-          cors_origins: Sequence[str] = ()) -> None:
+          cors_origins: Sequence[str] = (), text_encoder: str | Path | None = None,
+          text_deadline_s: float = 60.0) -> None:
     """Load the backbone and every adapter under ``adapters_dir``, then run uvicorn; each
     ``(region, source)`` of ``adapters`` (a directory or a hub id ``org/name[@revision]``) is
     loaded in the background once the server is up (``/readyz``: 503 until then; one that
@@ -40,6 +41,9 @@ def serve(backbone_dir: str | Path, adapters_dir: str | Path | None = None,
     ``limits.max_batch``). With ``max_loaded_adapters`` or ``adapter_memory_mb``, the adapter
     roots' regions load on first request (as many as fit are preloaded) and the least
     recently used are evicted past the budget.
+    ``text_encoder``: the folder of the backbone's text encoder for item text sent to grow
+    calls (None: the one recorded at pretraining); when given it is loaded and checked at
+    start. One grow call's encoding may take ``text_deadline_s`` seconds (then a 503).
     """
     import uvicorn
 
@@ -62,6 +66,13 @@ def serve(backbone_dir: str | Path, adapters_dir: str | Path | None = None,
                                         max_loaded=max_loaded_adapters,
                                         adapter_memory_mb=adapter_memory_mb,
                                         lazy_roots=roots if lazy else ())
+    recommender.text_encoder_path = text_encoder
+    recommender.text_deadline_s = text_deadline_s
+    if text_encoder is not None:
+        if getattr(recommender.backbone.config, "item_text", False):
+            recommender.text_encoder()  # a wrong folder stops the server now, not at a grow
+        else:
+            logger.warning("--text-encoder is not used: the backbone is id-only")
     try:
         if lazy:
             recommender.preload()

@@ -133,3 +133,73 @@ def test_grow_texts_are_validated(text_setup, tmp_path):
         assert r.status_code == 422, (texts, r.text)
     assert client.get("/v1/regions/island", headers=AUTH).json()["n_items"] == \
         len(json.loads((folder / ADAPTER_META).read_text())["catalogue"])
+
+
+def test_grow_encoding_is_bounded_in_time(text_setup, tmp_path, monkeypatch):
+    """Texts are encoded on the encoding thread, not the request's; past the server's
+    deadline the call is a 503 that says so, and nothing is added."""
+    import threading
+    import time
+
+    import regiontune.serving.growth as growth
+
+    folder = shutil.copytree(text_setup["root"] / "adapters" / "lora", tmp_path / "root" / "island")
+    rec = Recommender.from_dirs(text_setup["backbone"], [folder], unknown_region="error")
+    threads = []
+    real = growth.encode_new_text
+
+    def slow(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        time.sleep(0.8)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(growth, "encode_new_text", slow)
+    rec.text_encoder()  # loaded: the deadline below times the encoding alone
+    rec.text_deadline_s = 0.2
+    client = TestClient(create_app(rec, admin_token=TOKEN, adapter_roots=[tmp_path / "root"]))
+    n_items = client.get("/v1/regions/island", headers=AUTH).json()["n_items"]
+    r = client.post("/v1/regions/island/items", headers=AUTH,
+                    json={"items": list(NEW_TEXT), "texts": NEW_TEXT})
+    assert r.status_code == 503 and "took longer than the server's 0.2 s" in r.text
+    assert threads and threads[0].startswith("regiontune-text")
+    assert client.get("/v1/regions/island", headers=AUTH).json()["n_items"] == n_items
+    rec.text_deadline_s = 60.0  # in time: added, from their text
+    r = client.post("/v1/regions/island/items", headers=AUTH,
+                    json={"items": list(NEW_TEXT), "texts": NEW_TEXT})
+    assert r.status_code == 200, r.text
+    assert sorted(r.json()["embedding"]["text"]) == sorted(NEW_TEXT)
+
+
+def test_serve_takes_the_text_encoder_and_text_limits(text_setup, tmp_path, monkeypatch):
+    """``--text-encoder`` is checked when the server starts (a wrong folder stops it with a
+    clear error); ``--max-item-text-chars`` and ``--text-deadline`` reach the app."""
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from regiontune.cli.main import app as cli
+    from regiontune.model.textenc import TextEncoderError, default_encoder_path
+    from regiontune.serving.server import serve
+
+    calls = []
+    monkeypatch.setattr("regiontune.serving.server.serve", lambda *a, **kw: calls.append(kw))
+    result = CliRunner().invoke(cli, ["serve", "--backbone", str(text_setup["backbone"]),
+                                      "--text-encoder", str(tmp_path), "--text-deadline", "5",
+                                      "--max-item-text-chars", "40"])
+    assert result.exit_code == 0, result.output
+    assert calls[-1]["text_encoder"] == tmp_path and calls[-1]["text_deadline_s"] == 5.0
+    assert calls[-1]["limits"].max_item_text_chars == 40
+    monkeypatch.undo()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    apps, recs = [], []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: apps.append(app))
+    loader = Recommender.from_dirs
+    monkeypatch.setattr("regiontune.serving.server.Recommender.from_dirs",
+                        lambda *a, **kw: recs.append(loader(*a, **kw)) or recs[-1])
+    with pytest.raises(TextEncoderError, match="pass --text-encoder"):
+        serve(text_setup["backbone"], text_encoder=tmp_path)  # an empty folder
+    assert not apps
+    serve(text_setup["backbone"], text_encoder=default_encoder_path(), text_deadline_s=5.0)
+    assert len(apps) == 1
+    rec = recs[-1]
+    assert rec.text_deadline_s == 5.0 and rec.text_encoder().hash == \
+        rec.backbone.config.text_encoder_hash
