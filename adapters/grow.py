@@ -73,7 +73,7 @@ logger = logging.getLogger(__name__)
 # the item-side tensors growth extends (the item-item part: new items get no neighbours,
 # and no old item lists them, so every old score stays as it was)
 ITEM_TENSORS = ("lowrank_a", "lowrank_b", "bias", "item_item.neighbours", "item_item.strengths",
-                "item_item.weight")
+                "item_item.weight", "text_prior.weight", "text_prior.bias")
 NEIGHBOUR_TENSORS = ("item_item.neighbours", "item_item.strengths")
 
 
@@ -202,13 +202,15 @@ def plan_growth(catalogue: Sequence[str], items: Iterable[str], *, vocab: ItemVo
     ``text_rows_of(added, known)``: the added items' projected text rows and which have one
     (a text-aware backbone), or None; ``text_lift``: the adapter's lift of text-only
     never-trained items (``text_lift`` in its metadata), added to the offset of the added
-    items that start from their text alone."""
+    items that start from their text alone -- or, when ``text_rows_of`` gives their text
+    prior (the adapter holds one: ``TextPrior``), that prior instead (it includes the lift)."""
     added, already = split_items(catalogue, items)
     columns = vocab.columns(added)
     known = columns >= 0
     found = text_rows_of(added, known) if text_rows_of is not None else None
-    text_base, text_has = (found if found is not None else
-                           (None, torch.zeros(len(added), dtype=torch.bool)))
+    text_base, text_has, text_prior = (tuple(found) + (None,) * (3 - len(found))
+                                       if found is not None else
+                                       (None, torch.zeros(len(added), dtype=torch.bool), None))
     counts, total = cooccurrence(histories, added, catalogue)
     rank = 0 if lowrank_b is None else lowrank_b.shape[0]
     hidden = base_table.shape[1]
@@ -238,7 +240,9 @@ def plan_growth(catalogue: Sequence[str], items: Iterable[str], *, vocab: ItemVo
             targets[x] = mean_row
         embedding.setdefault(how, []).append(item)
         own = float(base_bias[columns[x]]) if known[x] else 0.0
-        if unseen_offset is not None and how == "text" and text_lift:
+        if unseen_offset is not None and how == "text" and text_prior is not None:
+            rule, bias[x] = "unseen_offset+text_prior", unseen_offset + float(text_prior[x])
+        elif unseen_offset is not None and how == "text" and text_lift:
             rule, bias[x] = "unseen_offset+text_lift", unseen_offset + text_lift
         elif unseen_offset is not None:
             rule, bias[x] = "unseen_offset", unseen_offset
@@ -376,7 +380,8 @@ def grow_catalogue(folder: str | Path, backbone: str | Path, items: Iterable[str
         base_table, base_bias = task.backbone.item_table()
     table = table[:, :hidden]
     text_rows_of, fresh = growth_text_rows(task.backbone, bmeta, vocab, added, texts,
-                                           task.region_text, text_encoder)
+                                           task.region_text, text_encoder,
+                                           prior=getattr(side, "text_prior", None))
     growth = plan_growth(side.catalogue, items, vocab=vocab, rows=lambda idx: table[idx],
                          effective_bias=bias, base_table=base_table, base_bias=base_bias,
                          lowrank_b=side.lowrank_b, has_bias=side.bias is not None,

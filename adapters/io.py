@@ -22,6 +22,7 @@ from .folder import WEIGHTS, AdapterFolder, write_files
 from .item_item import attach_item_item
 from .item_side import ItemSide
 from .region_task import RegionTask
+from .text_growth import attach_text_prior
 
 logger = logging.getLogger(__name__)
 WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -81,11 +82,19 @@ def save_adapter(task: RegionTask, method_name: str, adapter_name: str, meta: di
                 "catalogue": task.item_side.catalogue, "new_items": task.item_side.new_items,
                 "item_rank": task.item_side.rank, "item_bias": task.item_side.has_bias,
                 "neighbours": task.item_item.k if task.item_item is not None else 0,
+                **({"text_prior": text_prior_dim(task.item_side)}
+                   if text_prior_dim(task.item_side) else {}),
                 **extra}
         write_json(tmp / ADAPTER_META, meta)
         write_card(tmp, meta, "adapter")
     logger.info("adapter saved to %s", directory)
     return meta
+
+
+def text_prior_dim(item_side: nn.Module) -> int:
+    """The width of the item side's text prior (``text_growth.TextPrior``; 0: none)."""
+    prior = getattr(item_side, "text_prior", None)
+    return 0 if prior is None else int(prior.weight.shape[0])
 
 
 def build_item_side(folder: AdapterFolder, vocab: ItemVocab, hidden_size: int) -> ItemSide:
@@ -98,6 +107,7 @@ def build_item_side(folder: AdapterFolder, vocab: ItemVocab, hidden_size: int) -
                          "earlier regiontune (cf_rank), which this version no longer reads; "
                          "train the adapter again (the part is now the item's EASE neighbours)")
     attach_item_item(item_side, int(meta.get("neighbours", 0) or 0))
+    attach_text_prior(item_side, int(meta.get("text_prior", 0) or 0))
     item_side.load(folder.tensors)
     for p in item_side.parameters():
         p.requires_grad_(False)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from regiontune.model.recmodel import RecModel
 from regiontune.model.textenc import (
@@ -25,8 +26,35 @@ from regiontune.model.vocab import ItemVocab
 from .region_task import text_rows
 
 logger = logging.getLogger(__name__)
-# (added items, their backbone-known mask) -> (projected text rows [m, hidden], has text [m])
-TextRowsOf = Callable[[list[str], torch.Tensor], "tuple[torch.Tensor, torch.Tensor] | None"]
+# (added items, their backbone-known mask) -> (projected text rows [m, hidden], has text [m],
+# the adapter's text prior for them [m] or None)
+TextRowsOf = Callable[[list[str], torch.Tensor],
+                      "tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None"]
+
+
+class TextPrior(nn.Module):
+    """The bias an item known by its text alone gets on top of the unseen-items offset:
+    ``normalize(v) @ weight + bias`` for its text vector ``v`` -- a scaled ridge prediction of
+    its (log) popularity in the region, plus the lift (``core/training/unseen.py``). Saved with
+    the item side (``regiontune.item_side.text_prior.*``), so adaptation, growth and serving
+    give such an item the same bias."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("weight", torch.zeros(dim))
+        self.register_buffer("bias", torch.zeros(()))
+
+    def forward(self, vectors: torch.Tensor) -> torch.Tensor:
+        unit = torch.nn.functional.normalize(vectors.float(), dim=-1)
+        return unit @ self.weight.float() + self.bias.float()
+
+
+def attach_text_prior(item_side: nn.Module, dim: int) -> TextPrior | None:
+    """Give ``item_side`` a text prior over ``dim``-wide text vectors (0: none)."""
+    if dim <= 0:
+        return None
+    item_side.text_prior = TextPrior(dim).to(item_side.columns.device)
+    return item_side.text_prior
 
 
 def check_texts(texts: Mapping[str, str] | None, items: list[str]) -> dict[str, str]:
@@ -74,12 +102,13 @@ def encode_new_text(backbone: RecModel, meta: dict[str, Any], todo: Mapping[str,
 def growth_text_rows(base: RecModel, meta: dict[str, Any], vocab: ItemVocab, added: list[str],
                      texts: Mapping[str, str] | None, own: TextVectors | None,
                      encoder: str | Path | TextEncoder | None = None,
-                     fresh: TextVectors | None = None
+                     fresh: TextVectors | None = None, prior: TextPrior | None = None
                      ) -> tuple[TextRowsOf | None, TextVectors | None]:
     """For a growth of ``added`` items: the ``text_rows_of`` callback of
     :func:`~regiontune.adapters.grow.plan_growth` and the vectors encoded now (saved with the
     adapter). ``own``: the adapter's own text vectors; ``fresh``: vectors the caller already
-    encoded. An id-only backbone ignores ``texts`` (with a warning)."""
+    encoded; ``prior``: the adapter's text prior (the added items' prior bias comes back as
+    the callback's third value). An id-only backbone ignores ``texts`` (with a warning)."""
     texts = check_texts(texts, added) if texts else {}
     if not getattr(base.config, "item_text", False):
         if texts:
@@ -98,6 +127,7 @@ def growth_text_rows(base: RecModel, meta: dict[str, Any], vocab: ItemVocab, add
         vectors, has = found
         with torch.no_grad():
             rows = base.text_embedding(vectors).detach().float() * has[:, None]
-        return rows, has
+            extra = None if prior is None else prior(vectors).detach() * has
+        return rows, has, extra
 
     return rows_of, fresh

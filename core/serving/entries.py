@@ -138,6 +138,7 @@ class RegionEntry:
     # the backbone's projection of it as their base row: row text_slot[i] of text_rows
     text_slot: torch.Tensor | None = None  # int32 [n], -1: no text row
     text_rows: torch.Tensor | None = None  # [m, hidden]
+    text_prior: nn.Module | None = None  # bias of items added with text alone (growth)
     shared: SharedBody | None = None
     body: nn.Module | None = None  # own body when not shared
     meta: dict[str, Any] = field(default_factory=dict)
@@ -211,7 +212,8 @@ def build_entry(region: str, directory: Path, backbone: RecModel, vocab: ItemVoc
     folder = AdapterFolder.read(directory, backbone_fp, serving=True,
                                 region=region if same_region else None)
     item_side = build_item_side(folder, vocab, backbone.config.hidden_size)
-    factors = {**_item_factors(item_side), **item_item_factors(item_side)}
+    factors = {**_item_factors(item_side), **item_item_factors(item_side),
+               "text_prior": getattr(item_side, "text_prior", None)}
     own_text = read_region_text(folder.path, backbone)  # region-new items' own text vectors
     # catalogue strings shared with the backbone vocabulary: only new items cost their own
     region_vocab = ItemVocab([vocab.items[vocab.index[i]] if i in vocab.index else i

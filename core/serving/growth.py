@@ -174,7 +174,8 @@ class CatalogueGrowth:
             try:
                 base = entry_base(entry, self.backbone)
                 text_rows_of, _ = growth_text_rows(base, self.meta, self.vocab, list(items),
-                                                   texts, None, fresh=fresh)
+                                                   texts, None, fresh=fresh,
+                                                   prior=entry.text_prior)
                 growth = plan_entry_growth(entry, items, self.vocab, histories, text_rows_of)
             except ValueError as err:
                 raise InvalidRequestError(str(err)) from err

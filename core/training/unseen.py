@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 import torch
 
+from regiontune.adapters.text_growth import attach_text_prior
 from regiontune.data.splits import EvalCase
 from regiontune.evaluation.evaluate import allowed_mask, task_scores
 
@@ -103,6 +104,11 @@ def calibrate_unseen(task, catalogue: Sequence[str], train: dict[str, list[str]]
 
 # the extra lifts tried for never-trained items scored by their text alone, in score units
 LIFT_GRID = tuple(round(0.1 * i, 1) for i in range(31))
+# the scales tried for their text prior (a standardised ridge prediction of an item's log
+# popularity in the region from its text vector), in score units; 0: no prior
+PRIOR_SCALES = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
+RIDGE = 10.0  # on unit text vectors
+MIN_PRIOR_ITEMS = 20  # trained items with text the prior needs
 
 
 def text_only_mask(task, catalogue: Sequence[str], train: dict[str, list[str]]) -> torch.Tensor:
@@ -117,59 +123,124 @@ def text_only_mask(task, catalogue: Sequence[str], train: dict[str, list[str]]) 
         [bool(text[row_of[item]]) for item in catalogue], dtype=torch.bool)
 
 
+def catalogue_text(task, catalogue: Sequence[str]) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Text vectors of ``catalogue`` (the backbone's cache, then the region's own) and which
+    items have one."""
+    vectors, found = None, torch.zeros(len(catalogue), dtype=torch.bool)
+    for source in (getattr(task.backbone, "text_bank", None), getattr(task, "region_text", None)):
+        if source is None or not len(source):
+            continue
+        rows, have = source.rows(list(catalogue))
+        vectors = rows if vectors is None else torch.where(have[:, None], rows, vectors)
+        found |= have
+    return vectors, found
+
+
+def popularity_prior(vectors: torch.Tensor, counts: torch.Tensor, ridge: float = RIDGE
+                     ) -> tuple[torch.Tensor, float]:
+    """``(weight, bias)`` of ``z(v) = normalize(v) @ weight + bias``: the ridge regression of
+    ``log(1 + counts)`` on the unit ``vectors``, standardised over them (mean 0, std 1)."""
+    x = torch.nn.functional.normalize(vectors.double(), dim=-1)
+    y = torch.log1p(counts.double())
+    w = torch.linalg.solve(x.T @ x + ridge * torch.eye(x.shape[1], dtype=x.dtype),
+                           x.T @ (y - y.mean()))
+    pred = x @ w
+    std = float(pred.std()) or 1.0
+    return (w / std).float(), float(-pred.mean() / std)
+
+
 def choose_lift(scores: torch.Tensor, allowed: torch.Tensor, target: torch.Tensor,
-                lifted: torch.Tensor, budget: float, grid: Sequence[float] = LIFT_GRID
-                ) -> tuple[float, dict[float, tuple[float, float]]]:
-    """The largest ``grid`` lift ``d`` (added to the ``lifted`` columns' scores) whose NDCG@10
-    on the cases with a target outside ``lifted`` stays within ``budget`` (a share) of its value
-    at ``d = 0``; and, per lift, (NDCG@10 of those cases, of the cases whose target is lifted)."""
+                lifted: torch.Tensor, budget: float, grid: Sequence[float] = LIFT_GRID,
+                prior: torch.Tensor | None = None, scales: Sequence[float] = (0.0,)
+                ) -> tuple[tuple[float, float], dict[tuple[float, float], tuple[float, float]]]:
+    """The ``(scale, lift)`` whose ``lift + scale * prior`` (added to the ``lifted`` columns'
+    scores; ``prior``: per column) keeps the NDCG@10 of the cases with a target outside
+    ``lifted`` within ``budget`` (a share) of its value at ``(0, 0)`` and, within that, ranks
+    the lifted targets best (ties: the smaller scale, then the larger lift: the budget is
+    used); and, per pair, (NDCG@10 of the other cases, of the lifted-target cases)."""
     from regiontune.evaluation.metrics import metrics_from_ranks, target_ranks
 
     lifted_case = lifted[target]
-    found: dict[float, tuple[float, float]] = {}
-    for d in grid:
-        ranks = target_ranks(scores + d * lifted.to(scores.dtype), target, allowed)
-        found[d] = (metrics_from_ranks(ranks[~lifted_case])["ndcg@10"],
-                    metrics_from_ranks(ranks[lifted_case])["ndcg@10"] if lifted_case.any()
-                    else 0.0)
-    floor = (1.0 - budget) * found[grid[0]][0]
-    return max(d for d in grid if found[d][0] >= floor), found
+    prior = torch.zeros(lifted.shape[0]) if prior is None else prior
+    found: dict[tuple[float, float], tuple[float, float]] = {}
+    for scale in scales:
+        for d in grid:
+            extra = (d + scale * prior) * lifted.to(prior.dtype)
+            ranks = target_ranks(scores + extra.to(scores.dtype), target, allowed)
+            found[(scale, d)] = (
+                metrics_from_ranks(ranks[~lifted_case])["ndcg@10"],
+                metrics_from_ranks(ranks[lifted_case])["ndcg@10"] if lifted_case.any() else 0.0)
+    floor = (1.0 - budget) * found[(scales[0], grid[0])][0]
+    ok = [key for key, (others, _) in found.items() if others >= floor]
+    return max(ok, key=lambda k: (found[k][1], -k[0], k[1])), found
 
 
 @torch.no_grad()
 def lift_text_items(task, catalogue: Sequence[str], train: dict[str, list[str]],
                     cases: list[EvalCase], budget: float,
-                    dtype: torch.dtype | None = None) -> dict:
-    """Raise the never-trained, text-only items' bias by the largest lift of :data:`LIFT_GRID`
-    that costs the other hold-out targets at most ``budget`` of their NDCG@10 (their level
-    was calibrated for likelihood, which ranks them almost never into a top 10: their
-    text-derived scores are noisy). Chosen after everything else that scores (the calibrated
-    offset, the item-item part), on ``cases`` (the early-stopping hold-out); 0: no lift.
-    ``dtype``: the adapter's saved dtype: the lifted biases are rounded to it (chosen ==
-    saved == served)."""
+                    dtype: torch.dtype | None = None,
+                    scales: Sequence[float] = PRIOR_SCALES) -> dict:
+    """Raise the never-trained, text-only items' bias -- their level was calibrated for
+    likelihood, which ranks them almost never into a top 10: their text-derived scores are
+    noisy -- by a lift and a scaled text prior (predicted popularity: :func:`popularity_prior`,
+    fitted on the region's trained items with text), the pair of :data:`LIFT_GRID` x
+    ``scales`` that ranks the hold-out's text-only targets best while costing its other
+    targets at most ``budget`` of their NDCG@10 (:func:`choose_lift`). Chosen after
+    everything else that scores (the calibrated offset, the item-item part), on ``cases``
+    (the early-stopping hold-out). A chosen prior is kept on the item side
+    (``TextPrior``: growth gives items added with text alone the same bias). ``dtype``: the
+    adapter's saved dtype: the prior and lifted biases are rounded to it (chosen == saved ==
+    served)."""
     lifted = text_only_mask(task, catalogue, train)
     index = {item: i for i, item in enumerate(catalogue)}
     cases = [c for c in cases if c.target in index]
     if not lifted.any():
         return {}
     info: dict = {"text_lift": 0.0, "text_lift_budget": budget,
-                  "text_only_items": int(lifted.sum())}
+                  "text_only_items": int(lifted.sum()), "text_prior_scale": 0.0}
     if budget <= 0 or not cases:
         return info
+    counts: dict[str, int] = {}
+    for user, history in train.items():
+        if not user.startswith("\0"):  # pseudo-histories (a refresh's parent catalogue)
+            for item in history:
+                counts[item] = counts.get(item, 0) + 1
+    vectors, has = catalogue_text(task, catalogue)
+    fit_rows = has & ~unseen_mask(catalogue, train)
+    weight, shift, prior = None, 0.0, None
+    if vectors is not None and int(fit_rows.sum()) >= MIN_PRIOR_ITEMS:
+        weight, shift = popularity_prior(
+            vectors[fit_rows], torch.tensor([float(counts.get(catalogue[i], 0))
+                                             for i in fit_rows.nonzero().flatten().tolist()]))
+        prior = torch.nn.functional.normalize(vectors.float(), dim=-1) @ weight + shift
+    else:
+        scales = (0.0,)
     scores = task_scores(task, [c.history for c in cases], catalogue)
     allowed = allowed_mask(cases, index, True)
     target = torch.tensor([index[c.target] for c in cases])
-    lift, found = choose_lift(scores, allowed, target, lifted, budget)
+    (scale, lift), found = choose_lift(scores, allowed, target, lifted, budget, LIFT_GRID,
+                                       prior, scales)
     row_of = {item: i for i, item in enumerate(task.item_side.catalogue)}
-    rows = torch.tensor([row_of[catalogue[i]] for i in lifted.nonzero().flatten().tolist()])
+    positions = lifted.nonzero().flatten()
+    rows = torch.tensor([row_of[catalogue[i]] for i in positions.tolist()])
     bias = task.item_side.bias
     if bias is None:
         raise ValueError("lifting text-only items needs the item bias (item_bias: true)")
     rows = rows.to(bias.device)
-    bias.data[rows] = (bias.data[rows] + lift).to(dtype or bias.dtype).to(bias.dtype)
-    info.update(text_lift=lift, text_lift_holdout={
-        str(d): [round(w, 4), round(c, 4)] for d, (w, c) in found.items()})
-    logger.info("text-only items: %d; lift %.1f (hold-out NDCG@10 of the others %.4f -> %.4f, "
-                "of theirs %.4f -> %.4f)", int(lifted.sum()), lift, found[0.0][0],
-                found[lift][0], found[0.0][1], found[lift][1])
+    extra = torch.full((len(rows),), lift)
+    if scale:
+        module = attach_text_prior(task.item_side, weight.shape[0])
+        stored = dtype or torch.float32
+        module.weight.copy_((scale * weight).to(stored).float())
+        module.bias.copy_(torch.tensor(scale * shift + lift).to(stored).float())
+        extra = module(vectors[positions]).cpu()
+    bias.data[rows] = (bias.data[rows] + extra.to(bias.device)).to(dtype or bias.dtype).to(
+        bias.dtype)
+    info.update(text_lift=lift, text_prior_scale=scale, text_lift_holdout={
+        f"{s:g}/{d:g}": [round(w, 4), round(c, 4)] for (s, d), (w, c) in found.items()
+        if d in (0.0, lift) or s in (0.0, scale)})
+    logger.info("text-only items: %d; lift %.1f, prior scale %.2f (hold-out NDCG@10 of the "
+                "others %.4f -> %.4f, of theirs %.4f -> %.4f)", int(lifted.sum()), lift, scale,
+                found[(scales[0], 0.0)][0], found[(scale, lift)][0],
+                found[(scales[0], 0.0)][1], found[(scale, lift)][1])
     return info
