@@ -264,7 +264,12 @@ def verdicts(records: list[dict]) -> list[dict]:
                           for r in by[period]["refreshed"] if retrained_s.get(r["seed"]))
         epochs = {m: statistics.fmean(r.get("epochs_run", 0) for r in by[period][m])
                   for m in ("refreshed", "retrained")}
-        extra = {**extra, "seconds_ratio_per_seed": per_seed,
+        # a compute proxy free of the machine's load: epochs run x interactions trained on
+        work = {m: statistics.fmean(r.get("epochs_run", 0) * r.get("train_interactions", 0)
+                                    for r in by[period][m]) for m in ("refreshed", "retrained")}
+        extra = {**extra, "work_ratio": (work["refreshed"] / work["retrained"]
+                                         if work["retrained"] else None),
+                 "seconds_ratio_per_seed": per_seed,
                  "seconds_ratio_median": statistics.median(per_seed) if per_seed else None,
                  "epochs_refreshed": epochs["refreshed"], "epochs_retrained": epochs["retrained"]}
         out.append({"period": period, "seeds": len(by[period]["refreshed"]), **extra, **{
@@ -319,12 +324,13 @@ def write_report(results: dict, path: Path) -> list[Path]:
         lines += ["", "Seconds per seed (refreshed / retrained of the same seed, timed back to "
                   "back under one load; the bar reads the ratio of the means above):", ""]
         lines += table(["period", "seeds", "median", "range", "epochs run: refreshed",
-                        "retrained"],
+                        "retrained", "epochs x interactions: refreshed / retrained"],
                        [[v["period"], len(v["seconds_ratio_per_seed"]),
                          f"{v['seconds_ratio_median']:.1%}",
                          f"{v['seconds_ratio_per_seed'][0]:.1%} .. "
                          f"{v['seconds_ratio_per_seed'][-1]:.1%}",
-                         f"{v['epochs_refreshed']:.1f}", f"{v['epochs_retrained']:.1f}"]
+                         f"{v['epochs_refreshed']:.1f}", f"{v['epochs_retrained']:.1f}",
+                         f"{v['work_ratio']:.1%}" if v["work_ratio"] else "–"]
                         for v in rows if v["seconds_ratio_per_seed"]])
     replay_rows = [v for v in rows if "replay_quality_ratio" in v]
     if replay_rows:
