@@ -1,7 +1,9 @@
 """Size against quality: a rank sweep of the default LoRA adapter on the WSDM targets.
 
-Two one-dimensional sweeps around the default (LoRA r = 8 on attention and MLP, item rank
-auto = the largest <= 32 keeping the float16 adapter file within 5% of the backbone's):
+Two one-dimensional sweeps around the default (LoRA r = 8 on attention and MLP, the
+item-item part's neighbours from half of the budget the LoRA weights leave, item rank auto =
+the largest <= 32 keeping the float16 adapter file within 5% of the backbone's after them;
+``core/training/budget.py``):
 
 * the item-side rank (the low-rank delta on the region's item table, which is also the only
   representation region-new items get) at LoRA r = 8;
@@ -103,12 +105,13 @@ def to_markdown(records: list[dict], backbone_bytes: int, full: dict[str, float]
              "`% of full` divides by full fine-tuning's 3-seed mean in wsdm.json. The budget "
              f"line of the issue is 5% of the backbone's weights file ({backbone_bytes:,} "
              f"bytes): {0.05 * backbone_bytes:,.0f} bytes.", ""]
-    header = ["region", "LoRA r", "item rank", "adapter bytes", "% of backbone",
+    header = ["region", "LoRA r", "item rank", "neighbours", "adapter bytes", "% of backbone",
               "trainable params", "NDCG@10", "% of full", "best epoch", "train s"]
     for region in sorted({r["region"] for r in records}):
         ref = full.get(region)
         rows = [[region, r["lora_r"], f"{r['item_rank']}{' (default)' if r['default'] else ''}",
-                 f"{r['adapter_bytes']:,}", f"{100 * r['adapter_bytes'] / backbone_bytes:.1f}",
+                 r.get("neighbours", "-"), f"{r['adapter_bytes']:,}",
+                 f"{100 * r['adapter_bytes'] / backbone_bytes:.1f}",
                  f"{r['trainable_params']:,}", f"{r['ndcg@10']:.4f}",
                  f"{100 * r['ndcg@10'] / ref:.1f}" if ref else "-", r["best_epoch"],
                  f"{r['train_seconds']:.0f}"]

@@ -30,7 +30,7 @@ def test_item_rank_sets_the_adapter_size(tiny_backbone_dir, tiny_regions):
 def _record(region: str, r: int, item_rank: int, ndcg: float, default: bool = False) -> dict:
     return {"region": region, "lora_r": r, "item_rank": item_rank, "default": default,
             "adapter_bytes": 1000 * (r + 10 * item_rank), "trainable_params": 250 * item_rank,
-            "ndcg@10": ndcg, "best_epoch": 3, "train_seconds": 12.0}
+            "ndcg@10": ndcg, "best_epoch": 3, "train_seconds": 12.0, "neighbours": 11}
 
 
 def test_default_label_follows_the_current_auto_rank():
@@ -48,6 +48,7 @@ def test_report_marks_the_default_and_divides_by_full(tmp_path):
     t1_default = next(line for line in text.splitlines() if "16 (default)" in line)
     assert "| 98.0 |" in t1_default  # 0.49 / 0.50
     assert "| 84.0 |" in t1_default  # 168,000 bytes of 200,000
+    assert "| 16 (default) | 11 |" in t1_default  # the item-item part's neighbours
     t2_row = next(line for line in text.splitlines() if line.startswith("| t2"))
     assert t2_row.count(" - ") == 1  # no full reference for t2
     path = tmp_path / "sweep.png"
