@@ -24,6 +24,7 @@ import torch
 from regiontune.adapters.text_growth import attach_text_prior
 from regiontune.data.splits import EvalCase
 from regiontune.evaluation.evaluate import allowed_mask, task_scores
+from regiontune.evaluation.metrics import metrics_from_ranks, target_ranks
 
 logger = logging.getLogger(__name__)
 PRIOR_CASES = 0.5  # pseudo-count: the unseen share of the targets is (k + 0.5) / (n + 1)
@@ -158,8 +159,6 @@ def choose_lift(scores: torch.Tensor, allowed: torch.Tensor, target: torch.Tenso
     ``lifted`` within ``budget`` (a share) of its value at ``(0, 0)`` and, within that, ranks
     the lifted targets best (ties: the smaller scale, then the larger lift: the budget is
     used); and, per pair, (NDCG@10 of the other cases, of the lifted-target cases)."""
-    from regiontune.evaluation.metrics import metrics_from_ranks, target_ranks
-
     lifted_case = lifted[target]
     prior = torch.zeros(lifted.shape[0]) if prior is None else prior
     found: dict[tuple[float, float], tuple[float, float]] = {}
