@@ -52,7 +52,6 @@ from regiontune.training.region_text import region_text_vectors
 from regiontune.training.replay import (
     check_replay,
     parent_training_histories,
-    refresh_item_item,
     refresh_train_config,
     replay_record,
     sample_replay,
@@ -253,9 +252,8 @@ def train_region(backbone: RecModel, vocab: ItemVocab, data: RegionData, adapt_c
     calibration = (calibrate_unseen(task, catalogue, known, data.valid[:VALID_CASES])
                    if adapt_cfg.calibrate_unseen else {})
     round_trainable(task, dtype)  # evaluated == saved, also for float16 adapters
-    # a refresh keeps the parent's part instead when it ranks the hold-out better
-    blended = (refresh_item_item if parent is not None else fit_item_item)(
-        task, data, data.valid[:VALID_CASES], dtype, adapt_cfg.max_neighbour_catalogue)
+    blended = fit_item_item(task, data, data.valid[:VALID_CASES], dtype,
+                            adapt_cfg.max_neighbour_catalogue)
     # item text: the text-only never-trained items' lift, last: after all that scores
     lifted = lift_text_items(task, catalogue, known, data.valid[:VALID_CASES],
                              adapt_cfg.text_lift_budget, dtype)

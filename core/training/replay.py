@@ -20,25 +20,17 @@ a seeded share of the parent's training histories is trained again with the new 
 from __future__ import annotations
 
 import copy
-import logging
 import math
 import random
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from regiontune.adapters.folder import AdapterFolder
-from regiontune.adapters.item_item import detach_item_item
 from regiontune.config import DataConfig, TrainConfig, from_dict
 from regiontune.data.loading import DataError
 from regiontune.data.recipes import load_regions
-from regiontune.data.splits import EvalCase, RegionData, subsample_users
-from regiontune.evaluation.evaluate import allowed_mask, task_scores
-from regiontune.training.item_item import blend_weight, fit_item_item
-
-logger = logging.getLogger(__name__)
+from regiontune.data.splits import subsample_users
 
 REPLAY_PREFIX = "\0replay:"
 GONE_HINT = "pass --replay 0 (no replay) or put the parent's data back where it was"
@@ -135,51 +127,3 @@ def replay_record(fraction: float, replayed: dict[str, Any] | None) -> dict[str,
     if not fraction:
         return None
     return {"fraction": fraction, "users": len(replayed or {})}
-
-
-def refresh_item_item(task, data: RegionData, holdout: list[EvalCase],
-                      dtype: torch.dtype = torch.float32,
-                      max_catalogue: int = 20000) -> dict[str, Any]:
-    """A refresh's item-item part, chosen on its hold-out: fitted again on the new data
-    (:func:`~regiontune.training.item_item.fit_item_item`), or the parent's part as the
-    refresh started with it (extended to the new items; its blend weight chosen again on the
-    hold-out from the same grid) -- whichever ranks the hold-out better (a tie: the new fit).
-    On the ml-100k refresh chain with a part forced on (``benchmarks/results/refresh_parts.md``)
-    the fit on the new period alone was never the best of the two on the hold-out.
-    """
-    parent_part = copy.deepcopy(task.item_item)  # before the fit overwrites it
-    stats = fit_item_item(task, data, holdout, dtype, max_catalogue)
-    grid = stats.get("item_item_holdout_ndcg@10")
-    if parent_part is None or not parent_part.strengths.any() or not grid:
-        # no part (or the parent had none: a new, empty one), or no hold-out to choose on
-        return stats
-    refit, refit_best = task.item_item, max(grid.values())
-    detach_item_item(task.item_side)
-    catalogue = task.item_side.catalogue
-    cases = [c for c in holdout if c.target in task.vocab.index]
-    histories = [c.history for c in cases]
-    with torch.no_grad():
-        parent_part.weight.zero_()
-        parent_part.strengths.copy_(parent_part.strengths.to(dtype))
-    base = task_scores(task, histories, catalogue)  # the adapter alone
-    extra = parent_part.rows([task.vocab.columns(h).tolist() for h in histories])
-    allowed = allowed_mask(cases, task.vocab.index, exclude_seen=True)
-    target = torch.tensor([task.vocab.index[c.target] for c in cases])
-    best, unit, found = blend_weight(base, extra, allowed, target)
-    kept = round(found[best], 4)
-    if kept <= refit_best:  # the part fitted on the new data (or none) stays
-        if refit is not None:
-            task.item_side.item_item = refit
-        return {**stats, "item_item_fit": "new data",
-                "item_item_parent_holdout_ndcg@10": kept}
-    logger.info("item-item part: the parent's kept (hold-out ndcg@10 %.4f against %.4f "
-                "fitted again on the new data)", kept, refit_best)
-    if best == 0.0:
-        return {**stats, "neighbours": 0, "item_item_weight": 0.0,
-                "item_item_fit": "parent (dropped)",
-                "item_item_parent_holdout_ndcg@10": kept}
-    with torch.no_grad():
-        parent_part.weight.fill_(float(torch.tensor(best * unit).to(dtype)))
-    task.item_side.item_item = parent_part
-    return {**stats, "neighbours": parent_part.k, "item_item_weight": float(parent_part.weight),
-            "item_item_fit": "parent", "item_item_parent_holdout_ndcg@10": kept}

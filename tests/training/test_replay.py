@@ -7,7 +7,6 @@ import shutil
 from dataclasses import replace
 
 import pytest
-import torch
 
 from regiontune.artifacts import ADAPTER_META
 from regiontune.config import AdaptConfig, DataConfig
@@ -143,74 +142,3 @@ def test_refresh_train_config_sets_the_learning_rate_and_patience_alone():
     for bad in (0, -1, 2.5, True):
         with pytest.raises(ValueError, match="refresh_epochs must be a whole number"):
             refresh_train_config(cfg, 1.0, None, bad)
-
-
-# ---------------------------------------------------------------- the refresh's item-item part
-
-def _part_task(tiny_backbone_dir, island, k: int = 3):
-    from regiontune.model.backbone import load_backbone
-    from regiontune.training.adapt import build_region_task
-
-    backbone, vocab, _ = load_backbone(tiny_backbone_dir)
-    torch.manual_seed(0)
-    return build_region_task(backbone, vocab, island.catalogue,
-                             AdaptConfig(region="island", neighbours=k, item_rank=2))
-
-
-def _parent_part(task, cases, leak: bool):
-    """A part as a parent might hand it on: ``leak`` -- it points every hold-out history's
-    items at that case's target (it knows the hold-out: it must win); else all weight on
-    items no case holds out (it can only lose)."""
-    index = task.vocab.index
-    n = len(task.item_side.catalogue)
-    b = torch.zeros(n, n)
-    targets = {index[c.target] for c in cases if c.target in index}
-    others = [j for j in range(n) if j not in targets]
-    for c in cases:
-        if c.target not in index:
-            continue
-        for item in c.history:
-            if item in index:
-                b[index[item], index[c.target] if leak else others[0]] += 1.0
-    with torch.no_grad():
-        task.item_item.init_from(b)
-        task.item_item.weight.fill_(1.0)
-
-
-@pytest.mark.parametrize("leak", [True, False])
-def test_a_refresh_keeps_the_parents_part_only_when_it_ranks_the_hold_out_better(
-        tiny_backbone_dir, tiny_regions, leak):
-    from regiontune.training.replay import refresh_item_item
-
-    island = tiny_regions["island"]
-    holdout = island.valid
-    task = _part_task(tiny_backbone_dir, island)
-    _parent_part(task, holdout, leak)
-    parent_neighbours = task.item_item.neighbours.clone()
-    stats = refresh_item_item(task, island, holdout)
-    assert stats["item_item_parent_holdout_ndcg@10"] is not None
-    refit_best = max(stats["item_item_holdout_ndcg@10"].values())
-    if leak:
-        assert stats["item_item_fit"] == "parent"
-        assert stats["item_item_parent_holdout_ndcg@10"] > refit_best
-        assert torch.equal(task.item_item.neighbours, parent_neighbours)
-        assert float(task.item_item.weight) == pytest.approx(stats["item_item_weight"])
-    else:
-        assert stats["item_item_fit"] == "new data"
-        assert stats["item_item_parent_holdout_ndcg@10"] <= refit_best
-        assert task.item_item is None or not torch.equal(task.item_item.neighbours,
-                                                         parent_neighbours)
-
-
-def test_a_refresh_from_a_parent_without_a_part_fits_one_as_a_new_adapter(tiny_backbone_dir,
-                                                                       tiny_regions):
-    from regiontune.training.item_item import fit_item_item
-    from regiontune.training.replay import refresh_item_item
-
-    island = tiny_regions["island"]
-    a, b = _part_task(tiny_backbone_dir, island), _part_task(tiny_backbone_dir, island)
-    got, want = (f(t, island, island.valid) for f, t in ((refresh_item_item, a),
-                                                         (fit_item_item, b)))
-    got.pop("item_item_seconds", None)
-    want.pop("item_item_seconds", None)
-    assert got == want and "item_item_fit" not in got
