@@ -5,14 +5,16 @@ the official test cases the suite reports:
 
 * ``zero-shot`` -- the bare backbone;
 * ``popularity`` -- item counts of the sources' pooled training data (no target data);
-* ``merged`` -- LoRA adapters trained on s1, s2, s3 (suite defaults, cached under
-  ``runs/bench/wsdm/merge-sources/``), merged by ``regiontune.adapters.merge`` onto the
-  target's catalogue, with equal weights and with overlap weights (each source weighted by
-  the share of the target's catalogue its catalogue holds);
+* ``merged`` -- LoRA adapters trained on s1, s2, s3 (suite defaults, with their item-item
+  parts; cached under ``--sources-dir``: ``runs/bench/wsdm/merge-sources-part/`` for the
+  results as committed, ``merge-sources/`` holds the earlier ones trained before the part),
+  merged by ``regiontune.adapters.merge`` onto the target's catalogue, with equal weights
+  and with overlap weights (each source weighted by the share of the target's catalogue its
+  catalogue holds);
 * ``lora-n`` -- LoRA trained on a small fraction of the target's users (the learning curve's
   low end); ``interactions`` counts the target interactions it read.
 
-    python -m benchmarks.merge                      # t1, t2; fractions 0.01, 0.02, 0.05
+    python -m benchmarks.merge --sources-dir runs/bench/wsdm/merge-sources-part  # as committed
     python -m benchmarks.merge --stage sources      # only train (and cache) the source adapters
 
 Writes ``benchmarks/results/merge.json`` and ``.md``; resumes: the source adapters and the
@@ -48,6 +50,12 @@ log = logging.getLogger("benchmarks")
 OUT = RESULTS / "merge.json"
 SOURCES_DIR = Path("runs/bench/wsdm/merge-sources")
 KEY = ("region", "method", "weights", "new_item_embedding", "data_fraction", "seed")
+
+
+def use_paths(sources_dir: Path, out: Path) -> None:
+    """Point the study at another cache of source adapters and another results file."""
+    global SOURCES_DIR, OUT
+    SOURCES_DIR, OUT = Path(sources_dir), Path(out)
 
 
 def source_dir(region: str, fraction: float) -> Path:
@@ -112,32 +120,35 @@ def holdout_ndcg(task, data) -> float:
 
 
 def merged_task(data, paths: dict[str, Path], backbone: Path, scheme: str,
-                new_items: str = "zero"):
+                new_items: str = "zero", item_item: str = "sum"):
     from regiontune.adapters import load_adapter
     from regiontune.adapters.merge import merge_adapters
     from regiontune.model.backbone import load_backbone
 
-    out = SOURCES_DIR / f"merged-{data.region}-{scheme}-{new_items}"
+    out = SOURCES_DIR / f"merged-{data.region}-{scheme}-{new_items}-ii-{item_item}"
     weights = ("overlap" if scheme == "overlap" else
                source_share_weights(paths, data.catalogue) if scheme == "source-share" else
                [1.0] * len(paths))
     meta = merge_adapters(list(paths.values()), weights, backbone, out, region=data.region,
-                          catalogue=list(data.catalogue), new_items=new_items)
+                          catalogue=list(data.catalogue), new_items=new_items,
+                          item_item=item_item)
     model, vocab, bmeta = load_backbone(backbone)
     return load_adapter(out, model, vocab, bmeta["fingerprint"]), meta
 
 
 def merged_record(data, paths: dict[str, Path], backbone: Path, scheme: str,
-                  new_items: str = "zero") -> dict:
+                  new_items: str = "zero", item_item: str = "sum") -> dict:
     from benchmarks.jobs import evaluate_task_record
 
-    task, meta = merged_task(data, paths, backbone, scheme, new_items)
+    task, meta = merged_task(data, paths, backbone, scheme, new_items, item_item)
     return {**evaluate_task_record(task, data), "holdout_ndcg@10": holdout_ndcg(task, data),
             "adapter_bytes": meta["adapter_bytes"],
             "item_rank": meta["item_rank"],
             "source_weights": {m["region"]: round(m["weight"], 4) for m in meta["merged_from"]},
             "merge_catalogue_known": meta["merge"]["items_in_sources"],
-            "merge_catalogue_size": len(meta["catalogue"])}
+            "merge_catalogue_size": len(meta["catalogue"]), "item_item": item_item,
+            "neighbours": meta.get("neighbours", 0),
+            "item_item_blend": meta["merge"].get("item_item", {}).get("blend_weight")}
 
 
 def lora_record(suite: dict, data, backbone: Path, fraction: float, seed: int) -> dict:
@@ -170,7 +181,14 @@ ABLATION = "merged-mean-new-items"
 # target holds
 OMIT = "merged-omit-new-items"
 SHARE = "merged-source-share"
-ABLATIONS = (ABLATION, OMIT, SHARE)
+# the sources' item-item parts: left out (the merge before parts were merged), or each row
+# renormalised over the sources holding its item (the shipped merge sums them). Rule, fixed
+# before the run: the shipped merge keeps the summed parts only if it beats the one without
+# parts on both targets' hold-outs; "mean" replaces "sum" only by beating it on both
+NO_PART = "merged-no-item-item"
+PART_MEAN = "merged-item-item-mean"
+PART_VARIANTS = {NO_PART: "omit", PART_MEAN: "mean"}
+ABLATIONS = (ABLATION, OMIT, SHARE, NO_PART, PART_MEAN)
 
 
 def verdicts(records: list[dict]) -> list[str]:
@@ -231,7 +249,9 @@ def to_markdown(records: list[dict], sources: list[str], meta: dict | None = Non
         "never seen), official test cases of the wsdm suite. `merged`: LoRA adapters of the "
         "sources (suite defaults) merged onto the target's catalogue by `regiontune merge` "
         "(LoRA deltas summed exactly; item side averaged per item over the sources that trained "
-        "on it; items new to every source and to the backbone get a zero embedding and the "
+        "on it; the sources' item-item parts summed with the merge weights, neighbours mapped "
+        "by item id, blend weight the weighted mean of theirs; items new to every source and "
+        "to the backbone get a zero embedding and the "
         "lowest source bias, or, where marked, the backbone's mean item embedding); `equal` "
         "or `overlap` weights (each source weighted by the share of the target's "
         "catalogue its catalogue holds). `popularity`: item counts of the sources' pooled "
@@ -240,15 +260,40 @@ def to_markdown(records: list[dict], sources: list[str], meta: dict | None = Non
         f"its own method name and never in the verdict: `{ABLATION}`, `{OMIT}` (items new to "
         "every source and to the backbone left out of the catalogue: skipped in histories and "
         f"unscored, as the bare backbone treats them), `{SHARE}` (each source weighted by the "
-        "share of its own catalogue the target's holds). `hold-out NDCG@10`: the target's "
+        f"share of its own catalogue the target's holds), `{NO_PART}` (the sources' item-item "
+        f"parts left out), `{PART_MEAN}` (the parts' rows renormalised over the sources holding "
+        "the item; the shipped merge sums the sources' part scores with the merge weights, "
+        "blend weight the weighted mean of theirs). `hold-out NDCG@10`: the target's "
         "early-stopping hold-out (its training side, positive among 99 negatives drawn as the "
         "lists draw theirs), on which variants are compared; a variant would replace the "
         "merge as shipped only by beating it there on both targets (none does).", "",
         *table(header, rows), "",
         *verdicts(records), "",
+        *part_lines(records),
         *source_lines((meta or {}).get("source_adapters") or {}),
-        "`python -m benchmarks.merge` (one seed; a difference within 0.005 is a tie, and read "
+        "`python -m benchmarks.merge --sources-dir runs/bench/wsdm/merge-sources-part` (one "
+        "seed; a difference within 0.005 is a tie, and read "
         "differences below ~0.01 as noise).", ""])
+
+
+def part_lines(records: list[dict]) -> list[str]:
+    """The item-item part's choice on the targets' hold-outs (the rule by ``NO_PART``)."""
+    holdout = {(r["region"], r["method"]): r.get("holdout_ndcg@10") for r in records
+               if r.get("weights") == "equal" and r.get("new_item_embedding") == "zero"}
+    regions = sorted({region for region, _ in holdout})
+    if not regions or any(holdout.get((t, m)) is None for t in regions
+                          for m in ("merged", NO_PART, PART_MEAN)):
+        return []
+    keep = all(holdout[(t, "merged")] > holdout[(t, NO_PART)] for t in regions)
+    mean = all(holdout[(t, PART_MEAN)] > holdout[(t, "merged")] for t in regions)
+    cells = "; ".join(f"{t}: summed parts {holdout[(t, 'merged')]:.4f}, renormalised "
+                      f"{holdout[(t, PART_MEAN)]:.4f}, none {holdout[(t, NO_PART)]:.4f}"
+                      for t in regions)
+    return [f"Item-item parts on the hold-outs (equal weights): {cells}. Rule (fixed before "
+            "the run): the merge keeps the summed parts only if they beat no parts on every "
+            "target's hold-out -- " + ("they do" if keep else "they do not") + "; "
+            "renormalised rows would replace the sum only by beating it on every target -- "
+            + ("they do." if mean else "they do not."), ""]
 
 
 def source_lines(info: dict[str, dict]) -> list[str]:
@@ -278,8 +323,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="Share of each source's users its adapter trains on.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--stage", choices=("sources", "all"), default="all")
+    parser.add_argument("--sources-dir", type=Path, default=SOURCES_DIR,
+                        help="Where the source adapters are trained (cached) and the merges "
+                        "written.")
+    parser.add_argument("--out", type=Path, default=OUT, help="The results JSON (.md beside).")
     add_backbone_option(parser)
     args = parser.parse_args(argv)
+    use_paths(args.sources_dir, args.out)
     configure_logging()
     suite = load_suite("wsdm")
     paths = train_sources(suite, args.backbone, args.sources, args.source_fraction, args.seed)
@@ -309,7 +359,8 @@ def main(argv: list[str] | None = None) -> None:
         jobs = [("zero-shot", None, None, 1.0), ("popularity", None, None, 1.0),
                 ("merged", "equal", "zero", 1.0), ("merged", "overlap", "zero", 1.0),
                 (ABLATION, "equal", "mean", 1.0), (OMIT, "equal", "omit", 1.0),
-                (SHARE, "source-share", "zero", 1.0)]  # ablations
+                (SHARE, "source-share", "zero", 1.0),  # ablations
+                (NO_PART, "equal", "zero", 1.0), (PART_MEAN, "equal", "zero", 1.0)]
         jobs += [("lora-n", None, None, f) for f in args.fractions]
         for method, scheme, new_items, fraction in jobs:
             key = {"method": method, "weights": scheme, "new_item_embedding": new_items,
@@ -322,7 +373,8 @@ def main(argv: list[str] | None = None) -> None:
                         "holdout_ndcg@10" not in old):  # records made before the column
                     old["holdout_ndcg@10"] = holdout_ndcg(
                         backbone_task(args.backbone) if method == "zero-shot" else
-                        merged_task(data, paths, args.backbone, scheme, new_items)[0], data)
+                        merged_task(data, paths, args.backbone, scheme, new_items,
+                                    PART_VARIANTS.get(method, "sum"))[0], data)
                     save(None)
                 continue
             if method == "zero-shot":
@@ -335,7 +387,8 @@ def main(argv: list[str] | None = None) -> None:
                 source_data = source_data or suite_regions(suite, args.sources)
                 record = {**pooled_popularity(data, source_data), "interactions": 0}
             elif method in ("merged", *ABLATIONS):
-                record = {**merged_record(data, paths, args.backbone, scheme, new_items),
+                record = {**merged_record(data, paths, args.backbone, scheme, new_items,
+                                          PART_VARIANTS.get(method, "sum")),
                           "interactions": 0}
             else:
                 record = lora_record(suite, data, args.backbone, fraction, args.seed)
