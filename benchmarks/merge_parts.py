@@ -2,7 +2,9 @@
 
     OMP_NUM_THREADS=1 python -m benchmarks.merge_parts [--targets t1,t2]
 
-The merge of ``benchmarks/merge.py`` (s1, s2, s3's LoRA adapters, equal weights, items new to
+The merge of ``benchmarks/merge.py`` (s1, s2, s3's LoRA adapters cached under
+``runs/bench/wsdm/merge-sources``, trained before adapters had an item-item part (merge.md's
+figures are of sources with parts), equal weights, items new to
 every model left out so that only the merge's own parts differ from the bare backbone) taken
 apart: the body alone (LoRA deltas; item side zero), the item side alone (LoRA ``B`` zeroed),
 the item bias alone, and each source merged alone onto the target's catalogue. Every figure
