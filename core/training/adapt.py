@@ -56,7 +56,12 @@ from regiontune.training.replay import (
     replay_record,
     sample_replay,
 )
-from regiontune.training.unseen import calibrate_unseen, lift_text_items, trained_items
+from regiontune.training.unseen import (
+    calibrate_unseen,
+    lift_text_items,
+    trained_items,
+    unlift_parent_items,
+)
 
 logger = logging.getLogger(__name__)
 VALID_CASES = 1000
@@ -232,6 +237,9 @@ def train_region(backbone: RecModel, vocab: ItemVocab, data: RegionData, adapt_c
         known[PARENT_ITEMS] = list(parent.meta["catalogue"])
     if text is not None:
         task.set_region_text(text)
+    if parent is not None:  # the parent's lift off the items it lifted: unseen, lifted anew
+        unlifted = set(unlift_parent_items(task, parent))
+        known[PARENT_ITEMS] = [i for i in parent.meta["catalogue"] if i not in unlifted]
     catalogue = task.item_side.catalogue  # the data's catalogue, or the parent's extended
     if not adapt_cfg.unseen_as_negatives:
         task.restrict_negatives(trained_items(known))

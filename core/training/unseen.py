@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import torch
 
-from regiontune.adapters.text_growth import attach_text_prior
+from regiontune.adapters.text_growth import attach_text_prior, lifted_text_rows
 from regiontune.data.splits import EvalCase
 from regiontune.evaluation.evaluate import allowed_mask, task_scores
 from regiontune.evaluation.metrics import metrics_from_ranks, target_ranks
@@ -243,3 +243,29 @@ def lift_text_items(task, catalogue: Sequence[str], train: dict[str, list[str]],
                 found[(scales[0], 0.0)][0], found[(scale, lift)][0],
                 found[(scales[0], 0.0)][1], found[(scale, lift)][1])
     return info
+
+
+@torch.no_grad()
+def unlift_parent_items(task, parent) -> list[str]:
+    """A refresh's start (``task``: the parent continued, ``parent``: its folder with its
+    weights): the parent's never-trained items known by their text alone -- ``A`` row 0 and
+    the bias its record gives them (``unseen_offset`` plus its lift or text prior:
+    ``text_growth.lifted_text_rows``) -- go back to the bias a first adaptation starts them at
+    (0: the parent's offset, lift and prior taken off), so that the refresh's calibration
+    and lift give them its own offset and lift, once, and the refreshed adapter's record
+    describes them (merges and later refreshes read it). Returns those items: the refresh
+    counts them as unseen unless its data trains them. A parent whose lift step never ran
+    (no ``text_lift`` recorded, or no such item): none."""
+    meta, side = parent.meta, task.item_side
+    has = getattr(task, "new_has_text", None)
+    if "text_lift" not in meta or has is None or side.bias is None:
+        return []
+    catalogue = list(meta["catalogue"])
+    vectors, _ = catalogue_text(task, catalogue)
+    lifted, _ = lifted_text_rows(meta, parent.tensors, vectors, has[:len(catalogue)].bool())
+    rows = lifted.nonzero().flatten()
+    side.bias.data[rows.to(side.bias.device)] = 0.0
+    if len(rows):
+        logger.info("refresh: the parent's lift taken off %d never-trained text-only items",
+                    len(rows))
+    return [catalogue[i] for i in rows.tolist()]

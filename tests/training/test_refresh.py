@@ -21,7 +21,7 @@ from regiontune.training.adapt import (
     read_parent,
     train_region,
 )
-from tests.conftest import TINY_DATA, TINY_TRAIN
+from tests.conftest import TEXT_TRAIN, TINY_DATA, TINY_TRAIN
 
 REGION = "island"
 NEW = ["fresh-1", "fresh-2", "fresh-3"]  # items the parent never saw (region-new ones)
@@ -226,3 +226,48 @@ def test_method_mismatch_and_non_adapters_are_refused(tiny_backbone_dir, parent_
         adapt(tiny_backbone_dir, _data_cfg(), AdaptConfig(region=REGION), TINY_TRAIN,
               parent_dir, init_from=parent_dir)
     _nothing_written(tmp_path, out)
+
+
+# ---------------------------------------------------------------- items known by their text alone
+
+def test_a_refresh_takes_the_parents_lift_off_and_lifts_once(text_island, lifted_island,
+                                                            tmp_path, monkeypatch):
+    """The parent's never-trained text-only items carry its offset plus its lift and text
+    prior. A refresh starts them where a first adaptation does (bias 0, outside the training
+    softmax), so its own calibration and lift act on them once: the refreshed adapter's
+    record (its offset, lift and prior) gives their bias, as merges and later refreshes read
+    it."""
+    import regiontune.training.adapt as adapt_module
+    from regiontune.adapters.merge import source_text
+    from regiontune.adapters.text_growth import lifted_text_rows
+
+    root, island, _ = text_island
+    parent_path, cold, _ = lifted_island
+    backbone, vocab, bmeta = load_backbone(root / "bb")
+    parent = AdapterFolder.read(parent_path, bmeta["fingerprint"])
+    rows = [parent.meta["catalogue"].index(i) for i in cold]
+    saved = parent.tensors["regiontune.item_side.bias"].float()[rows]
+    assert (saved - parent.meta["unseen_offset"]).abs().min() > 0.01  # lifted in the parent
+    seen, real_fit = {}, adapt_module.fit
+
+    def spy(task, *args, **kwargs):  # the refresh as it starts training
+        seen["bias"] = task.item_side.bias.detach()[rows].clone()
+        seen["negatives"] = task.negative_mask[rows].clone()
+        return real_fit(task, *args, **kwargs)
+
+    monkeypatch.setattr(adapt_module, "fit", spy)
+    task, stats = train_region(backbone, vocab, island,
+                               AdaptConfig(method="lora", region="island", text_lift_budget=1.0),
+                               TEXT_TRAIN, parent=parent)
+    assert torch.equal(seen["bias"], torch.zeros(len(cold)))
+    assert not seen["negatives"].any()  # unseen again: not pushed down as negatives
+    assert stats["unseen_items"] == len(cold) and stats["text_only_items"] == len(cold)
+    out = tmp_path / "island-v2"
+    save_adapter(task, "lora", "island", {"region": "island",
+                                         "backbone_fingerprint": bmeta["fingerprint"],
+                                         **stats}, out, "float16")
+    refreshed = AdapterFolder.read(out, bmeta["fingerprint"])
+    catalogue = refreshed.meta["catalogue"]
+    text = source_text(refreshed, backbone, vocab.columns(catalogue) >= 0)
+    lifted, _ = lifted_text_rows(refreshed.meta, refreshed.tensors, *text)
+    assert lifted[[catalogue.index(i) for i in cold]].all()
