@@ -15,7 +15,8 @@
   (``item_rank=R`` projects it to rank ``R`` by a truncated SVD of the merged deltas instead).
   A source holds an item when the item is in its catalogue *and* its training moved the
   item's row: rows of items its data never showed are the initial ones plus the source's
-  unseen-items offset, a score level fitted for that region's catalogue alone (WSDM s1's
+  unseen-items offset (plus, for an item known by its text alone, the lift or text prior the
+  source records), a score level fitted for that region's catalogue alone (WSDM s1's
   LoRA: +7.2 on 189 such items, which would float to the top of any other region's lists).
   An item no source holds keeps the backbone's row and bias when the backbone knows it.
   Otherwise (new to every source and to the backbone) it gets the lowest item bias any
