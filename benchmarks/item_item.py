@@ -51,12 +51,12 @@ from benchmarks.markdown import table
 from benchmarks.meta import run_meta
 from regiontune.config import AdaptConfig
 from regiontune.data.splits import subsample_users
-from regiontune.evaluation.baselines import tuned_ease
+from regiontune.evaluation.baselines import EASE, tuned_ease
 from regiontune.evaluation.evaluate import allowed_mask, task_scores
 from regiontune.evaluation.metrics import metrics_from_ranks, target_ranks
 from regiontune.model.backbone import load_backbone
 from regiontune.training.adapt import VALID_CASES, train_region
-from regiontune.training.item_item import blend_weight
+from regiontune.training.item_item import blend_weight, score_spread
 
 log = logging.getLogger("benchmarks")
 OUT = RESULTS / "item_item.json"
@@ -79,13 +79,6 @@ def _top(b: torch.Tensor, k: int) -> torch.Tensor:
     return top
 
 
-def _ease(gram: torch.Tensor, lam: float) -> torch.Tensor:
-    p = torch.linalg.inv(gram + lam * torch.eye(gram.shape[0]))
-    b = -p / p.diagonal()
-    b.fill_diagonal_(0)
-    return b
-
-
 def _variant_forms(b: torch.Tensor, train_x: torch.Tensor, hold_x: torch.Tensor,
                    hold_allowed: torch.Tensor) -> dict[str, torch.Tensor]:
     """The forms of ``--forms variants`` (module docstring), each at VARIANT_K weights an item."""
@@ -95,7 +88,7 @@ def _variant_forms(b: torch.Tensor, train_x: torch.Tensor, hold_x: torch.Tensor,
     cosine.fill_diagonal_(0)
 
     def spread(m):
-        return _spread(hold_x @ m, hold_allowed)
+        return score_spread(hold_x @ m, hold_allowed)
 
     out = {}
     for k in VARIANT_K:
@@ -105,13 +98,8 @@ def _variant_forms(b: torch.Tensor, train_x: torch.Tensor, hold_x: torch.Tensor,
         threshold = b.flatten().topk(b.shape[0] * k).values[-1]
         out[f"global{k}"] = torch.where(b >= threshold, b, torch.zeros_like(b)).half().float()
         for lam in VARIANT_LAMBDAS:
-            out[f"lambda{lam}-top{k}"] = _top(_ease(gram, lam), k)
+            out[f"lambda{lam}-top{k}"] = _top(torch.from_numpy(EASE(lam)._fit_gram(gram).b), k)
     return out
-
-
-def _spread(scores: torch.Tensor, allowed: torch.Tensor) -> float:
-    values = scores[allowed & torch.isfinite(scores)]
-    return float(values.std())
 
 
 def _forms(b: torch.Tensor) -> dict[str, torch.Tensor]:

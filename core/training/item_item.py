@@ -36,7 +36,8 @@ def ease_weights(train: dict[str, list[str]], catalogue: list[str], holdout: lis
     return torch.from_numpy(model.b), lam, results[lam]
 
 
-def _spread(scores: torch.Tensor, allowed: torch.Tensor) -> float:
+def score_spread(scores: torch.Tensor, allowed: torch.Tensor) -> float:
+    """Standard deviation of the finite ``scores`` in ``allowed`` columns (0: fewer than 2)."""
     values = scores[allowed & torch.isfinite(scores)]
     return float(values.std()) if values.numel() > 1 else 0.0
 
@@ -47,7 +48,7 @@ def blend_weight(base: torch.Tensor, extra: torch.Tensor, allowed: torch.Tensor,
     """The ``grid`` weight ``w`` whose ``base + w * unit * extra`` ranks the hold-out best
     (ties: the smaller), ``unit`` (the ratio of the two parts' score spreads over the ranked
     columns) and NDCG@10 at every grid weight. ``base``, ``extra``: scores ``[cases, n]``."""
-    unit = _spread(base, allowed) / max(_spread(extra, allowed), 1e-12)
+    unit = score_spread(base, allowed) / max(score_spread(extra, allowed), 1e-12)
     found = {}
     for w in grid:
         scores = base + (w * unit) * extra if w else base
