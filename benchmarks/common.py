@@ -154,6 +154,13 @@ def floats(text: str) -> list[float]:
     return [float(x) for x in names(text)]
 
 
+def study_command(module: str, argv: list[str] | None) -> str:
+    """The command line a study ran with (``argv``, or the process's own), as its report
+    records it: ``OMP_NUM_THREADS=1 python -m MODULE ARGS``."""
+    return f"OMP_NUM_THREADS=1 python -m {module} " + " ".join(
+        sys.argv[1:] if argv is None else argv)
+
+
 def study_parser(doc: str | None, **kwargs: Any) -> argparse.ArgumentParser:
     """A study's command line, described by its module docstring's first line."""
     return argparse.ArgumentParser(description=(doc or "").split("\n")[0], **kwargs)

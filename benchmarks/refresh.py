@@ -41,7 +41,6 @@ import logging
 import math
 import shutil
 import statistics
-import sys
 import time
 from collections import defaultdict
 from dataclasses import replace
@@ -59,6 +58,7 @@ from benchmarks.common import (  # noqa: E402
     configure_logging,
     integers,
     load_results,
+    study_command,
     study_parser,
     write_results,
 )
@@ -412,8 +412,7 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit("--periods must be at least 3 (pretrain, refresh, evaluate)")
         # a rerun replaces the records of the seeds it runs
         results["records"] = [r for r in results["records"] if r["seed"] not in args.seeds]
-        results["command"] = "OMP_NUM_THREADS=1 python -m benchmarks.refresh " + " ".join(
-            sys.argv[1:] if argv is None else argv)
+        results["command"] = study_command("benchmarks.refresh", argv)
         results["config"] = {"periods": args.periods, "method": args.method,
                              "refresh_epochs": (args.refresh_epochs
                                                 or AdaptConfig().refresh_epochs

@@ -26,7 +26,6 @@ Writes ``benchmarks/results/refresh_choice.{json,md}``; a rerun replaces the rec
 from __future__ import annotations
 
 import statistics
-import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from benchmarks.common import (
     floats,
     integers,
     load_results,
+    study_command,
     study_parser,
     write_results,
 )
@@ -121,8 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     results = load_results(args.out, dataset="ml-100k")
     if not args.report_only:
         periods = load_periods(args.data_dir, args.periods)
-        command = "OMP_NUM_THREADS=1 python -m benchmarks.refresh_choice " + " ".join(
-            sys.argv[1:] if argv is None else argv)
+        command = study_command("benchmarks.refresh_choice", argv)
         results["commands"] = [*results.get("commands", []), command]
         results["meta"] = run_meta({"lrs": args.lrs, "seeds": args.seeds,
                                     "patience": args.patience, "epochs": args.epochs})

@@ -33,7 +33,6 @@ from __future__ import annotations
 import copy
 import shutil
 import statistics
-import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -45,6 +44,7 @@ from benchmarks.common import (
     configure_logging,
     integers,
     load_results,
+    study_command,
     study_parser,
     write_results,
 )
@@ -226,8 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     results = load_results(args.out, dataset="ml-100k")
     if not args.report_only:
         periods = load_periods(args.data_dir, args.periods)
-        results["command"] = "OMP_NUM_THREADS=1 python -m benchmarks.refresh_parts " + " ".join(
-            sys.argv[1:] if argv is None else argv)
+        results["command"] = study_command("benchmarks.refresh_parts", argv)
         results["meta"] = run_meta({"seeds": args.seeds, "neighbours": args.neighbours})
         for seed in args.seeds:
             results["records"] = [r for r in results["records"] if r["seed"] != seed]
