@@ -234,7 +234,6 @@ def train_region(backbone: RecModel, vocab: ItemVocab, data: RegionData, adapt_c
     else:
         task = continue_region_task(backbone, vocab, parent, data.catalogue, adapt_cfg,
                                     total_steps, train_cfg.num_negatives)
-        known[PARENT_ITEMS] = list(parent.meta["catalogue"])
     if text is not None:
         task.set_region_text(text)
     if parent is not None:  # the parent's lift off the items it lifted: unseen, lifted anew
