@@ -60,6 +60,7 @@ def test_report_lists_trials_best_first_and_the_confirmation():
     point = {"lr": 3e-3, "weight_decay": 0.01, "batch_size": 256, "r": 8, "alpha_per_r": 2,
              "lora_dropout": 0.05, "neighbours_share": 0.5}
     results = {"setting": "all-regions", "region": "t1", "seed": 0, "command": "c",
+               "best_trial": 1,
                "meta": {"git_commit": "abc"}, "budget": {"trials": 2, "timeout_minutes": 5},
                "trials": [{"number": 0, "params": point, "value": 0.61},
                           {"number": 1, "params": {**point, "r": 16}, "value": 0.63}],
@@ -70,4 +71,10 @@ def test_report_lists_trials_best_first_and_the_confirmation():
     rows = [line for line in text.splitlines() if line.startswith("| 0 ") or
             line.startswith("| 1 ")]
     assert rows[0].startswith("| 1 ") and "0.6300" in rows[0]  # best first
-    assert "| best | 2 | 0.6200, 0.6400 | 0.6300 |" in text
+    # the search's own seed first (trial 0 for the defaults, the best trial), then the others
+    assert "| default | 2 | 0.6100, 0.6000 | 0.6050 |" in text
+    assert "| best | 3 | 0.6300, 0.6200, 0.6400 | 0.6300 |" in text
+    assert "best - default = +0.0250" in text and "win" in text
+    results["confirm"][1]["holdout_ndcg@10"] = 0.58  # best: 0.63, 0.58, 0.64 -> 0.6167
+    assert "the defaults stay" in report({**results, "confirm": [
+        {"label": "default", "seed": 1, "holdout_ndcg@10": 0.625}, *results["confirm"][1:]]})
