@@ -9,9 +9,13 @@ by timestamp and cut into ``--periods`` consecutive periods of equal interaction
 * a small backbone is pretrained on period 0 alone, and a first adapter trained on period 0;
 * at each later period p (1 .. P-2), three adapters of ``--method``:
   - **stale**: the adapter in service at p-1, unchanged (no training);
-  - **refreshed**: that adapter refreshed on period p's interactions alone
-    (``train_region(parent=...)``, what ``regiontune adapt --init-from`` runs); the refreshed
-    adapter is the one in service at p (so refreshes chain: p0 -> p1 -> p2 ...);
+  - **refreshed**: that adapter refreshed on period p's interactions
+    (``train_region(parent=...)``, what ``regiontune adapt --init-from`` runs); with
+    ``AdaptConfig.refresh_context`` (``--context on|off``; default the library's), each user's
+    items of periods 0..p-1 are read ahead of period p's as context only (no loss on them;
+    the refresh's hold-out reads them too), what ``adapt --init-from`` reloads from the
+    lineage's recorded data; the refreshed adapter is the one in service at p (so refreshes
+    chain: p0 -> p1 -> p2 ...);
   - **refreshed-replay**: as refreshed, with ``--replay`` (default 0.5, fixed a priori, not
     tuned) of the parent's training users trained again with period p
     (``train_region(parent=..., replay=...)``, what ``adapt --init-from --replay`` runs); it
@@ -68,10 +72,12 @@ from benchmarks.report import save_figure  # noqa: E402
 from regiontune.adapters import AdapterFolder, load_adapter, save_adapter  # noqa: E402
 from regiontune.config import AdaptConfig, ModelConfig, TrainConfig, to_dict  # noqa: E402
 from regiontune.data.loading import load_file  # noqa: E402
+from regiontune.data.splits import histories as user_histories  # noqa: E402
 from regiontune.data.splits import split_region  # noqa: E402
-from regiontune.evaluation.evaluate import task_scores  # noqa: E402
+from regiontune.evaluation.evaluate import evaluate_task, task_scores  # noqa: E402
 from regiontune.model.backbone import load_backbone, save_backbone  # noqa: E402
-from regiontune.training.adapt import train_region  # noqa: E402
+from regiontune.training.adapt import VALID_CASES, train_region  # noqa: E402
+from regiontune.training.context import context_cases  # noqa: E402
 from regiontune.training.pretrain import train_backbone  # noqa: E402
 
 log = logging.getLogger("benchmarks.refresh")
@@ -143,7 +149,8 @@ def next_period_ndcg(task, catalogue: list[str], histories: list[list[str]],
 def run_seed(periods: list[pd.DataFrame], method: str, seed: int, work: Path,
              refresh_epochs: int | None = None, methods: tuple[str, ...] = METHODS,
              replay: float = REPLAY, refresh_lr: float | None = None,
-             refresh_patience: int | None = None) -> list[dict]:
+             refresh_patience: int | None = None, refresh_context: bool | None = None
+             ) -> list[dict]:
     work = work / f"seed{seed}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -157,6 +164,8 @@ def run_seed(periods: list[pd.DataFrame], method: str, seed: int, work: Path,
         adapt_cfg = replace(adapt_cfg, refresh_lr=refresh_lr)
     if refresh_patience is not None:  # else the library's (AdaptConfig.refresh_patience)
         adapt_cfg = replace(adapt_cfg, refresh_patience=refresh_patience)
+    if refresh_context is not None:  # else the library's (AdaptConfig.refresh_context)
+        adapt_cfg = replace(adapt_cfg, refresh_context=refresh_context)
     started = time.perf_counter()
     task, result = train_backbone({REGION: region_data(periods[0])}, MODEL, pretrain_cfg)
     bb_meta = save_backbone(task.model, task.vocab, {"benchmark": NAME, "seed": seed},
@@ -193,8 +202,18 @@ def run_seed(periods: list[pd.DataFrame], method: str, seed: int, work: Path,
             runs["stale"] = (stale, {"train_seconds": 0.0}, 0)
         backbone, vocab = fresh()
         parent = AdapterFolder.read(in_service, fingerprint)
-        refreshed, stats = train_region(backbone, vocab, region_data(periods[p]), adapt_cfg,
-                                        refresh_train, parent=parent)
+        # each user's items of periods 0..p-1, time-ordered: what adapt --init-from reloads
+        # from the lineage's recorded data (training/context.py: parent_context)
+        earlier = user_histories(pd.concat(periods[:p], ignore_index=True))
+        context = earlier if adapt_cfg.refresh_context else None
+        new = region_data(periods[p])
+        refreshed, stats = train_region(backbone, vocab, new, adapt_cfg, refresh_train,
+                                        parent=parent, context=context)
+        # the refresh's own hold-out (period p's last items), each history read after the
+        # user's earlier items as serving reads it: comparable with and without context
+        stats["holdout_served"] = evaluate_task(
+            refreshed, refreshed.item_side.catalogue,
+            context_cases(new.valid[:VALID_CASES], earlier))["ndcg@10"]
         if "refreshed" in methods:
             runs["refreshed"] = (refreshed, stats, len(periods[p]))
         if "refreshed-replay" in methods:
@@ -203,7 +222,7 @@ def run_seed(periods: list[pd.DataFrame], method: str, seed: int, work: Path,
             pool = region_data(periods[p - 1]).train  # what the parent trained on
             replayed, stats = train_region(backbone, vocab, region_data(periods[p]),
                                            replace(adapt_cfg, replay=replay), refresh_train,
-                                           parent=parent, replay=pool)
+                                           parent=parent, replay=pool, context=context)
             runs["refreshed-replay"] = (replayed, stats, len(periods[p]))
         if "retrained" in methods:
             backbone, vocab = fresh()
@@ -219,6 +238,8 @@ def run_seed(periods: list[pd.DataFrame], method: str, seed: int, work: Path,
                       "best_epoch": stats.get("best_epoch", 0),
                       "valid_ndcg@10": stats.get("best_valid_ndcg@10"),
                       **({"refresh_lr": adapt_cfg.refresh_lr,
+                          "refresh_context": adapt_cfg.refresh_context,
+                          "holdout_served_ndcg@10": stats.get("holdout_served"),
                           "refresh_patience": adapt_cfg.refresh_patience
                           or refresh_train.patience,
                           "refresh_epochs": adapt_cfg.refresh_epochs or refresh_train.epochs}
@@ -226,6 +247,8 @@ def run_seed(periods: list[pd.DataFrame], method: str, seed: int, work: Path,
                       "catalogue": len(task.item_side.catalogue)}
             if stats.get("replay"):
                 record["replay"] = stats["replay"]
+            if stats.get("context"):
+                record["context"] = stats["context"]
             records.append(record)
             log.info("%s", record)
         in_service = save(refreshed, f"p{p}")
@@ -304,7 +327,9 @@ def write_report(results: dict, path: Path) -> list[Path]:
     lines += table(["period", "seed", "method", "train range", "eval users", "NDCG@10",
                     "train s", "train interactions", "epochs (best)"],
                    [[r["period"], r["seed"], r["method"],
-                     r["period_range"] if r["method"] == "refreshed" else
+                     (f"{r['period_range']} + context of {r['context']['users']} users"
+                      if r.get("context") else r["period_range"])
+                     if r["method"] == "refreshed" else
                      (f"{r['period_range']} + {r['replay']['users']} replayed users"
                       if r["method"] == "refreshed-replay" else
                      ("–" if r["method"] == "stale" else f"periods 0..{r['period']}")),
@@ -394,10 +419,18 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--refresh-epochs", type=int, default=None,
                         help="epoch cap of the refreshes (default: AdaptConfig.refresh_epochs, "
                         "none: the adapters' 20)")
+    parser.add_argument("--context", choices=("on", "off"), default=None,
+                        help="refreshes read each user's earlier items as context (default: "
+                        "AdaptConfig.refresh_context)")
     parser.add_argument("--work", type=Path, default=Path("runs/bench/refresh"))
     parser.add_argument("--out", type=Path, default=RESULTS / f"{NAME}.json")
     parser.add_argument("--report-only", action="store_true")
     return parser.parse_args(argv)
+
+
+def context_flag(value: str | None) -> bool:
+    """``--context on|off``; None: the library's default (AdaptConfig.refresh_context)."""
+    return AdaptConfig().refresh_context if value is None else value == "on"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -418,6 +451,7 @@ def main(argv: list[str] | None = None) -> None:
                                                 or AdaptConfig().refresh_epochs
                                                 or ADAPT.epochs),
                              "methods": list(args.methods), "replay": args.replay,
+                             "refresh_context": context_flag(args.context),
                              "model": to_dict(MODEL)["model"],
                              "pretrain": to_dict(PRETRAIN)["train"],
                              "adapt": to_dict(ADAPT)["train"],
@@ -425,7 +459,8 @@ def main(argv: list[str] | None = None) -> None:
         results["meta"] = run_meta(results["config"])
         for seed in args.seeds:
             results["records"] += run_seed(periods, args.method, seed, args.work,
-                                           args.refresh_epochs, args.methods, args.replay)
+                                           args.refresh_epochs, args.methods, args.replay,
+                                           refresh_context=context_flag(args.context))
             write_results(results, args.out)
     for path in write_report(results, args.out):
         log.info("wrote %s", path)

@@ -182,6 +182,11 @@ class AdaptConfig:
     # refresh only: at most this many epochs (the cosine schedule spans them; None:
     # train.epochs)
     refresh_epochs: int | None = None
+    # refresh only: each user's earlier items (the parent's and its ancestors' data, reloaded
+    # from the configurations their region.json files record) are read ahead of the new ones,
+    # as input only: the loss is taken on the new items (training/context.py); the hold-out
+    # and test cases read them too. An error when that data is gone.
+    refresh_context: bool = False
 
 
 def _coerce(value: str, target_type: Any) -> Any:
