@@ -21,6 +21,11 @@ by timestamp and cut into ``--periods`` consecutive periods of equal interaction
     (``train_region(parent=..., replay=...)``, what ``adapt --init-from --replay`` runs); it
     chains too (p0 -> p1 -> p2 ...), so its parent was trained on period p-1 (period 0 for
     p = 1) and that period's training histories are the replay pool;
+  - **refreshed-alone**: as refreshed, with context forced off (period p's histories alone,
+    the refresh before ``refresh_context``), whatever the library's default; it chains too
+    (its own p0 -> p1 -> p2 ...). Reported, not chosen: the default of
+    ``AdaptConfig.refresh_context`` is chosen on the refreshes' hold-out
+    (``benchmarks/refresh_choice.py --metric served``, ``refresh_context_choice.md``);
   - **retrained**: a new adapter trained on every interaction of periods 0..p.
   Each training run splits its own data leave-last-out (the last two items of each user held
   out for early stopping), as ``regiontune adapt`` does.
@@ -83,8 +88,9 @@ from regiontune.training.pretrain import train_backbone  # noqa: E402
 log = logging.getLogger("benchmarks.refresh")
 NAME = "refresh"
 REGION = "all"
-METHODS = ("stale", "refreshed", "refreshed-replay", "retrained")
-BASE = ("stale", "refreshed", "retrained")  # the bar's three; refreshed-replay is optional
+METHODS = ("stale", "refreshed", "refreshed-replay", "refreshed-alone", "retrained")
+BASE = ("stale", "refreshed", "retrained")  # the bar's three; the other refreshes are optional
+VARIANTS = {"refreshed-replay": "replay", "refreshed-alone": "alone"}
 REPLAY = 0.5  # share of the parent's training users replayed (a priori, not tuned)
 MODEL = ModelConfig(arch="llama", hidden_size=64, num_layers=2, num_heads=2,
                     intermediate_size=128, max_len=50, dropout=0.2)
@@ -185,7 +191,7 @@ def run_seed(periods: list[pd.DataFrame], method: str, seed: int, work: Path,
 
     backbone, vocab = fresh()
     first, stats = train_region(backbone, vocab, region_data(periods[0]), adapt_cfg, adapt_train)
-    in_service = in_service_replay = save(first, "p0")
+    in_service = in_service_replay = in_service_alone = save(first, "p0")
     log.info("seed %d: adapter p0, %.0f s", seed, stats["train_seconds"])
     records = []
     for p in range(1, len(periods) - 1):
@@ -224,6 +230,13 @@ def run_seed(periods: list[pd.DataFrame], method: str, seed: int, work: Path,
                                            replace(adapt_cfg, replay=replay), refresh_train,
                                            parent=parent, replay=pool, context=context)
             runs["refreshed-replay"] = (replayed, stats, len(periods[p]))
+        if "refreshed-alone" in methods:
+            backbone, vocab = fresh()
+            parent = AdapterFolder.read(in_service_alone, fingerprint)
+            alone, stats = train_region(backbone, vocab, new,
+                                        replace(adapt_cfg, refresh_context=False),
+                                        refresh_train, parent=parent)
+            runs["refreshed-alone"] = (alone, stats, len(periods[p]))
         if "retrained" in methods:
             backbone, vocab = fresh()
             retrained, stats = train_region(backbone, vocab, region_data(past), adapt_cfg,
@@ -236,9 +249,11 @@ def run_seed(periods: list[pd.DataFrame], method: str, seed: int, work: Path,
                       "train_seconds": stats["train_seconds"], "train_interactions": rows,
                       "epochs_run": stats.get("epochs_run", 0),
                       "best_epoch": stats.get("best_epoch", 0),
+                      "epoch_tokens": stats.get("epoch_tokens", 0),
                       "valid_ndcg@10": stats.get("best_valid_ndcg@10"),
                       **({"refresh_lr": adapt_cfg.refresh_lr,
-                          "refresh_context": adapt_cfg.refresh_context,
+                          "refresh_context": (adapt_cfg.refresh_context
+                                              and name != "refreshed-alone"),
                           "holdout_served_ndcg@10": stats.get("holdout_served"),
                           "refresh_patience": adapt_cfg.refresh_patience
                           or refresh_train.patience,
@@ -254,6 +269,8 @@ def run_seed(periods: list[pd.DataFrame], method: str, seed: int, work: Path,
         in_service = save(refreshed, f"p{p}")
         if "refreshed-replay" in methods:
             in_service_replay = save(replayed, f"p{p}-replay")
+        if "refreshed-alone" in methods:
+            in_service_alone = save(alone, f"p{p}-alone")
     return records
 
 
@@ -276,22 +293,29 @@ def verdicts(records: list[dict]) -> list[dict]:
         seconds = (ref["train_seconds"] / ret["train_seconds"] if ret["train_seconds"]
                    else float("nan"))
         extra = {}
-        if "refreshed-replay" in mean:
-            rr = mean["refreshed-replay"]
-            extra = {"replay_seeds": len(by[period]["refreshed-replay"]),
-                     "replay_quality_ratio": rr["ndcg@10"] / ret["ndcg@10"],
-                     "replay_seconds_ratio": rr["train_seconds"] / ret["train_seconds"]}
+        for variant, short in VARIANTS.items():
+            if variant in mean:
+                rr = mean[variant]
+                extra = {**extra, f"{short}_seeds": len(by[period][variant]),
+                         f"{short}_quality_ratio": rr["ndcg@10"] / ret["ndcg@10"],
+                         f"{short}_seconds_ratio": rr["train_seconds"] / ret["train_seconds"],
+                         f"{short}_beats_stale": rr["ndcg@10"] > stale["ndcg@10"]}
         # per seed, refreshed and retrained timed back to back (under one load)
         retrained_s = {r["seed"]: r["train_seconds"] for r in by[period]["retrained"]}
         per_seed = sorted(r["train_seconds"] / retrained_s[r["seed"]]
                           for r in by[period]["refreshed"] if retrained_s.get(r["seed"]))
         epochs = {m: statistics.fmean(r.get("epochs_run", 0) for r in by[period][m])
                   for m in ("refreshed", "retrained")}
-        # a compute proxy free of the machine's load: epochs run x interactions trained on
+        # a compute proxy free of the machine's load: epochs run x interactions trained on,
+        # and epochs run x tokens an epoch reads (histories cut to the model's window)
         work = {m: statistics.fmean(r.get("epochs_run", 0) * r.get("train_interactions", 0)
                                     for r in by[period][m]) for m in ("refreshed", "retrained")}
+        tokens = {m: statistics.fmean(r.get("epochs_run", 0) * r.get("epoch_tokens", 0)
+                                      for r in by[period][m]) for m in ("refreshed", "retrained")}
         extra = {**extra, "work_ratio": (work["refreshed"] / work["retrained"]
                                          if work["retrained"] else None),
+                 "token_ratio": (tokens["refreshed"] / tokens["retrained"]
+                                 if tokens["retrained"] else None),
                  "seconds_ratio_per_seed": per_seed,
                  "seconds_ratio_median": statistics.median(per_seed) if per_seed else None,
                  "epochs_refreshed": epochs["refreshed"], "epochs_retrained": epochs["retrained"]}
@@ -332,6 +356,7 @@ def write_report(results: dict, path: Path) -> list[Path]:
                      if r["method"] == "refreshed" else
                      (f"{r['period_range']} + {r['replay']['users']} replayed users"
                       if r["method"] == "refreshed-replay" else
+                      r["period_range"] if r["method"] == "refreshed-alone" else
                      ("–" if r["method"] == "stale" else f"periods 0..{r['period']}")),
                      r["eval_users"], f"{r['ndcg@10']:.4f}", f"{r['train_seconds']:.1f}",
                      r["train_interactions"], f"{r['epochs_run']} ({r['best_epoch']})"]
@@ -349,13 +374,15 @@ def write_report(results: dict, path: Path) -> list[Path]:
         lines += ["", "Seconds per seed (refreshed / retrained of the same seed, timed back to "
                   "back under one load; the bar reads the ratio of the means above):", ""]
         lines += table(["period", "seeds", "median", "range", "epochs run: refreshed",
-                        "retrained", "epochs x interactions: refreshed / retrained"],
+                        "retrained", "epochs x interactions: refreshed / retrained",
+                        "epochs x tokens: refreshed / retrained"],
                        [[v["period"], len(v["seconds_ratio_per_seed"]),
                          f"{v['seconds_ratio_median']:.1%}",
                          f"{v['seconds_ratio_per_seed'][0]:.1%} .. "
                          f"{v['seconds_ratio_per_seed'][-1]:.1%}",
                          f"{v['epochs_refreshed']:.1f}", f"{v['epochs_retrained']:.1f}",
-                         f"{v['work_ratio']:.1%}" if v["work_ratio"] else "–"]
+                         f"{v['work_ratio']:.1%}" if v["work_ratio"] else "–",
+                         f"{v['token_ratio']:.1%}" if v.get("token_ratio") else "–"]
                         for v in rows if v["seconds_ratio_per_seed"]])
     replay_rows = [v for v in rows if "replay_quality_ratio" in v]
     if replay_rows:
@@ -374,6 +401,26 @@ def write_report(results: dict, path: Path) -> list[Path]:
                          f"{v['replay_seconds_ratio']:.1%}",
                          "yes" if v["replay_quality_ratio"] >= BAR_QUALITY else "no"]
                         for v in replay_rows])
+    alone_rows = [v for v in rows if "alone_quality_ratio" in v]
+    if alone_rows:
+        lines += ["", "## Refreshed on the new period alone (no context, the refresh before "
+                  "`refresh_context`; means over seeds)", "",
+                  "Reported, not chosen: `AdaptConfig.refresh_context` is chosen on the "
+                  "refreshes' hold-out (`refresh_context_choice.md`), never on these "
+                  "next-period figures.", ""]
+        lines += table(["period", "seeds", "refreshed", "refreshed-alone", "retrained",
+                        "alone / retrained", "alone s", "alone s / retrained s",
+                        f">= {BAR_QUALITY:.0%}", "bar"],
+                       [[v["period"], v["alone_seeds"], f"{v['refreshed_ndcg@10']:.4f}",
+                         f"{v['refreshed-alone_ndcg@10']:.4f}",
+                         f"{v['retrained_ndcg@10']:.4f}", f"{v['alone_quality_ratio']:.1%}",
+                         f"{v['refreshed-alone_train_seconds']:.1f}",
+                         f"{v['alone_seconds_ratio']:.1%}",
+                         "yes" if v["alone_quality_ratio"] >= BAR_QUALITY else "no",
+                         "met" if (v["alone_quality_ratio"] >= BAR_QUALITY
+                                   and v["alone_beats_stale"]
+                                   and v["alone_seconds_ratio"] <= BAR_SECONDS) else "missed"]
+                        for v in alone_rows])
     if results.get("notes"):
         lines += ["", "## Notes", "", *results["notes"]]
     md = path.with_suffix(".md")
@@ -386,7 +433,7 @@ def plot(rows: list[dict], path: Path) -> Path:
     periods = [v["period"] for v in rows]
     for i, m in enumerate(METHODS):
         if rows and all(f"{m}_ndcg@10" in v for v in rows):
-            left.plot(periods, [v[f"{m}_ndcg@10"] for v in rows], marker="osD^"[i], label=m)
+            left.plot(periods, [v[f"{m}_ndcg@10"] for v in rows], marker="osDv^"[i], label=m)
     left.set(xlabel="period p (evaluated on p+1)", ylabel="next-period NDCG@10",
              title="Quality")
     left.set_xticks(periods)

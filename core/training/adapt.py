@@ -284,7 +284,10 @@ def train_region(backbone: RecModel, vocab: ItemVocab, data: RegionData, adapt_c
              "train_seconds": round(time.perf_counter() - started, 2),
              "trainable_params": count_trainable(task), "best_epoch": result.best_epoch,
              "epochs_run": result.epochs_run, "stopped": result.stopped,
-             "best_valid_ndcg@10": result.best_metric, "train_users": len(data.train)}
+             "best_valid_ndcg@10": result.best_metric, "train_users": len(data.train),
+             # tokens one epoch reads (each sequence cut to the model's window): a cost
+             # measure free of the machine's load
+             "epoch_tokens": sum(min(len(q), task.max_len + 1) for q in sequences)}
     if parent is not None and adapt_cfg.replay > 0:
         stats["replay"] = replay_record(adapt_cfg.replay, replayed)
     if context is not None:
@@ -320,11 +323,13 @@ def adapt(backbone_dir: str | Path, data_cfg: DataConfig, adapt_cfg: AdaptConfig
                              "(drop --method)")
         if adapt_cfg.replay > 0:  # the parent's data, reloaded before anything is trained
             replay = parent_training_histories(read_parent(init_from))
-        if adapt_cfg.refresh_context:  # the users' earlier items: the lineage's data
-            context = parent_context(read_parent(init_from))
     backbone, vocab, bmeta = load_backbone(backbone_dir)
     parent = (read_parent(init_from, bmeta["fingerprint"], weights=True)
               if init_from is not None else None)
+    if parent is not None and adapt_cfg.refresh_context:
+        # the users' earlier items: the lineage's data, reloaded once the parent is known to
+        # be of this backbone and before anything is trained or written
+        context = parent_context(parent)
     data_cfg = copy.deepcopy(data_cfg)
     data_cfg.regions = [adapt_cfg.region]
     regions, summary = load_data(data_cfg)

@@ -106,8 +106,9 @@ def test_refresh_with_context_records_it_and_walks_the_lineage(chain, island):
 
 def test_without_context_nothing_is_recorded(chain, tiny_backbone_dir, tmp_path):
     root, _ = chain
-    meta = adapt(tiny_backbone_dir, _data_cfg(), AdaptConfig(region=REGION), ONE_EPOCH,
-                 tmp_path / "plain", init_from=root / "v1")
+    assert AdaptConfig().refresh_context  # the default: with context
+    meta = adapt(tiny_backbone_dir, _data_cfg(), replace(CONTEXT, refresh_context=False),
+                 ONE_EPOCH, tmp_path / "plain", init_from=root / "v1")
     assert meta["lineage"]["context"] is None
 
 
