@@ -120,7 +120,8 @@ def to_markdown(results: dict) -> str:
         "figure) is not read.", "",
         *table(["refresh lr multiple", "patience", "epoch cap", "context",
                 *[f"period {p}: hold-out NDCG@10" for p in periods],
-                "mean", "seeds", ""], rows), ""])
+                "mean", "seeds", ""], rows), "",
+        *(["## Notes", "", *results["notes"], ""] if results.get("notes") else [])])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -135,10 +136,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="epoch cap of the refreshes")
     parser.add_argument("--context", choices=("on", "off"), default="off",
                         help="refreshes read each user's earlier items as context")
-    parser.add_argument("--metric", choices=tuple(METRICS), default="own",
-                        help="own: each refresh's early-stopping hold-out figure; served: the "
-                        "same targets, histories read after the earlier items (compares "
-                        "refreshes with and without context)")
+    parser.add_argument("--metric", choices=tuple(METRICS), default=None,
+                        help="own (the default of a new results file): each refresh's "
+                        "early-stopping hold-out figure; served: the same targets, histories "
+                        "read after the earlier items (compares refreshes with and without "
+                        "context); kept in the results file once given")
     parser.add_argument("--method", default="lora")
     parser.add_argument("--work", type=Path, default=Path("runs/bench/refresh-choice"))
     parser.add_argument("--out", type=Path, default=RESULTS / "refresh_choice.json")
@@ -146,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     configure_logging()
     results = load_results(args.out, dataset="ml-100k")
-    if args.metric != "own" or "metric" in results:
+    if args.metric is not None:
         results["metric"] = METRICS[args.metric]
     if not args.report_only:
         periods = load_periods(args.data_dir, args.periods)
