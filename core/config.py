@@ -176,8 +176,10 @@ class AdaptConfig:
     # stops early after refresh_patience epochs without a hold-out gain (None: train.patience).
     # Chosen on the refreshes' hold-out (benchmarks/results/refresh_choice.md, ml-100k, 5
     # seeds): lr multiples 0.5-0.1 lost (0.061-0.053 against 0.063); patience 6 against the
-    # adapters' 3 won (0.067): a restarted schedule first dips below the parent
-    refresh_lr: float = 1.0
+    # adapters' 3 won (0.067): a restarted schedule first dips below the parent. With context
+    # (refresh_context, below; refresh_context_choice.md, 10 seeds, hold-out read as served)
+    # multiple 2 won over 1 and 4 (0.0760 against 0.0744 and 0.0643)
+    refresh_lr: float = 2.0
     refresh_patience: int | None = 6
     # refresh only: at most this many epochs (the cosine schedule spans them; None:
     # train.epochs)
