@@ -21,8 +21,8 @@ by timestamp and cut into ``--periods`` consecutive periods of equal interaction
     (``train_region(parent=..., replay=...)``, what ``adapt --init-from --replay`` runs); it
     chains too (p0 -> p1 -> p2 ...), so its parent was trained on period p-1 (period 0 for
     p = 1) and that period's training histories are the replay pool;
-  - **refreshed-alone**: as refreshed, with context forced off (period p's histories alone,
-    the refresh before ``refresh_context``), whatever the library's default; it chains too
+  - **refreshed-alone**: as refreshed (the same settings otherwise), with context forced off
+    (period p's histories alone), whatever the library's default; it chains too
     (its own p0 -> p1 -> p2 ...). Reported, not chosen: the default of
     ``AdaptConfig.refresh_context`` is chosen on the refreshes' hold-out
     (``benchmarks/refresh_choice.py --metric served``, ``refresh_context_choice.md``);
@@ -403,8 +403,8 @@ def write_report(results: dict, path: Path) -> list[Path]:
                         for v in replay_rows])
     alone_rows = [v for v in rows if "alone_quality_ratio" in v]
     if alone_rows:
-        lines += ["", "## Refreshed on the new period alone (no context, the refresh before "
-                  "`refresh_context`; means over seeds)", "",
+        lines += ["", "## Refreshed on the new period alone (context off, the refresh's other "
+                  "settings the same; means over seeds)", "",
                   "Reported, not chosen: `AdaptConfig.refresh_context` is chosen on the "
                   "refreshes' hold-out (`refresh_context_choice.md`), never on these "
                   "next-period figures.", ""]
