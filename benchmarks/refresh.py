@@ -9,14 +9,23 @@ by timestamp and cut into ``--periods`` consecutive periods of equal interaction
 * a small backbone is pretrained on period 0 alone, and a first adapter trained on period 0;
 * at each later period p (1 .. P-2), three adapters of ``--method``:
   - **stale**: the adapter in service at p-1, unchanged (no training);
-  - **refreshed**: that adapter refreshed on period p's interactions alone
-    (``train_region(parent=...)``, what ``regiontune adapt --init-from`` runs); the refreshed
-    adapter is the one in service at p (so refreshes chain: p0 -> p1 -> p2 ...);
+  - **refreshed**: that adapter refreshed on period p's interactions
+    (``train_region(parent=...)``, what ``regiontune adapt --init-from`` runs); with
+    ``AdaptConfig.refresh_context`` (``--context on|off``; default the library's), each user's
+    items of periods 0..p-1 are read ahead of period p's as context only (no loss on them;
+    the refresh's hold-out reads them too), what ``adapt --init-from`` reloads from the
+    lineage's recorded data; the refreshed adapter is the one in service at p (so refreshes
+    chain: p0 -> p1 -> p2 ...);
   - **refreshed-replay**: as refreshed, with ``--replay`` (default 0.5, fixed a priori, not
     tuned) of the parent's training users trained again with period p
     (``train_region(parent=..., replay=...)``, what ``adapt --init-from --replay`` runs); it
     chains too (p0 -> p1 -> p2 ...), so its parent was trained on period p-1 (period 0 for
     p = 1) and that period's training histories are the replay pool;
+  - **refreshed-alone**: as refreshed (the same settings otherwise), with context forced off
+    (period p's histories alone), whatever the library's default; it chains too
+    (its own p0 -> p1 -> p2 ...). Reported, not chosen: the default of
+    ``AdaptConfig.refresh_context`` is chosen on the refreshes' hold-out
+    (``benchmarks/refresh_choice.py --metric served``, ``refresh_context_choice.md``);
   - **retrained**: a new adapter trained on every interaction of periods 0..p.
   Each training run splits its own data leave-last-out (the last two items of each user held
   out for early stopping), as ``regiontune adapt`` does.
@@ -68,17 +77,20 @@ from benchmarks.report import save_figure  # noqa: E402
 from regiontune.adapters import AdapterFolder, load_adapter, save_adapter  # noqa: E402
 from regiontune.config import AdaptConfig, ModelConfig, TrainConfig, to_dict  # noqa: E402
 from regiontune.data.loading import load_file  # noqa: E402
+from regiontune.data.splits import histories as user_histories  # noqa: E402
 from regiontune.data.splits import split_region  # noqa: E402
-from regiontune.evaluation.evaluate import task_scores  # noqa: E402
+from regiontune.evaluation.evaluate import evaluate_task, task_scores  # noqa: E402
 from regiontune.model.backbone import load_backbone, save_backbone  # noqa: E402
-from regiontune.training.adapt import train_region  # noqa: E402
+from regiontune.training.adapt import VALID_CASES, train_region  # noqa: E402
+from regiontune.training.context import context_cases  # noqa: E402
 from regiontune.training.pretrain import train_backbone  # noqa: E402
 
 log = logging.getLogger("benchmarks.refresh")
 NAME = "refresh"
 REGION = "all"
-METHODS = ("stale", "refreshed", "refreshed-replay", "retrained")
-BASE = ("stale", "refreshed", "retrained")  # the bar's three; refreshed-replay is optional
+METHODS = ("stale", "refreshed", "refreshed-replay", "refreshed-alone", "retrained")
+BASE = ("stale", "refreshed", "retrained")  # the bar's three; the other refreshes are optional
+VARIANTS = {"refreshed-replay": "replay", "refreshed-alone": "alone"}
 REPLAY = 0.5  # share of the parent's training users replayed (a priori, not tuned)
 MODEL = ModelConfig(arch="llama", hidden_size=64, num_layers=2, num_heads=2,
                     intermediate_size=128, max_len=50, dropout=0.2)
@@ -143,7 +155,8 @@ def next_period_ndcg(task, catalogue: list[str], histories: list[list[str]],
 def run_seed(periods: list[pd.DataFrame], method: str, seed: int, work: Path,
              refresh_epochs: int | None = None, methods: tuple[str, ...] = METHODS,
              replay: float = REPLAY, refresh_lr: float | None = None,
-             refresh_patience: int | None = None) -> list[dict]:
+             refresh_patience: int | None = None, refresh_context: bool | None = None
+             ) -> list[dict]:
     work = work / f"seed{seed}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -157,6 +170,8 @@ def run_seed(periods: list[pd.DataFrame], method: str, seed: int, work: Path,
         adapt_cfg = replace(adapt_cfg, refresh_lr=refresh_lr)
     if refresh_patience is not None:  # else the library's (AdaptConfig.refresh_patience)
         adapt_cfg = replace(adapt_cfg, refresh_patience=refresh_patience)
+    if refresh_context is not None:  # else the library's (AdaptConfig.refresh_context)
+        adapt_cfg = replace(adapt_cfg, refresh_context=refresh_context)
     started = time.perf_counter()
     task, result = train_backbone({REGION: region_data(periods[0])}, MODEL, pretrain_cfg)
     bb_meta = save_backbone(task.model, task.vocab, {"benchmark": NAME, "seed": seed},
@@ -176,7 +191,7 @@ def run_seed(periods: list[pd.DataFrame], method: str, seed: int, work: Path,
 
     backbone, vocab = fresh()
     first, stats = train_region(backbone, vocab, region_data(periods[0]), adapt_cfg, adapt_train)
-    in_service = in_service_replay = save(first, "p0")
+    in_service = in_service_replay = in_service_alone = save(first, "p0")
     log.info("seed %d: adapter p0, %.0f s", seed, stats["train_seconds"])
     records = []
     for p in range(1, len(periods) - 1):
@@ -193,8 +208,18 @@ def run_seed(periods: list[pd.DataFrame], method: str, seed: int, work: Path,
             runs["stale"] = (stale, {"train_seconds": 0.0}, 0)
         backbone, vocab = fresh()
         parent = AdapterFolder.read(in_service, fingerprint)
-        refreshed, stats = train_region(backbone, vocab, region_data(periods[p]), adapt_cfg,
-                                        refresh_train, parent=parent)
+        # each user's items of periods 0..p-1, time-ordered: what adapt --init-from reloads
+        # from the lineage's recorded data (training/context.py: parent_context)
+        earlier = user_histories(pd.concat(periods[:p], ignore_index=True))
+        context = earlier if adapt_cfg.refresh_context else None
+        new = region_data(periods[p])
+        refreshed, stats = train_region(backbone, vocab, new, adapt_cfg, refresh_train,
+                                        parent=parent, context=context)
+        # the refresh's own hold-out (period p's last items), each history read after the
+        # user's earlier items as serving reads it: comparable with and without context
+        stats["holdout_served"] = evaluate_task(
+            refreshed, refreshed.item_side.catalogue,
+            context_cases(new.valid[:VALID_CASES], earlier))["ndcg@10"]
         if "refreshed" in methods:
             runs["refreshed"] = (refreshed, stats, len(periods[p]))
         if "refreshed-replay" in methods:
@@ -203,8 +228,15 @@ def run_seed(periods: list[pd.DataFrame], method: str, seed: int, work: Path,
             pool = region_data(periods[p - 1]).train  # what the parent trained on
             replayed, stats = train_region(backbone, vocab, region_data(periods[p]),
                                            replace(adapt_cfg, replay=replay), refresh_train,
-                                           parent=parent, replay=pool)
+                                           parent=parent, replay=pool, context=context)
             runs["refreshed-replay"] = (replayed, stats, len(periods[p]))
+        if "refreshed-alone" in methods:
+            backbone, vocab = fresh()
+            parent = AdapterFolder.read(in_service_alone, fingerprint)
+            alone, stats = train_region(backbone, vocab, new,
+                                        replace(adapt_cfg, refresh_context=False),
+                                        refresh_train, parent=parent)
+            runs["refreshed-alone"] = (alone, stats, len(periods[p]))
         if "retrained" in methods:
             backbone, vocab = fresh()
             retrained, stats = train_region(backbone, vocab, region_data(past), adapt_cfg,
@@ -217,8 +249,12 @@ def run_seed(periods: list[pd.DataFrame], method: str, seed: int, work: Path,
                       "train_seconds": stats["train_seconds"], "train_interactions": rows,
                       "epochs_run": stats.get("epochs_run", 0),
                       "best_epoch": stats.get("best_epoch", 0),
+                      "epoch_tokens": stats.get("epoch_tokens", 0),
                       "valid_ndcg@10": stats.get("best_valid_ndcg@10"),
                       **({"refresh_lr": adapt_cfg.refresh_lr,
+                          "refresh_context": (adapt_cfg.refresh_context
+                                              and name != "refreshed-alone"),
+                          "holdout_served_ndcg@10": stats.get("holdout_served"),
                           "refresh_patience": adapt_cfg.refresh_patience
                           or refresh_train.patience,
                           "refresh_epochs": adapt_cfg.refresh_epochs or refresh_train.epochs}
@@ -226,11 +262,15 @@ def run_seed(periods: list[pd.DataFrame], method: str, seed: int, work: Path,
                       "catalogue": len(task.item_side.catalogue)}
             if stats.get("replay"):
                 record["replay"] = stats["replay"]
+            if stats.get("context"):
+                record["context"] = stats["context"]
             records.append(record)
             log.info("%s", record)
         in_service = save(refreshed, f"p{p}")
         if "refreshed-replay" in methods:
             in_service_replay = save(replayed, f"p{p}-replay")
+        if "refreshed-alone" in methods:
+            in_service_alone = save(alone, f"p{p}-alone")
     return records
 
 
@@ -253,22 +293,29 @@ def verdicts(records: list[dict]) -> list[dict]:
         seconds = (ref["train_seconds"] / ret["train_seconds"] if ret["train_seconds"]
                    else float("nan"))
         extra = {}
-        if "refreshed-replay" in mean:
-            rr = mean["refreshed-replay"]
-            extra = {"replay_seeds": len(by[period]["refreshed-replay"]),
-                     "replay_quality_ratio": rr["ndcg@10"] / ret["ndcg@10"],
-                     "replay_seconds_ratio": rr["train_seconds"] / ret["train_seconds"]}
+        for variant, short in VARIANTS.items():
+            if variant in mean:
+                rr = mean[variant]
+                extra = {**extra, f"{short}_seeds": len(by[period][variant]),
+                         f"{short}_quality_ratio": rr["ndcg@10"] / ret["ndcg@10"],
+                         f"{short}_seconds_ratio": rr["train_seconds"] / ret["train_seconds"],
+                         f"{short}_beats_stale": rr["ndcg@10"] > stale["ndcg@10"]}
         # per seed, refreshed and retrained timed back to back (under one load)
         retrained_s = {r["seed"]: r["train_seconds"] for r in by[period]["retrained"]}
         per_seed = sorted(r["train_seconds"] / retrained_s[r["seed"]]
                           for r in by[period]["refreshed"] if retrained_s.get(r["seed"]))
         epochs = {m: statistics.fmean(r.get("epochs_run", 0) for r in by[period][m])
                   for m in ("refreshed", "retrained")}
-        # a compute proxy free of the machine's load: epochs run x interactions trained on
+        # a compute proxy free of the machine's load: epochs run x interactions trained on,
+        # and epochs run x tokens an epoch reads (histories cut to the model's window)
         work = {m: statistics.fmean(r.get("epochs_run", 0) * r.get("train_interactions", 0)
                                     for r in by[period][m]) for m in ("refreshed", "retrained")}
+        tokens = {m: statistics.fmean(r.get("epochs_run", 0) * r.get("epoch_tokens", 0)
+                                      for r in by[period][m]) for m in ("refreshed", "retrained")}
         extra = {**extra, "work_ratio": (work["refreshed"] / work["retrained"]
                                          if work["retrained"] else None),
+                 "token_ratio": (tokens["refreshed"] / tokens["retrained"]
+                                 if tokens["retrained"] else None),
                  "seconds_ratio_per_seed": per_seed,
                  "seconds_ratio_median": statistics.median(per_seed) if per_seed else None,
                  "epochs_refreshed": epochs["refreshed"], "epochs_retrained": epochs["retrained"]}
@@ -304,9 +351,12 @@ def write_report(results: dict, path: Path) -> list[Path]:
     lines += table(["period", "seed", "method", "train range", "eval users", "NDCG@10",
                     "train s", "train interactions", "epochs (best)"],
                    [[r["period"], r["seed"], r["method"],
-                     r["period_range"] if r["method"] == "refreshed" else
+                     (f"{r['period_range']} + context of {r['context']['users']} users"
+                      if r.get("context") else r["period_range"])
+                     if r["method"] == "refreshed" else
                      (f"{r['period_range']} + {r['replay']['users']} replayed users"
                       if r["method"] == "refreshed-replay" else
+                      r["period_range"] if r["method"] == "refreshed-alone" else
                      ("–" if r["method"] == "stale" else f"periods 0..{r['period']}")),
                      r["eval_users"], f"{r['ndcg@10']:.4f}", f"{r['train_seconds']:.1f}",
                      r["train_interactions"], f"{r['epochs_run']} ({r['best_epoch']})"]
@@ -324,13 +374,15 @@ def write_report(results: dict, path: Path) -> list[Path]:
         lines += ["", "Seconds per seed (refreshed / retrained of the same seed, timed back to "
                   "back under one load; the bar reads the ratio of the means above):", ""]
         lines += table(["period", "seeds", "median", "range", "epochs run: refreshed",
-                        "retrained", "epochs x interactions: refreshed / retrained"],
+                        "retrained", "epochs x interactions: refreshed / retrained",
+                        "epochs x tokens: refreshed / retrained"],
                        [[v["period"], len(v["seconds_ratio_per_seed"]),
                          f"{v['seconds_ratio_median']:.1%}",
                          f"{v['seconds_ratio_per_seed'][0]:.1%} .. "
                          f"{v['seconds_ratio_per_seed'][-1]:.1%}",
                          f"{v['epochs_refreshed']:.1f}", f"{v['epochs_retrained']:.1f}",
-                         f"{v['work_ratio']:.1%}" if v["work_ratio"] else "–"]
+                         f"{v['work_ratio']:.1%}" if v["work_ratio"] else "–",
+                         f"{v['token_ratio']:.1%}" if v.get("token_ratio") else "–"]
                         for v in rows if v["seconds_ratio_per_seed"]])
     replay_rows = [v for v in rows if "replay_quality_ratio" in v]
     if replay_rows:
@@ -349,6 +401,26 @@ def write_report(results: dict, path: Path) -> list[Path]:
                          f"{v['replay_seconds_ratio']:.1%}",
                          "yes" if v["replay_quality_ratio"] >= BAR_QUALITY else "no"]
                         for v in replay_rows])
+    alone_rows = [v for v in rows if "alone_quality_ratio" in v]
+    if alone_rows:
+        lines += ["", "## Refreshed on the new period alone (context off, the refresh's other "
+                  "settings the same; means over seeds)", "",
+                  "Reported, not chosen: `AdaptConfig.refresh_context` is chosen on the "
+                  "refreshes' hold-out (`refresh_context_choice.md`), never on these "
+                  "next-period figures.", ""]
+        lines += table(["period", "seeds", "refreshed", "refreshed-alone", "retrained",
+                        "alone / retrained", "alone s", "alone s / retrained s",
+                        f">= {BAR_QUALITY:.0%}", "bar"],
+                       [[v["period"], v["alone_seeds"], f"{v['refreshed_ndcg@10']:.4f}",
+                         f"{v['refreshed-alone_ndcg@10']:.4f}",
+                         f"{v['retrained_ndcg@10']:.4f}", f"{v['alone_quality_ratio']:.1%}",
+                         f"{v['refreshed-alone_train_seconds']:.1f}",
+                         f"{v['alone_seconds_ratio']:.1%}",
+                         "yes" if v["alone_quality_ratio"] >= BAR_QUALITY else "no",
+                         "met" if (v["alone_quality_ratio"] >= BAR_QUALITY
+                                   and v["alone_beats_stale"]
+                                   and v["alone_seconds_ratio"] <= BAR_SECONDS) else "missed"]
+                        for v in alone_rows])
     if results.get("notes"):
         lines += ["", "## Notes", "", *results["notes"]]
     md = path.with_suffix(".md")
@@ -361,7 +433,7 @@ def plot(rows: list[dict], path: Path) -> Path:
     periods = [v["period"] for v in rows]
     for i, m in enumerate(METHODS):
         if rows and all(f"{m}_ndcg@10" in v for v in rows):
-            left.plot(periods, [v[f"{m}_ndcg@10"] for v in rows], marker="osD^"[i], label=m)
+            left.plot(periods, [v[f"{m}_ndcg@10"] for v in rows], marker="osDv^"[i], label=m)
     left.set(xlabel="period p (evaluated on p+1)", ylabel="next-period NDCG@10",
              title="Quality")
     left.set_xticks(periods)
@@ -394,10 +466,18 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--refresh-epochs", type=int, default=None,
                         help="epoch cap of the refreshes (default: AdaptConfig.refresh_epochs, "
                         "none: the adapters' 20)")
+    parser.add_argument("--context", choices=("on", "off"), default=None,
+                        help="refreshes read each user's earlier items as context (default: "
+                        "AdaptConfig.refresh_context)")
     parser.add_argument("--work", type=Path, default=Path("runs/bench/refresh"))
     parser.add_argument("--out", type=Path, default=RESULTS / f"{NAME}.json")
     parser.add_argument("--report-only", action="store_true")
     return parser.parse_args(argv)
+
+
+def context_flag(value: str | None) -> bool:
+    """``--context on|off``; None: the library's default (AdaptConfig.refresh_context)."""
+    return AdaptConfig().refresh_context if value is None else value == "on"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -418,6 +498,7 @@ def main(argv: list[str] | None = None) -> None:
                                                 or AdaptConfig().refresh_epochs
                                                 or ADAPT.epochs),
                              "methods": list(args.methods), "replay": args.replay,
+                             "refresh_context": context_flag(args.context),
                              "model": to_dict(MODEL)["model"],
                              "pretrain": to_dict(PRETRAIN)["train"],
                              "adapt": to_dict(ADAPT)["train"],
@@ -425,7 +506,8 @@ def main(argv: list[str] | None = None) -> None:
         results["meta"] = run_meta(results["config"])
         for seed in args.seeds:
             results["records"] += run_seed(periods, args.method, seed, args.work,
-                                           args.refresh_epochs, args.methods, args.replay)
+                                           args.refresh_epochs, args.methods, args.replay,
+                                           refresh_context=context_flag(args.context))
             write_results(results, args.out)
     for path in write_report(results, args.out):
         log.info("wrote %s", path)

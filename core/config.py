@@ -176,12 +176,22 @@ class AdaptConfig:
     # stops early after refresh_patience epochs without a hold-out gain (None: train.patience).
     # Chosen on the refreshes' hold-out (benchmarks/results/refresh_choice.md, ml-100k, 5
     # seeds): lr multiples 0.5-0.1 lost (0.061-0.053 against 0.063); patience 6 against the
-    # adapters' 3 won (0.067): a restarted schedule first dips below the parent
-    refresh_lr: float = 1.0
+    # adapters' 3 won (0.067): a restarted schedule first dips below the parent. With context
+    # (refresh_context, below; refresh_context_choice.md, 10 seeds, hold-out read as served)
+    # multiple 2 won over 1 and 4 (0.0760 against 0.0744 and 0.0643)
+    refresh_lr: float = 2.0
     refresh_patience: int | None = 6
     # refresh only: at most this many epochs (the cosine schedule spans them; None:
     # train.epochs)
     refresh_epochs: int | None = None
+    # refresh only: each user's earlier items (the parent's and its ancestors' data, reloaded
+    # from the configurations their region.json files record) are read ahead of the new ones,
+    # as input only: the loss is taken on the new items (training/context.py); the hold-out
+    # and test cases read them too. An error when that data is gone (false: the new data
+    # alone). Chosen on the refreshes' hold-out, every history read as served
+    # (benchmarks/results/refresh_context_choice.md, ml-100k, 10 seeds, 30 refreshes):
+    # 0.0744 against 0.0718 without; at patience 3 with context 0.0709
+    refresh_context: bool = True
 
 
 def _coerce(value: str, target_type: Any) -> Any:

@@ -256,6 +256,10 @@ def _provenance(meta: dict[str, Any]) -> str:
                  f"{lineage.get('new_items', '?')} new"),
                 ("NDCG@10 on the new data", f"{_fmt(before.get('ndcg@10'))} before, "
                  f"{_fmt(after.get('ndcg@10'))} after")]
+        context = lineage.get("context")
+        if isinstance(context, dict):
+            rows.append(("Context", f"{context.get('items', '?')} earlier items of "
+                         f"{context.get('users', '?')} users read ahead of the new data"))
         out += "## Lineage\n\n" + _table(rows) + "\n"
     grown = meta.get("grown")
     if isinstance(grown, list) and grown:

@@ -121,6 +121,14 @@ def adapt(backbone: Path = typer.Option(..., "--backbone", help="Backbone direct
                                        "their data is reloaded from the configuration the "
                                        "parent's region.json records (an error if it is "
                                        "gone). Default 0: none."),
+          refresh_context: bool = typer.Option(None, "--refresh-context/--no-refresh-context",
+                                               help="With --init-from: read each user's "
+                                               "earlier items (the parent's and its "
+                                               "ancestors' data, reloaded from the "
+                                               "configurations their region.json files "
+                                               "record; an error if gone) ahead of the new "
+                                               "ones, as input only: the loss is on the new "
+                                               "items. Default: adapt.refresh_context."),
           option: list[str] = typer.Option([], "--option", "-o", help="Method option KEY=VALUE"
                                            ", e.g. r=16, lora_alpha=32, targets=attention, "
                                            "reduction_factor=8, init_r=12. Repeatable."),
@@ -158,6 +166,9 @@ def adapt(backbone: Path = typer.Option(..., "--backbone", help="Backbone direct
     if replay is not None and init_from is None and replay != 0:
         raise ValueError("--replay replays the parent adapter's training data: it needs "
                          "--init-from PARENT_DIR")
+    if refresh_context and init_from is None:
+        raise ValueError("--refresh-context reads the parent adapter's data as context: it "
+                         "needs --init-from PARENT_DIR")
     if init_from is not None:
         if method == SCRATCH:
             raise ValueError("--init-from refreshes an adapter; --method scratch trains a "
@@ -194,6 +205,8 @@ def adapt(backbone: Path = typer.Option(..., "--backbone", help="Backbone direct
         adapt_cfg.weights_dtype = weights_dtype
     if replay is not None:
         adapt_cfg.replay = replay
+    if refresh_context is not None:
+        adapt_cfg.refresh_context = refresh_context
     if epochs:
         cfg["train"].epochs = epochs
     meta = run(backbone, data_cfg, adapt_cfg, cfg["train"], out, resume=resume,
@@ -206,6 +219,9 @@ def adapt(backbone: Path = typer.Option(..., "--backbone", help="Backbone direct
                    f"{lineage['new_items']:,} new items): NDCG@10 "
                    f"{before.get('ndcg@10', 0):.4f} before, {after.get('ndcg@10', 0):.4f} "
                    "after")
+        if lineage.get("context"):
+            typer.echo(f"read {lineage['context']['items']:,} earlier items of "
+                       f"{lineage['context']['users']:,} users as context")
         if lineage.get("replay"):
             typer.echo(f"replayed {lineage['replay']['users']:,} of the parent's training "
                        f"users (--replay {lineage['replay']['fraction']})")

@@ -3,6 +3,11 @@
 Inputs are left-padded so the user's representation is always the last position.
 Causal families learn next-item prediction at every position; the BERT family learns to fill
 masked positions (Cloze) and, at inference, fills a MASK appended to the history.
+
+A training sequence may open with context (:class:`ContextSequence`: a refresh's earlier items
+of the user, ``AdaptConfig.refresh_context``): those tokens are read as input but are never a
+target -- causal: no position whose target lies in the context; Cloze: context tokens are never
+masked. Order-free data shuffle the context and the rest apart, the context staying first.
 """
 
 from __future__ import annotations
@@ -34,8 +39,27 @@ def _left_pad(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     return tokens, mask
 
 
+class ContextSequence(list):
+    """A training sequence (token ids) whose first ``context`` tokens are context only: the
+    model reads them, the loss never targets them. A plain list is a sequence with none."""
+
+    __slots__ = ("context",)
+
+    def __init__(self, tokens, context: int = 0) -> None:
+        super().__init__(tokens)
+        if not 0 <= context <= len(self):
+            raise ValueError(f"context of {context} tokens in a sequence of {len(self)}")
+        self.context = context
+
+
+def context_of(sequence: list[int]) -> int:
+    """How many leading tokens of ``sequence`` are context only (0 for a plain list)."""
+    return getattr(sequence, "context", 0)
+
+
 class TrainCollator:
-    """Builds training batches; order-free data gets a fresh random order every time."""
+    """Builds training batches; order-free data gets a fresh random order every time (with
+    context: the context and the rest each shuffled, the context first)."""
 
     def __init__(self, max_len: int, causal: bool, ordered: bool, mask_prob: float = 0.2,
                  seed: int = 0) -> None:
@@ -44,22 +68,36 @@ class TrainCollator:
         self.rng = random.Random(seed)
 
     def __call__(self, sequences: list[list[int]]) -> Batch:
+        contexts = [context_of(s) for s in sequences]
         if not self.ordered:
-            sequences = [self.rng.sample(s, len(s)) for s in sequences]
-        return self._causal(sequences) if self.causal else self._cloze(sequences)
+            sequences = [self.rng.sample(s, len(s)) if not c else
+                         self.rng.sample(s[:c], c) + self.rng.sample(s[c:], len(s) - c)
+                         for s, c in zip(sequences, contexts, strict=True)]
+        if self.causal:
+            return self._causal(sequences, contexts)
+        return self._cloze(sequences, contexts)
 
-    def _causal(self, sequences: list[list[int]]) -> Batch:
-        seqs = [s[-(self.max_len + 1):] for s in sequences]
+    def _causal(self, sequences: list[list[int]], contexts: list[int]) -> Batch:
+        keep = self.max_len + 1
+        seqs = [s[-keep:] for s in sequences]
+        # context tokens left after the cut; input position j predicts token j + 1
+        kept = [max(0, c - (len(s) - len(t)))
+                for s, t, c in zip(sequences, seqs, contexts, strict=True)]
         tokens, mask = _left_pad([s[:-1] for s in seqs])
-        targets, _ = _left_pad([s[1:] for s in seqs])
+        targets, _ = _left_pad([[PAD if j + 1 < c else t for j, t in enumerate(s[1:])]
+                                for s, c in zip(seqs, kept, strict=True)])
         return Batch(tokens, mask, targets)
 
-    def _cloze(self, sequences: list[list[int]]) -> Batch:
+    def _cloze(self, sequences: list[list[int]], contexts: list[int]) -> Batch:
         inputs, targets = [], []
-        for seq in (s[-self.max_len:] for s in sequences):
-            picked = [self.rng.random() < self.mask_prob for _ in seq]
+        for full, c in zip(sequences, contexts, strict=True):
+            seq = full[-self.max_len:]
+            c = max(0, c - (len(full) - len(seq)))  # context tokens left after the cut
+            if c >= len(seq):  # nothing but context in the window: nothing to learn
+                raise ValueError("a training sequence holds context only (no target)")
+            picked = [False] * c + [self.rng.random() < self.mask_prob for _ in seq[c:]]
             if not any(picked):  # every sequence teaches something
-                picked[self.rng.randrange(len(seq))] = True
+                picked[c + self.rng.randrange(len(seq) - c)] = True
             inputs.append([MASK if p else t for t, p in zip(seq, picked, strict=True)])
             targets.append([t if p else PAD for t, p in zip(seq, picked, strict=True)])
         tokens, mask = _left_pad(inputs)

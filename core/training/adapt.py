@@ -6,7 +6,9 @@ parent's item side with the new data's items appended (old rows kept exactly, ne
 fresh adapter starts them), a new optimizer and schedule, early stopping as usual; the saved
 metadata records the lineage (parent, data period, metrics before and after). Optional
 replay (``adapt_cfg.replay``): a seeded share of the parent's training histories trained again
-with the new data (training/replay.py).
+with the new data (training/replay.py). Context (``adapt_cfg.refresh_context``): each user's
+earlier items (the parent's and its ancestors' data) ahead of the new ones, read as input, never
+a target; the hold-out and test cases read them too (training/context.py).
 """
 
 from __future__ import annotations
@@ -45,6 +47,12 @@ from regiontune.model.recmodel import RecModel
 from regiontune.model.textenc import TextVectors
 from regiontune.model.vocab import ItemVocab
 from regiontune.training.budget import auto_item_rank, neighbours_for
+from regiontune.training.context import (
+    context_cases,
+    context_record,
+    context_sequences,
+    parent_context,
+)
 from regiontune.training.distill import fit_teacher
 from regiontune.training.item_item import fit_item_item
 from regiontune.training.loop import epoch_steps, fit, make_accelerator
@@ -192,7 +200,8 @@ PARENT_ITEMS = "\0parent-catalogue"  # a pseudo-history: the items the parent al
 def train_region(backbone: RecModel, vocab: ItemVocab, data: RegionData, adapt_cfg: AdaptConfig,
                  train_cfg: TrainConfig, work: str | Path | None = None, resume: bool = False,
                  accelerator=None, parent: AdapterFolder | None = None,
-                 replay: dict[str, list[str]] | None = None, text: TextVectors | None = None
+                 replay: dict[str, list[str]] | None = None, text: TextVectors | None = None,
+                 context: dict[str, list[str]] | None = None
                  ) -> tuple[RegionTask, dict[str, Any]]:
     """Train one region's adapter (on ``adapt_cfg.fraction`` of its users); returns task, stats.
 
@@ -202,7 +211,10 @@ def train_region(backbone: RecModel, vocab: ItemVocab, data: RegionData, adapt_c
     in the training softmax, and only items neither the parent nor the new data has seen are
     calibrated as unseen. ``replay`` (with ``parent``): the parent's training histories, of
     which ``adapt_cfg.replay`` (seeded) join the training data (training/replay.py).
-    ``text``: the region's own item text vectors (training/region_text.py).
+    ``text``: the region's own item text vectors (training/region_text.py). ``context``
+    (user -> earlier items, what ``adapt`` loads when ``adapt_cfg.refresh_context``): each
+    training history is read after the user's earlier items, the loss on the history's own
+    items alone; the hold-out cases read them too (training/context.py).
     """
     check_replay(adapt_cfg.replay, parent.path if parent is not None else None)
     if parent is not None:
@@ -225,7 +237,10 @@ def train_region(backbone: RecModel, vocab: ItemVocab, data: RegionData, adapt_c
         replayed = sample_replay(replay, adapt_cfg.replay, train_cfg.seed,
                                  list(parent.meta["catalogue"]) + data.catalogue)
         data = replace(data, train={**data.train, **replayed})
-    n_seq = sum(1 for h in data.train.values() if len(h) >= 2)
+    if context is not None:  # the hold-out reads each user's earlier items, as serving does
+        data = replace(data, valid=context_cases(data.valid, context))
+    n_seq = sum(1 for u, h in data.train.items()
+                if len(h) >= 2 or (h and context and context.get(u)))
     total_steps = train_cfg.epochs * max(1, epoch_steps(n_seq, train_cfg))
     known = dict(data.train)  # what counts as trained: the data's items (and the parent's)
     if parent is None:
@@ -248,7 +263,8 @@ def train_region(backbone: RecModel, vocab: ItemVocab, data: RegionData, adapt_c
         task.teacher, more = fit_teacher(data.train, task.item_side.catalogue,
                                               data.valid[:VALID_CASES], adapt_cfg.distill)
         distilled = {**distilled, **more}
-    sequences = region_sequences(task, data)
+    sequences = (region_sequences(task, data) if context is None else
+                 context_sequences(task.vocab, data.train, context, task.max_len, task.ordered))
     method = get_method(adapt_cfg.method)
     result = fit(task, sequences,
                  lambda: evaluate_task(task, catalogue, data.valid[:VALID_CASES]),
@@ -268,9 +284,14 @@ def train_region(backbone: RecModel, vocab: ItemVocab, data: RegionData, adapt_c
              "train_seconds": round(time.perf_counter() - started, 2),
              "trainable_params": count_trainable(task), "best_epoch": result.best_epoch,
              "epochs_run": result.epochs_run, "stopped": result.stopped,
-             "best_valid_ndcg@10": result.best_metric, "train_users": len(data.train)}
+             "best_valid_ndcg@10": result.best_metric, "train_users": len(data.train),
+             # tokens one epoch reads (each sequence cut to the model's window): a cost
+             # measure free of the machine's load
+             "epoch_tokens": sum(min(len(q), task.max_len + 1) for q in sequences)}
     if parent is not None and adapt_cfg.replay > 0:
         stats["replay"] = replay_record(adapt_cfg.replay, replayed)
+    if context is not None:
+        stats["context"] = context_record(context, data.train)
     return task, stats
 
 
@@ -290,7 +311,7 @@ def adapt(backbone_dir: str | Path, data_cfg: DataConfig, adapt_cfg: AdaptConfig
     get_method(adapt_cfg.method)  # fail fast on a typo, before loading anything
     check_replay(adapt_cfg.replay, init_from)
     out = Path(out)
-    replay = None
+    replay = context = None
     if init_from is not None:
         if Path(init_from).resolve() == out.resolve():
             raise ValueError("--out must differ from --init-from: the parent adapter stays as "
@@ -305,10 +326,16 @@ def adapt(backbone_dir: str | Path, data_cfg: DataConfig, adapt_cfg: AdaptConfig
     backbone, vocab, bmeta = load_backbone(backbone_dir)
     parent = (read_parent(init_from, bmeta["fingerprint"], weights=True)
               if init_from is not None else None)
+    if parent is not None and adapt_cfg.refresh_context:
+        # the users' earlier items: the lineage's data, reloaded once the parent is known to
+        # be of this backbone and before anything is trained or written
+        context = parent_context(parent)
     data_cfg = copy.deepcopy(data_cfg)
     data_cfg.regions = [adapt_cfg.region]
     regions, summary = load_data(data_cfg)
     data = regions[adapt_cfg.region]
+    if context is not None:  # test cases read each user's earlier items, as serving does
+        data = replace(data, test=context_cases(data.test, context))
     before = None
     if parent is not None:  # the parent as it serves today, on the new data's test cases
         parent_task = load_adapter(init_from, copy.deepcopy(backbone), vocab, bmeta["fingerprint"])
@@ -321,7 +348,7 @@ def adapt(backbone_dir: str | Path, data_cfg: DataConfig, adapt_cfg: AdaptConfig
     accelerator = make_accelerator(train_cfg)
     task, stats = train_region(backbone, vocab, data, adapt_cfg, train_cfg,
                                out.parent / f"{out.name}.work", resume, accelerator, parent,
-                               replay, text)
+                               replay, text, context)
     meta = {"region": adapt_cfg.region, "protocol": data.protocol,
             "backbone_fingerprint": bmeta["fingerprint"],
             "backbone_path": str(Path(backbone_dir).resolve()),
@@ -342,6 +369,7 @@ def adapt(backbone_dir: str | Path, data_cfg: DataConfig, adapt_cfg: AdaptConfig
                                       len(catalogue) - len(parent.meta["catalogue"]),
                                       before, meta["metrics"])
             meta["lineage"]["replay"] = stats.get("replay")
+            meta["lineage"]["context"] = stats.get("context")
         meta = save_adapter(task, adapt_cfg.method, adapt_cfg.region or "default", meta, out,
                             adapt_cfg.weights_dtype)
     accelerator.wait_for_everyone()

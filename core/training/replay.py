@@ -30,7 +30,7 @@ from regiontune.adapters.folder import AdapterFolder
 from regiontune.config import DataConfig, TrainConfig, from_dict
 from regiontune.data.loading import DataError
 from regiontune.data.recipes import load_regions
-from regiontune.data.splits import subsample_users
+from regiontune.data.splits import RegionData, subsample_users
 
 REPLAY_PREFIX = "\0replay:"
 GONE_HINT = "pass --replay 0 (no replay) or put the parent's data back where it was"
@@ -77,13 +77,14 @@ def _data_paths(cfg: DataConfig) -> list[Path]:
                                                            else [])]]
 
 
-def parent_training_histories(parent: AdapterFolder) -> dict[str, list[str]]:
-    """The training histories the parent adapter was trained on (module docstring), from the
-    data configuration its metadata records; a clear error when that data is gone."""
+def reload_parent_data(parent: AdapterFolder, hint: str = GONE_HINT) -> RegionData:
+    """The parent adapter's region data (every user, before its ``--fraction``), reloaded from
+    the data configuration its metadata records; a clear error (ending with ``hint``) when
+    that data is gone."""
     config = parent.meta.get("config") or {}
     if not config.get("data"):
         raise DataError(f"the parent adapter at {parent.path} records no data configuration "
-                        f"(config.data in its region.json) to replay: {GONE_HINT}")
+                        f"(config.data in its region.json) to reload: {hint}")
     cfg = from_dict(DataConfig, copy.deepcopy(config["data"]))
     region = (config.get("adapt") or {}).get("region") or parent.region
     cfg.regions = [region]
@@ -93,17 +94,24 @@ def parent_training_histories(parent: AdapterFolder) -> dict[str, list[str]]:
         cfg.protocol = "full-ranking"
     for path in _data_paths(cfg):
         if not path.exists():
-            raise DataError(f"the parent's training data at {path} is gone: {GONE_HINT}")
+            raise DataError(f"the parent's training data at {path} is gone: {hint}")
     try:
         regions = load_regions(cfg)
     except (DataError, OSError) as err:
         raise DataError(f"the parent's training data ({cfg.recipe}: "
                         f"{', '.join(map(str, _data_paths(cfg))) or 'generated'}) cannot be "
-                        f"reloaded ({err}): {GONE_HINT}") from err
+                        f"reloaded ({err}): {hint}") from err
     if region not in regions:
         raise DataError(f"the parent's training data no longer holds its region {region!r}: "
-                        f"{GONE_HINT}")
-    data = regions[region]
+                        f"{hint}")
+    return regions[region]
+
+
+def parent_training_histories(parent: AdapterFolder) -> dict[str, list[str]]:
+    """The training histories the parent adapter was trained on (module docstring), from the
+    data configuration its metadata records; a clear error when that data is gone."""
+    data = reload_parent_data(parent)
+    config = parent.meta.get("config") or {}
     adapt = config.get("adapt") or {}
     seed = int((config.get("train") or {}).get("seed", 0))
     fraction = float(adapt.get("fraction", 1.0))

@@ -70,20 +70,33 @@ def test_refresh_lr_choice_reads_the_hold_out_only():
     chosen, means = refresh_choice.choose(records)
     # records without a patience or a cap ran with the adapters'
     patience, cap = refresh_choice.ADAPT.patience, refresh_choice.ADAPT.epochs
-    assert chosen == (0.5, patience, cap) and set(means) == {
-        (1.0, patience, cap), (0.5, patience, cap), (0.25, patience, cap)}
-    assert means[(1.0, patience, cap)] == pytest.approx(0.061)
+    assert chosen == (0.5, patience, cap, False) and set(means) == {
+        (1.0, patience, cap, False), (0.5, patience, cap, False), (0.25, patience, cap, False)}
+    assert means[(1.0, patience, cap, False)] == pytest.approx(0.061)
     # within the tie margin of the best, the larger multiple (the status quo side) wins
     records[0]["valid_ndcg@10"] = records[1]["valid_ndcg@10"] = 0.0645
-    assert refresh_choice.choose(records)[0] == (1.0, patience, cap)
+    assert refresh_choice.choose(records)[0] == (1.0, patience, cap, False)
     # a longer patience must win by more than the tie; then it does win
     longer = [rec(1.0, 0, 0.0650, 0.0, patience + 3), rec(1.0, 1, 0.0652, 0.0, patience + 3)]
-    assert refresh_choice.choose(records + longer)[0] == (1.0, patience, cap)
+    assert refresh_choice.choose(records + longer)[0] == (1.0, patience, cap, False)
     longer[0]["valid_ndcg@10"] = 0.070
-    assert refresh_choice.choose(records + longer)[0] == (1.0, patience + 3, cap)
+    assert refresh_choice.choose(records + longer)[0] == (1.0, patience + 3, cap, False)
     # a smaller epoch cap wins a tie (the cheaper side), and loses when clearly worse
     capped = [rec(1.0, 0, 0.0695, 0.9, patience + 3, 5), rec(1.0, 1, 0.0652, 0.9, patience + 3, 5)]
-    assert refresh_choice.choose(records + longer + capped)[0] == (1.0, patience + 3, 5)
+    assert refresh_choice.choose(records + longer + capped)[0] == (1.0, patience + 3, 5, False)
     capped[0]["valid_ndcg@10"] = 0.060
-    assert refresh_choice.choose(records + longer + capped)[0] == (1.0, patience + 3, cap)
+    assert refresh_choice.choose(records + longer + capped)[0] == (1.0, patience + 3, cap, False)
     assert refresh_choice.choose([]) == (None, {})
+
+    # context (a fourth dimension) wins a tie for no context (the status quo), and wins when
+    # clearly better on the served hold-out; the next-period figure is never read
+    def served(context, seed, value, test):
+        return {**rec(1.0, seed, 0.01, test, patience + 3), "refresh_context": context,
+                "holdout_served_ndcg@10": value}
+    metric = refresh_choice.METRICS["served"]
+    both = [served(False, 0, 0.0700, 0.9), served(False, 1, 0.0700, 0.9),
+            served(True, 0, 0.0705, 0.1), served(True, 1, 0.0705, 0.1)]
+    assert refresh_choice.choose(both, metric)[0] == (1.0, patience + 3, cap, False)
+    both[2]["holdout_served_ndcg@10"] = both[3]["holdout_served_ndcg@10"] = 0.0750
+    assert refresh_choice.choose(both, metric)[0] == (1.0, patience + 3, cap, True)
+    assert refresh_choice.candidate(records[0])[3] is False  # unrecorded: no context

@@ -80,3 +80,23 @@ def test_replay_needs_init_from_and_a_share(workdir, backbone, adapter):
                  "--init-from", adapter[0], "--replay", "1.5", *QUICK),
           "--replay must be in [0, 1]")
     assert not out.exists() and not (workdir / "never.work").exists()
+
+
+def test_init_from_with_context_records_it(workdir, backbone, adapter):
+    out = workdir / "island-context"
+    text = ok(invoke("adapt", "--backbone", backbone[0], "--region", "island", "--out", out,
+                     "--init-from", adapter[0], "--refresh-context", *QUICK))
+    meta = json.loads((out / ADAPTER_META).read_text())
+    context = meta["lineage"]["context"]
+    assert context["users"] > 0 and meta["config"]["adapt"]["refresh_context"] is True
+    assert f"read {context['items']:,} earlier items of {context['users']:,} users" in text
+    plain = workdir / "island-no-context"
+    ok(invoke("adapt", "--backbone", backbone[0], "--region", "island", "--out", plain,
+              "--init-from", adapter[0], "--no-refresh-context", *QUICK))
+    meta = json.loads((plain / ADAPTER_META).read_text())
+    assert meta["lineage"]["context"] is None
+    assert meta["config"]["adapt"]["refresh_context"] is False
+    never = workdir / "never"
+    fails(invoke("adapt", "--backbone", backbone[0], "--region", "island", "--out", never,
+                 "--refresh-context", *QUICK), "--refresh-context", "needs --init-from")
+    assert not never.exists()

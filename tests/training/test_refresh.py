@@ -11,7 +11,7 @@ import torch
 
 from regiontune.adapters import METHODS, AdapterFolder, load_adapter, save_adapter
 from regiontune.artifacts import ADAPTER_META, ArtifactError, BackboneMismatchError
-from regiontune.config import AdaptConfig, DataConfig
+from regiontune.config import AdaptConfig, DataConfig, to_dict
 from regiontune.evaluation.evaluate import task_scores
 from regiontune.model.backbone import load_backbone
 from regiontune.training.adapt import (
@@ -41,7 +41,11 @@ def make_parent(backbone_dir, data, method: str, out, seed: int = 0):
     task, stats = train_region(backbone, vocab, data, AdaptConfig(method=method, region=REGION),
                                replace(TINY_TRAIN, epochs=1))
     _perturb(task, seed)
-    meta = {"region": REGION, "backbone_fingerprint": bmeta["fingerprint"], **stats}
+    meta = {"region": REGION, "backbone_fingerprint": bmeta["fingerprint"], **stats,
+            # the data it was trained on, as adapt records it (a refresh with context reloads
+            # the users' earlier items from it)
+            "config": to_dict(DataConfig(**{**TINY_DATA.__dict__}),
+                              AdaptConfig(method=method, region=REGION), TINY_TRAIN)}
     save_adapter(task, method, REGION, meta, out, "float32" if method == "full" else "float16")
     return out
 

@@ -102,9 +102,9 @@ def test_gone_parent_data_is_a_clear_error(tiny_backbone_dir, recorded_parent, t
         adapt(tiny_backbone_dir, _data_cfg(), AdaptConfig(region=REGION, replay=0.5),
               ONE_EPOCH, out, init_from=moved)
     _nothing_written(tmp_path, out)
-    # without replay the same parent refreshes as before (its data is not needed)
-    adapt(tiny_backbone_dir, _data_cfg(), AdaptConfig(region=REGION), ONE_EPOCH, out,
-          init_from=moved)
+    # without replay (and without context) the same parent refreshes: its data is not needed
+    adapt(tiny_backbone_dir, _data_cfg(), AdaptConfig(region=REGION, refresh_context=False),
+          ONE_EPOCH, out, init_from=moved)
 
 
 def test_replay_needs_a_refresh_and_a_share(tiny_backbone_dir, recorded_parent, tmp_path):
