@@ -49,6 +49,7 @@ from regiontune.model.vocab import ItemVocab
 from regiontune.training.budget import auto_item_rank, neighbours_for
 from regiontune.training.context import (
     context_cases,
+    context_histories,
     context_record,
     context_sequences,
     parent_context,
@@ -275,7 +276,10 @@ def train_region(backbone: RecModel, vocab: ItemVocab, data: RegionData, adapt_c
     calibration = (calibrate_unseen(task, catalogue, known, data.valid[:VALID_CASES])
                    if adapt_cfg.calibrate_unseen else {})
     round_trainable(task, dtype)  # evaluated == saved, also for float16 adapters
-    blended = fit_item_item(task, data, data.valid[:VALID_CASES], dtype,
+    # with context, the part is fitted on all periods so far (training/context.py)
+    part_data = (data if context is None else
+                 replace(data, train=context_histories(data, context)))
+    blended = fit_item_item(task, part_data, data.valid[:VALID_CASES], dtype,
                             adapt_cfg.max_neighbour_catalogue)
     # item text: the text-only never-trained items' lift, last: after all that scores
     lifted = lift_text_items(task, catalogue, known, data.valid[:VALID_CASES],

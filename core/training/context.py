@@ -23,6 +23,10 @@ read the same context ahead of their histories, as serving does.
   epoch (the context first); the targets are the new items only.
 * A user of the new data without earlier items trains as without context; earlier users
   absent from the new data contribute nothing (their histories are context, never targets).
+* The item-item part (``adapters/item_item.py``) is fitted on the earlier items and the new
+  ones together (:func:`context_histories`): on the ml-100k chain that beat the new data
+  alone on the refreshes' hold-out in every period (``benchmarks/results/refresh_parts.md``,
+  ``all`` against ``new``).
 """
 
 from __future__ import annotations
@@ -82,9 +86,28 @@ def parent_context(parent: AdapterFolder) -> dict[str, list[str]]:
 
 
 def context_cases(cases: list[EvalCase], context: dict[str, list[str]]) -> list[EvalCase]:
-    """The cases with each user's earlier items ahead of the history, as serving reads it."""
-    return [replace(c, history=[*context[c.user], *c.history]) if context.get(c.user) else c
-            for c in cases]
+    """The cases with each user's earlier items ahead of the history, as serving reads it --
+    never the case's own target (data that overlaps the parent's would otherwise show it)."""
+    return [replace(c, history=[*(i for i in context[c.user] if i != c.target), *c.history])
+            if context.get(c.user) else c for c in cases]
+
+
+def context_histories(data: RegionData, context: dict[str, list[str]]
+                      ) -> dict[str, list[str]]:
+    """Every user's earlier items followed by their new training items: the data a refresh's
+    item-item part is fitted on (all periods so far, as a retrained adapter's is). A user's
+    held-out targets (hold-out and test cases of ``data``) are left out of their earlier
+    items, so the part's weight, chosen on the hold-out, never sees its answer."""
+    held = {}
+    for case in [*data.valid, *data.test]:
+        held.setdefault(case.user, set()).add(case.target)
+    out = {}
+    for user in [*context, *(u for u in data.train if u not in context)]:
+        earlier = [i for i in context.get(user, ()) if i not in held.get(user, ())]
+        items = [*earlier, *data.train.get(user, ())]
+        if items:
+            out[user] = items
+    return out
 
 
 def context_sequences(vocab: ItemVocab, train: dict[str, list[str]],

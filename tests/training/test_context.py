@@ -17,9 +17,11 @@ from regiontune.data.recipes import load_regions
 from regiontune.data.splits import EvalCase
 from regiontune.model.batching import ContextSequence
 from regiontune.model.vocab import ItemVocab
+from regiontune.training import adapt as adapt_module
 from regiontune.training.adapt import adapt, read_parent
 from regiontune.training.context import (
     context_cases,
+    context_histories,
     context_sequences,
     full_histories,
     lineage_folders,
@@ -83,6 +85,37 @@ def test_context_cases_read_the_earlier_items_first():
     out = context_cases(cases, {"a": ["p", "q"]})
     assert out[0].history == ["p", "q", "x"] and out[1].history == ["x"]
     assert cases[0].history == ["x"]  # not changed in place
+    # data overlapping the parent's: the case's own target never shows in its context
+    assert context_cases(cases, {"a": ["p", "y", "q"]})[0].history == ["p", "q", "x"]
+
+
+def test_context_histories_are_all_periods_without_the_held_out_targets(island):
+    user = island.test[0].user
+    other = next(u for u in island.train if u != user)
+    held = {c.target for c in [*island.valid, *island.test] if c.user == user}
+    context = {user: ["old1", *held, "old2"], "gone": ["old3"]}
+    out = context_histories(island, context)
+    assert out[user] == ["old1", "old2", *island.train[user]]  # earlier first, no answer
+    assert out["gone"] == ["old3"]  # earlier users absent from the new data still count
+    assert out[other] == island.train[other]  # no earlier items: the new ones
+
+
+def test_a_refresh_with_context_fits_its_item_item_part_on_all_periods(
+        chain, island, tiny_backbone_dir, tmp_path, monkeypatch):
+    root, _ = chain
+    seen = {}
+    real = adapt_module.fit_item_item
+
+    def spy(task, data, *args, **kwargs):
+        seen["train"] = data.train
+        return real(task, data, *args, **kwargs)
+
+    monkeypatch.setattr(adapt_module, "fit_item_item", spy)
+    adapt(tiny_backbone_dir, _data_cfg(), replace(CONTEXT, neighbours=4), ONE_EPOCH,
+          tmp_path / "part", init_from=root / "v1")
+    expected = context_histories(island, parent_context(read_parent(root / "v1")))
+    assert expected != island.train  # the parent's data adds earlier items
+    assert seen["train"] == expected
 
 
 def test_refresh_with_context_records_it_and_walks_the_lineage(chain, island):
