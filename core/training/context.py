@@ -16,7 +16,8 @@ read the same context ahead of their histories, as serving does.
   its region.json records (``training/replay.py: reload_parent_data``); whole histories
   (training items and the held-out ones), every user of the data (not the parent's
   ``--fraction`` only: serving reads every user's history). Files or ancestors that are
-  gone are an error, never a silent skip.
+  gone are an error, never a silent skip; a merged adapter (``regiontune merge``: no data of
+  its own region) adds nothing.
 * Ordered data: the context is time-ordered and precedes the new items; only its last
   ``max_len`` items can reach the model (the rest is cut, as serving cuts long histories).
 * Order-free data (sets): the context and the new items are each shuffled apart at every
@@ -79,10 +80,20 @@ def parent_context(parent: AdapterFolder) -> dict[str, list[str]]:
     is gone."""
     context: dict[str, list[str]] = {}
     for folder in lineage_folders(parent):
+        if never_trained(folder):  # a merge of other regions' adapters: no user of its own
+            continue
         data = reload_parent_data(folder, CONTEXT_HINT)
         for user, items in full_histories(data).items():
             context.setdefault(user, []).extend(items)
     return context
+
+
+def never_trained(folder: AdapterFolder) -> bool:
+    """An adapter built without data of its region (``regiontune merge``: other regions'
+    adapters combined, no data configuration recorded): it adds no earlier items, so the first
+    refresh of a merged adapter trains on its new data alone, without error."""
+    return bool(folder.meta.get("merged_from")) and not (folder.meta.get("config") or {}).get(
+        "data")
 
 
 def context_cases(cases: list[EvalCase], context: dict[str, list[str]]) -> list[EvalCase]:

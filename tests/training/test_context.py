@@ -10,6 +10,7 @@ from dataclasses import replace
 
 import pytest
 
+from regiontune.adapters.merge import merge_adapters
 from regiontune.artifacts import ADAPTER_META
 from regiontune.config import AdaptConfig, DataConfig
 from regiontune.data.loading import DataError
@@ -135,6 +136,20 @@ def test_refresh_with_context_records_it_and_walks_the_lineage(chain, island):
     context = parent_context(read_parent(root / "v3"))
     user = island.test[0].user
     assert context[user] == full[user] * 3
+
+
+def test_a_merged_parent_adds_no_earlier_items(chain, tiny_backbone_dir, tmp_path):
+    """merge -> first data -> refresh: the merged adapter has no data of its own region, so
+    the refresh trains with no context instead of failing on a missing data configuration."""
+    root, _ = chain
+    merged = tmp_path / "merged"
+    merge_adapters([root / "v1"], [1.0], tiny_backbone_dir, merged, region=REGION)
+    assert parent_context(read_parent(merged)) == {}
+    meta = adapt(tiny_backbone_dir, _data_cfg(), CONTEXT, ONE_EPOCH, tmp_path / "first",
+                 init_from=merged)
+    assert meta["lineage"]["context"] == {"users": 0, "items": 0}
+    # a refresh of that refresh reads the first refresh's data (the merge still adds none)
+    assert parent_context(read_parent(tmp_path / "first"))
 
 
 def test_without_context_nothing_is_recorded(chain, tiny_backbone_dir, tmp_path):
