@@ -85,6 +85,20 @@ class RegionTask(ScoringTask):
         return getattr(self.item_side, "item_item", None)
 
 
+def catalogue_text(backbone: RecModel, catalogue: list[str], text: TextVectors | None = None
+                   ) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Text vectors of ``catalogue`` (the backbone's cache, then the region's own ``text``,
+    which wins) and which items have one; vectors None: neither source has any."""
+    vectors, found = None, torch.zeros(len(catalogue), dtype=torch.bool)
+    for source in (getattr(backbone, "text_bank", None), text):
+        if source is None or not len(source):
+            continue
+        rows, have = source.rows(list(catalogue))
+        vectors = rows if vectors is None else torch.where(have[:, None], rows, vectors)
+        found |= have
+    return vectors, found
+
+
 def text_rows(backbone: RecModel, catalogue: list[str], known: torch.Tensor,
               text: TextVectors | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Text vectors ``[n, dim]`` of the catalogue's items the backbone's vocabulary lacks
@@ -92,13 +106,7 @@ def text_rows(backbone: RecModel, catalogue: list[str], known: torch.Tensor,
     the backbone's cache. None: an id-only backbone, or no such item has text."""
     if not getattr(backbone.config, "item_text", False):
         return None
-    vectors, found = None, torch.zeros(len(catalogue), dtype=torch.bool)
-    for source in (getattr(backbone, "text_bank", None), text):  # the later one wins
-        if source is None or not len(source):
-            continue
-        rows, have = source.rows(list(catalogue))
-        vectors = rows if vectors is None else torch.where(have[:, None], rows, vectors)
-        found |= have
+    vectors, found = catalogue_text(backbone, catalogue, text)
     found &= ~known.bool().cpu()
     if vectors is None or not found.any():
         return None

@@ -276,6 +276,12 @@ def run_seed(periods: list[pd.DataFrame], method: str, seed: int, work: Path,
 
 # ---------------------------------------------------------------- report
 
+def epochs_times(runs: dict[str, list[dict]], field: str) -> dict[str, float]:
+    """Mean over seeds of epochs run x ``field`` (a per-epoch cost), refreshed and retrained."""
+    return {m: statistics.fmean(r.get("epochs_run", 0) * r.get(field, 0) for r in runs[m])
+            for m in ("refreshed", "retrained")}
+
+
 def verdicts(records: list[dict]) -> list[dict]:
     """Per period (means over seeds): the bar's three checks."""
     by = defaultdict(lambda: defaultdict(list))
@@ -308,10 +314,8 @@ def verdicts(records: list[dict]) -> list[dict]:
                   for m in ("refreshed", "retrained")}
         # a compute proxy free of the machine's load: epochs run x interactions trained on,
         # and epochs run x tokens an epoch reads (histories cut to the model's window)
-        work = {m: statistics.fmean(r.get("epochs_run", 0) * r.get("train_interactions", 0)
-                                    for r in by[period][m]) for m in ("refreshed", "retrained")}
-        tokens = {m: statistics.fmean(r.get("epochs_run", 0) * r.get("epoch_tokens", 0)
-                                      for r in by[period][m]) for m in ("refreshed", "retrained")}
+        work = epochs_times(by[period], "train_interactions")
+        tokens = epochs_times(by[period], "epoch_tokens")
         extra = {**extra, "work_ratio": (work["refreshed"] / work["retrained"]
                                          if work["retrained"] else None),
                  "token_ratio": (tokens["refreshed"] / tokens["retrained"]

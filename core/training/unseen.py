@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 import torch
 
+from regiontune.adapters.region_task import catalogue_text as text_vectors_of
 from regiontune.adapters.text_growth import attach_text_prior, lifted_text_rows
 from regiontune.data.splits import EvalCase
 from regiontune.evaluation.evaluate import allowed_mask, task_scores
@@ -127,14 +128,7 @@ def text_only_mask(task, catalogue: Sequence[str], train: dict[str, list[str]]) 
 def catalogue_text(task, catalogue: Sequence[str]) -> tuple[torch.Tensor | None, torch.Tensor]:
     """Text vectors of ``catalogue`` (the backbone's cache, then the region's own) and which
     items have one."""
-    vectors, found = None, torch.zeros(len(catalogue), dtype=torch.bool)
-    for source in (getattr(task.backbone, "text_bank", None), getattr(task, "region_text", None)):
-        if source is None or not len(source):
-            continue
-        rows, have = source.rows(list(catalogue))
-        vectors = rows if vectors is None else torch.where(have[:, None], rows, vectors)
-        found |= have
-    return vectors, found
+    return text_vectors_of(task.backbone, list(catalogue), getattr(task, "region_text", None))
 
 
 def popularity_prior(vectors: torch.Tensor, counts: torch.Tensor, ridge: float = RIDGE
