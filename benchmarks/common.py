@@ -16,7 +16,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Iterable
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -74,9 +74,30 @@ def settings(suite: dict[str, Any]) -> dict[str, dict[str, list[str]]]:
     return {"new-region": {t: sorted(suite["pretrain_regions"]) for t in suite["targets"]}}
 
 
-def backbone_name(pretrain_regions: list[str]) -> str:
-    """The cache folder of the backbone pretrained on these markets."""
-    return "backbone-" + "-".join(sorted(pretrain_regions))
+def setting_model(suite: dict[str, Any], setting: str) -> dict[str, Any]:
+    """The ``model:`` fields a setting's backbones override (``setting_model:`` in the suite,
+    e.g. a wider backbone for the all-regions setting, whose pooled data is larger); empty
+    where the setting uses the suite's model. Methods that never read a backbone (scratch,
+    the baselines) keep the suite's model."""
+    overrides = dict((suite.get("setting_model") or {}).get(setting) or {})
+    unknown = sorted(set(overrides) - {f.name for f in fields(ModelConfig)})
+    if unknown:
+        raise SystemExit(f"suite setting_model {setting!r}: unknown model field(s) {unknown}; "
+                         f"known: {sorted(f.name for f in fields(ModelConfig))}")
+    return overrides
+
+
+_SHORT = {"hidden_size": "h", "num_layers": "layers", "num_heads": "heads",
+          "intermediate_size": "ff"}
+
+
+def backbone_name(pretrain_regions: list[str], model: dict[str, Any] | None = None) -> str:
+    """The cache folder of the backbone pretrained on these markets (with the setting's
+    ``model`` overrides, if any, in the name: a wider backbone never reuses a narrow one)."""
+    name = "backbone-" + "-".join(sorted(pretrain_regions))
+    for key, value in sorted((model or {}).items()):
+        name += f"-{_SHORT.get(key, key)}{value}"
+    return name
 
 
 def train_config(suite: dict[str, Any], name: str = "adapt", **overrides: Any) -> TrainConfig:

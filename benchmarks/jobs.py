@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from benchmarks.common import backbone_name, settings
+from benchmarks.common import backbone_name, setting_model, settings
 from benchmarks.meta import PeakRSS
 from regiontune.adapters import count_trainable, save_adapter
 from regiontune.adapters.item_item import ItemItem
@@ -35,6 +35,7 @@ from regiontune.training.unseen import trained_items
 log = logging.getLogger("benchmarks")
 BASELINE_METHODS = ("popularity", "itemknn", "ease")
 TARGET_ONLY = (*BASELINE_METHODS, "scratch", "scratch-nb")  # never read the backbone
+BACKBONE_SHAPE = ("hidden_size", "num_layers", "num_heads", "intermediate_size")  # recorded
 
 
 @dataclass
@@ -52,7 +53,8 @@ class Context:
 
     def backbone_dir(self, job: dict[str, Any]) -> Path:
         """The backbone a job's setting pretrains for its target."""
-        return self.work / backbone_name(settings(self.suite)[job["setting"]][job["region"]])
+        return self.work / backbone_name(settings(self.suite)[job["setting"]][job["region"]],
+                                         setting_model(self.suite, job["setting"]))
 
     def regions(self) -> dict[str, RegionData]:
         if self._regions is None:
@@ -67,7 +69,8 @@ class Context:
             markets = settings(self.suite)[job["setting"]][job["region"]]
             log.info("pretraining the backbone on %s", markets)
             cfg = replace(self.data_cfg, regions=markets)
-            pretrain(cfg, self.model_cfg, self.trains["pretrain"], directory, resume=True)
+            model = replace(self.model_cfg, **setting_model(self.suite, job["setting"]))
+            pretrain(cfg, model, self.trains["pretrain"], directory, resume=True)
         return directory
 
     def run(self, job: dict[str, Any]) -> dict[str, Any]:
@@ -76,8 +79,9 @@ class Context:
         with PeakRSS() as rss:
             record = self._dispatch(job, data, directory)
         if directory is not None:
-            record["pretrain_regions"] = sorted(
-                load_backbone_meta(directory).get("regions", []))
+            meta = load_backbone_meta(directory)
+            record["pretrain_regions"] = sorted(meta.get("regions", []))
+            record["backbone_model"] = {k: meta["config"]["model"][k] for k in BACKBONE_SHAPE}
             record["backbone_bytes"] = (directory / "model.safetensors").stat().st_size
         device = "cuda:" + torch.cuda.get_device_name(0) if (
             torch.cuda.is_available() and not self.trains["adapt"].cpu) else "cpu"

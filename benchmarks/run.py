@@ -24,10 +24,12 @@ from benchmarks.common import (
     configure_logging,
     done_keys,
     floats,
+    integers,
     load_results,
     load_suite,
     names,
     record_key,
+    setting_model,
     settings,
     study_parser,
     suite_configs,
@@ -87,7 +89,8 @@ def run_suite(name: str, quick: bool = False, out: Path | None = None,
               cpu: bool = False, data_dir: str | None = None,
               work_dir: str | None = None, budget_minutes: float | None = None,
               only_settings: list[str] | None = None,
-              fractions: list[float] | None = None) -> Path:
+              fractions: list[float] | None = None,
+              seeds: list[int] | None = None) -> Path:
     """Run (or complete) a suite; returns the results file."""
     suite = load_suite(name, quick)
     if data_dir:
@@ -97,7 +100,8 @@ def run_suite(name: str, quick: bool = False, out: Path | None = None,
     out = Path(out) if out else RESULTS / f"{suite['suite']}.json"
     work = Path(suite.get("work_dir", "runs/bench")) / suite["suite"]
     data_cfg, model_cfg, trains = suite_configs(suite)
-    settings(suite)  # a malformed settings block fails before any work
+    for setting in settings(suite):  # a malformed settings block fails before any work
+        setting_model(suite, setting)
     if cpu:
         for cfg in trains.values():
             cfg.cpu = True
@@ -113,7 +117,8 @@ def run_suite(name: str, quick: bool = False, out: Path | None = None,
             and (not methods or j["method"] in methods)
             and (not regions or j["region"] in regions)
             and (not only_settings or j["setting"] in only_settings)
-            and (not fractions or j["data_fraction"] in fractions)]
+            and (not fractions or j["data_fraction"] in fractions)
+            and (seeds is None or j["seed"] in seeds)]
     log.info("%s: %d jobs done, %d to run", suite["suite"], len(done), len(todo))
     context = jobs.Context(suite, data_cfg, model_cfg, trains, work)
     suite_started = time.perf_counter()
@@ -172,6 +177,9 @@ def main(argv: list[str] | None = None) -> None:
                         "settings (new-region, all-regions)")
     parser.add_argument("--fractions", type=floats, help="comma-separated subset of the "
                         "suite's data fractions")
+    parser.add_argument("--seeds", type=integers, help="comma-separated subset of the seeds "
+                        "(0 .. the suite's seeds - 1): with the other filters, one job per "
+                        "process for parallel runs")
     parser.add_argument("--cpu", action="store_true", help="force CPU even with a GPU")
     parser.add_argument("--data-dir", help="override the suite's data directory")
     parser.add_argument("--work-dir", help="where backbones are cached (default runs/bench)")
@@ -191,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     path = run_suite(args.suite, args.quick, args.out, args.methods, args.regions, args.cpu,
                      args.data_dir, args.work_dir, args.budget_minutes, args.settings,
-                     args.fractions)
+                     args.fractions, args.seeds)
     print(f"results: {path}  report: {path.with_suffix('.md')}")
 
 

@@ -99,3 +99,15 @@ def test_backbone_option_defaults_to_the_wsdm_new_region_backbone():
     parser = argparse.ArgumentParser()
     common.add_backbone_option(parser)
     assert parser.parse_args([]).backbone == Path("runs/bench/wsdm/backbone-s1-s2-s3")
+
+
+def test_a_setting_can_widen_its_backbone_and_caches_it_apart():
+    suite = {"targets": ["a"], "settings": {"x": {"a": ["b"]}, "y": {"a": ["b"]}},
+             "setting_model": {"y": {"hidden_size": 256, "num_heads": 4}}}
+    assert common.setting_model(suite, "x") == {}
+    assert common.setting_model(suite, "y") == {"hidden_size": 256, "num_heads": 4}
+    plain = common.backbone_name(["b"], common.setting_model(suite, "x"))
+    wide = common.backbone_name(["b"], common.setting_model(suite, "y"))
+    assert plain == "backbone-b" and wide == "backbone-b-h256-heads4"
+    with pytest.raises(SystemExit, match="'y'.*unknown model field.*'width'"):
+        common.setting_model({"setting_model": {"y": {"width": 3}}}, "y")
