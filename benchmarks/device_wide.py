@@ -144,7 +144,8 @@ def served(record: dict) -> float:
 def pack_backbones(work: Path, out: Path, part_bytes: int = 15 * 2 ** 20) -> None:
     for cand, model in CANDIDATES.items():
         found = [d for d in (work / "wsdm").glob("backbone-*")
-                 if d.is_dir() and f"-h{model['hidden_size']}-" in d.name]
+                 if (d / "regiontune.json").is_file()  # not the checkpoints beside it
+                 and f"-h{model['hidden_size']}-" in d.name]
         if not found:
             continue
         archive = Path("/tmp") / f"bb_{cand}.tar"

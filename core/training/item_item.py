@@ -47,7 +47,9 @@ def blend_weight(base: torch.Tensor, extra: torch.Tensor, allowed: torch.Tensor,
                  ) -> tuple[float, float, dict[float, float]]:
     """The ``grid`` weight ``w`` whose ``base + w * unit * extra`` ranks the hold-out best
     (ties: the smaller), ``unit`` (the ratio of the two parts' score spreads over the ranked
-    columns) and NDCG@10 at every grid weight. ``base``, ``extra``: scores ``[cases, n]``."""
+    columns) and NDCG@10 at every grid weight. ``base``, ``extra``: scores ``[cases, n]``,
+    on any device (the adapter's may be CUDA): the choice is made on the CPU."""
+    base, extra, allowed, target = (t.cpu() for t in (base, extra, allowed, target))
     unit = score_spread(base, allowed) / max(score_spread(extra, allowed), 1e-12)
     found = {}
     for w in grid:
