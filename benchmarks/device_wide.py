@@ -163,7 +163,7 @@ def main() -> None:
     parser.add_argument("--work-dir", default="/tmp/bench")
     parser.add_argument("--deadline-seconds", type=float, default=480)
     parser.add_argument("--hard-stop-seconds", type=float, default=540)
-    parser.add_argument("--workers", type=int, default=14)
+    parser.add_argument("--workers", type=int, default=16)
     parser.add_argument("--quick", action="store_true", help="the suite's smoke version")
     args = parser.parse_args()
     started = time.time()

@@ -29,6 +29,7 @@ from regiontune.model.backbone import load_backbone
 from regiontune.model.task import BackboneTask
 from regiontune.training.adapt import VALID_CASES, train_region
 from regiontune.training.item_item import blend_weight, ease_weights
+from regiontune.training.pool import region_pool
 from regiontune.training.pretrain import pretrain, train_backbone
 from regiontune.training.unseen import trained_items
 
@@ -226,7 +227,11 @@ def adapter_job(backbone_dir: Path, data: RegionData, adapt_cfg: AdaptConfig,
                 train_cfg: TrainConfig) -> dict[str, Any]:
     """Train an adapter (or a full fine-tuned copy) on a fresh copy of the backbone."""
     backbone, vocab, meta = load_backbone(backbone_dir)
-    task, stats = train_region(backbone, vocab, data, adapt_cfg, train_cfg)
+    # the item-item part reads the backbone's other regions, as `regiontune adapt` does
+    pool, pool_record = region_pool(meta, adapt_cfg.region, adapt_cfg.neighbour_pool)
+    task, stats = train_region(backbone, vocab, data, adapt_cfg, train_cfg, pool=pool)
+    if "unavailable" in pool_record and "item_item_pool" in stats:
+        stats["item_item_pool"]["unavailable"] = pool_record["unavailable"]
     metrics = evaluate_task_record(task, data)
     with tempfile.TemporaryDirectory() as tmp:
         saved = save_adapter(task, adapt_cfg.method, adapt_cfg.region,
@@ -241,7 +246,8 @@ def adapter_job(backbone_dir: Path, data: RegionData, adapt_cfg: AdaptConfig,
             "new_items": len(task.item_side.new_items),
             "unseen_items": unseen_mode(adapt_cfg), "unseen_offset": stats.get("unseen_offset"),
             **{k: stats[k] for k in ("neighbours", "item_item_weight", "item_item_lambda",
-                                     "item_item_holdout_ndcg@10", "item_item_seconds")
+                                     "item_item_holdout_ndcg@10", "item_item_seconds",
+                                     "item_item_pool", "item_item_ease_holdout_ndcg@10")
                if k in stats}}
 
 

@@ -166,6 +166,12 @@ class AdaptConfig:
     max_neighbours: int = 32
     # EASE inverts an [n, n] matrix: catalogues larger than this get no item-item part
     max_neighbour_catalogue: int = 20000
+    # the item-item part's EASE also reads the backbone's other pretraining regions'
+    # histories at this weight (X^T X + w * P^T P over the region's catalogue;
+    # training/pool.py); 0: the region's own alone. Without that data (a backbone from a hub)
+    # the part falls back to the region's own, with a warning. Chosen on the hold-out of
+    # every WSDM target and setting (benchmarks/results/neighbour_pool.md)
+    neighbour_pool: float = 0.5
     # refresh only (--init-from): this seeded share of the parent's training histories (its
     # users) is trained again with the new data, against forgetting; 0 turns it off. The
     # parent's data is reloaded from the configuration its region.json records

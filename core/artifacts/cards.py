@@ -225,6 +225,7 @@ def adapter_card(meta: dict[str, Any]) -> ModelCard:
         ("Weights dtype", meta.get("weights_dtype")),
         ("Item-side rank", meta.get("item_rank")),
         ("Region catalogue", items),
+        ("Item-item part", _item_item(meta)),
         ("Training time", f"{seconds:.1f} s" if isinstance(seconds, (int, float)) else seconds),
     ]
     kind = f"A `{method}` adapter" if meta.get("method") else "An adapter"
@@ -236,6 +237,21 @@ def adapter_card(meta: dict[str, Any]) -> ModelCard:
     if meta.get("peft_loadable"):
         text += _PEFT_USAGE.format(method=method, dir="ADAPTER_DIR")
     return _card(data, text)
+
+
+def _item_item(meta: dict[str, Any]) -> str | None:
+    """The item-item part in words: neighbours, blend weight, and what EASE was fitted on."""
+    k, weight = meta.get("neighbours"), meta.get("item_item_weight")
+    if not isinstance(k, int) or not k or not isinstance(weight, (int, float)):
+        return None
+    text = f"{k} EASE neighbours an item, blend weight {weight:.3g}"
+    pool = meta.get("item_item_pool")
+    if isinstance(pool, dict) and pool.get("histories"):
+        text += (f"; fitted with {pool['histories']:,} histories of the backbone's other "
+                 f"regions at weight {_fmt(pool.get('weight'))}")
+    elif isinstance(pool, dict) and pool.get("unavailable"):
+        text += "; fitted on the region's own histories (the backbone's data was not there)"
+    return text
 
 
 def _provenance(meta: dict[str, Any]) -> str:

@@ -140,6 +140,14 @@ def adapt(backbone: Path = typer.Option(..., "--backbone", help="Backbone direct
                                             "float16 for adapters, float32 for full), float32,"
                                             " float16 or bfloat16. Half precision halves the "
                                             "file and doubles the auto item rank."),
+          neighbour_pool: float = typer.Option(None, "--neighbour-pool", help="Weight (>= 0) "
+                                               "of the backbone's other pretraining regions' "
+                                               "histories in the item-item part's EASE fit "
+                                               "(their co-occurrence of this region's items), "
+                                               "reloaded from the data configuration the "
+                                               "backbone records; 0: the region's own alone. "
+                                               "Without that data: its own alone, with a "
+                                               "warning. Default: adapt.neighbour_pool (0.5)."),
           data: str = DataOpt, data_dir: Path = DataDirOpt, file: list[str] = FileOpt,
           columns: list[str] = ColumnsOpt, sep: str = SepOpt,
           time_format: str = TimeFormatOpt, protocol: str = ProtocolOpt,
@@ -207,6 +215,8 @@ def adapt(backbone: Path = typer.Option(..., "--backbone", help="Backbone direct
         adapt_cfg.replay = replay
     if refresh_context is not None:
         adapt_cfg.refresh_context = refresh_context
+    if neighbour_pool is not None:
+        adapt_cfg.neighbour_pool = neighbour_pool
     if epochs:
         cfg["train"].epochs = epochs
     meta = run(backbone, data_cfg, adapt_cfg, cfg["train"], out, resume=resume,

@@ -165,16 +165,24 @@ def _gram(x: sp.csr_matrix) -> torch.Tensor:
 
 def tune_ease(train: dict[str, list[str]], catalogue: list[str], valid_cases: list[EvalCase],
               lambdas: Sequence[float] = (10, 50, 100, 200, 500, 1000, 2500),
+              pool: Sequence[Sequence[str]] = (), pool_weight: float = 0.0,
               ) -> tuple[EASE, float, dict[float, float]]:
     """Fit EASE for each lambda, keep the one with the best validation NDCG@10.
 
     The Gram matrix is computed once; on equal NDCG the earlier lambda in ``lambdas`` wins.
+    ``pool``: more histories (other regions'; items outside ``catalogue`` ignored) whose Gram
+    matrix joins the region's at ``pool_weight`` (``X^T X + w * P^T P``): the co-occurrence of
+    the catalogue's items elsewhere.
     """
     if not lambdas:
         raise ValueError("tune_ease needs at least one lambda")
+    if pool_weight < 0:
+        raise ValueError(f"pool_weight must be >= 0, got {pool_weight}")
     probe = EASE()
     probe._set_catalogue(catalogue)
     gram = _gram(probe._train_matrix(train))
+    if pool and pool_weight > 0:
+        gram.add_(_gram(probe._history_matrix(list(pool))), alpha=pool_weight)
     best, best_lam, results = None, None, {}
     for lam in lambdas:
         model = EASE(lam)
@@ -202,15 +210,20 @@ def holdout_key(train: dict[str, list[str]], catalogue: Sequence[str],
 _TUNED_EASE: dict[str, tuple[EASE, float, dict[float, float]]] = {}  # the last fit only
 
 
-def tuned_ease(train: dict[str, list[str]], catalogue: list[str], holdout: list[EvalCase]
+def tuned_ease(train: dict[str, list[str]], catalogue: list[str], holdout: list[EvalCase],
+               pool: Sequence[Sequence[str]] = (), pool_weight: float = 0.0,
                ) -> tuple[EASE, float, dict[float, float]]:
     """:func:`tune_ease` with its default lambdas, keeping the last fit: the distillation
     teacher, the adapters' item-item part and every method trained on the same data (a
     benchmark's adapters) read one fit instead of tuning EASE again."""
     key = holdout_key(train, catalogue, holdout)
+    if pool and pool_weight > 0:
+        key += hashlib.sha256(json.dumps([pool_weight, [list(h) for h in pool]]).encode()
+                              ).hexdigest()
     if key not in _TUNED_EASE:
         _TUNED_EASE.clear()  # one dense B at a time
-        _TUNED_EASE[key] = tune_ease(train, catalogue, holdout)
+        _TUNED_EASE[key] = tune_ease(train, catalogue, holdout, pool=pool,
+                                     pool_weight=pool_weight)
     return _TUNED_EASE[key]
 
 

@@ -57,6 +57,7 @@ from regiontune.training.context import (
 from regiontune.training.distill import fit_teacher
 from regiontune.training.item_item import fit_item_item
 from regiontune.training.loop import epoch_steps, fit, make_accelerator
+from regiontune.training.pool import region_pool
 from regiontune.training.region_text import region_text_vectors
 from regiontune.training.replay import (
     check_replay,
@@ -202,7 +203,8 @@ def train_region(backbone: RecModel, vocab: ItemVocab, data: RegionData, adapt_c
                  train_cfg: TrainConfig, work: str | Path | None = None, resume: bool = False,
                  accelerator=None, parent: AdapterFolder | None = None,
                  replay: dict[str, list[str]] | None = None, text: TextVectors | None = None,
-                 context: dict[str, list[str]] | None = None
+                 context: dict[str, list[str]] | None = None,
+                 pool: list[list[str]] | None = None
                  ) -> tuple[RegionTask, dict[str, Any]]:
     """Train one region's adapter (on ``adapt_cfg.fraction`` of its users); returns task, stats.
 
@@ -215,8 +217,13 @@ def train_region(backbone: RecModel, vocab: ItemVocab, data: RegionData, adapt_c
     ``text``: the region's own item text vectors (training/region_text.py). ``context``
     (user -> earlier items, what ``adapt`` loads when ``adapt_cfg.refresh_context``): each
     training history is read after the user's earlier items, the loss on the history's own
-    items alone; the hold-out cases read them too (training/context.py).
+    items alone; the hold-out cases read them too (training/context.py). ``pool``: other
+    regions' histories (the backbone's pretraining data, training/pool.py) read by the
+    item-item part's EASE at ``adapt_cfg.neighbour_pool``.
     """
+    if adapt_cfg.neighbour_pool < 0:
+        raise ValueError(f"adapt.neighbour_pool must be >= 0 (0: the region's own histories "
+                         f"alone), got {adapt_cfg.neighbour_pool}")
     check_replay(adapt_cfg.replay, parent.path if parent is not None else None)
     if parent is not None:
         train_cfg = refresh_train_config(train_cfg, adapt_cfg.refresh_lr,
@@ -279,8 +286,12 @@ def train_region(backbone: RecModel, vocab: ItemVocab, data: RegionData, adapt_c
     # with context, the part is fitted on all periods so far (training/context.py)
     part_data = (data if context is None else
                  replace(data, train=context_histories(data, context)))
+    pool_weight = adapt_cfg.neighbour_pool if pool else 0.0
     blended = fit_item_item(task, part_data, data.valid[:VALID_CASES], dtype,
-                            adapt_cfg.max_neighbour_catalogue)
+                            adapt_cfg.max_neighbour_catalogue, pool or (), pool_weight)
+    if blended:
+        blended["item_item_pool"] = {"weight": pool_weight,
+                                     "histories": len(pool) if pool_weight else 0}
     # item text: the text-only never-trained items' lift, last: after all that scores
     lifted = lift_text_items(task, catalogue, known, data.valid[:VALID_CASES],
                              adapt_cfg.text_lift_budget, dtype)
@@ -349,10 +360,13 @@ def adapt(backbone_dir: str | Path, data_cfg: DataConfig, adapt_cfg: AdaptConfig
         del parent_task
     text = region_text_vectors(backbone, vocab, bmeta, data_cfg, data.catalogue, init_from,
                                text_encoder, train_cfg.progress)
+    pool, pool_record = region_pool(bmeta, adapt_cfg.region, adapt_cfg.neighbour_pool)
     accelerator = make_accelerator(train_cfg)
     task, stats = train_region(backbone, vocab, data, adapt_cfg, train_cfg,
                                out.parent / f"{out.name}.work", resume, accelerator, parent,
-                               replay, text, context)
+                               replay, text, context, pool)
+    if "unavailable" in pool_record and "item_item_pool" in stats:
+        stats["item_item_pool"]["unavailable"] = pool_record["unavailable"]
     meta = {"region": adapt_cfg.region, "protocol": data.protocol,
             "backbone_fingerprint": bmeta["fingerprint"],
             "backbone_path": str(Path(backbone_dir).resolve()),

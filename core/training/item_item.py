@@ -27,12 +27,14 @@ from regiontune.evaluation.metrics import metrics_from_ranks, target_ranks
 logger = logging.getLogger(__name__)
 
 
-def ease_weights(train: dict[str, list[str]], catalogue: list[str], holdout: list[EvalCase]
+def ease_weights(train: dict[str, list[str]], catalogue: list[str], holdout: list[EvalCase],
+                 pool: Sequence[Sequence[str]] = (), pool_weight: float = 0.0,
                  ) -> tuple[torch.Tensor, float, float]:
-    """EASE's ``B`` over ``catalogue`` fitted on ``train`` (lambda tuned on ``holdout``), the
-    lambda and EASE's NDCG@10 on ``holdout`` (one fit shared with distillation:
+    """EASE's ``B`` over ``catalogue`` fitted on ``train`` (with ``pool``'s co-occurrence at
+    ``pool_weight``; lambda tuned on ``holdout``), the lambda and EASE's NDCG@10 on
+    ``holdout`` (one fit shared with distillation:
     :func:`~regiontune.evaluation.baselines.tuned_ease`)."""
-    model, lam, results = tuned_ease(train, catalogue, holdout)
+    model, lam, results = tuned_ease(train, catalogue, holdout, pool, pool_weight)
     return torch.from_numpy(model.b), lam, results[lam]
 
 
@@ -60,10 +62,13 @@ def blend_weight(base: torch.Tensor, extra: torch.Tensor, allowed: torch.Tensor,
 
 def fit_item_item(task: RegionTask, data: RegionData, holdout: list[EvalCase],
                   dtype: torch.dtype = torch.float32,
-                  max_catalogue: int = 20000) -> dict[str, Any]:
+                  max_catalogue: int = 20000, pool: Sequence[Sequence[str]] = (),
+                  pool_weight: float = 0.0) -> dict[str, Any]:
     """Fill ``task``'s item-item part from EASE and choose its weight on ``holdout`` (see the
     module's docstring); returns what was chosen, for the adapter's metadata. A catalogue of
-    more than ``max_catalogue`` items (EASE inverts an ``[n, n]`` matrix) gets no part."""
+    more than ``max_catalogue`` items (EASE inverts an ``[n, n]`` matrix) gets no part.
+    ``pool``: other regions' histories (the backbone's pretraining data,
+    ``training/pool.py``), whose co-occurrence joins the region's at ``pool_weight``."""
     part = task.item_item
     if part is None:
         return {}
@@ -79,7 +84,7 @@ def fit_item_item(task: RegionTask, data: RegionData, holdout: list[EvalCase],
         detach_item_item(task.item_side)
         logger.info("item-item part dropped: no hold-out case to choose its weight on")
         return {"neighbours": 0, "item_item": "no hold-out"}
-    b, lam, ease_ndcg = ease_weights(data.train, catalogue, cases)
+    b, lam, ease_ndcg = ease_weights(data.train, catalogue, cases, pool, pool_weight)
     part.init_from(b)
     del b
     with torch.no_grad():  # stored as saved: chosen == served

@@ -72,7 +72,8 @@ def refresh_train_config(train_cfg: TrainConfig, refresh_lr: float,
     return replace(train_cfg, lr=train_cfg.lr * refresh_lr, patience=patience, epochs=epochs)
 
 
-def _data_paths(cfg: DataConfig) -> list[Path]:
+def data_paths(cfg: DataConfig) -> list[Path]:
+    """The files and folder a data configuration reads (none for generated data)."""
     return [Path(p).expanduser() for p in [*cfg.files, *([cfg.data_dir] if cfg.data_dir
                                                            else [])]]
 
@@ -92,14 +93,14 @@ def reload_parent_data(parent: AdapterFolder, hint: str = GONE_HINT) -> RegionDa
     cfg.candidates, cfg.item_text = None, None
     if cfg.protocol == "candidates":
         cfg.protocol = "full-ranking"
-    for path in _data_paths(cfg):
+    for path in data_paths(cfg):
         if not path.exists():
             raise DataError(f"the parent's training data at {path} is gone: {hint}")
     try:
         regions = load_regions(cfg)
     except (DataError, OSError) as err:
         raise DataError(f"the parent's training data ({cfg.recipe}: "
-                        f"{', '.join(map(str, _data_paths(cfg))) or 'generated'}) cannot be "
+                        f"{', '.join(map(str, data_paths(cfg))) or 'generated'}) cannot be "
                         f"reloaded ({err}): {hint}") from err
     if region not in regions:
         raise DataError(f"the parent's training data no longer holds its region {region!r}: "

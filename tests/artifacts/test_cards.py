@@ -119,3 +119,15 @@ def test_adapter_card_shows_lineage_and_merge_provenance():
     plain = adapter_card({"region": "de", "method": "lora"})
     assert "## Lineage" not in plain.text and "## Merged from" not in plain.text
     assert "## Catalogue growth" not in plain.text
+
+
+def test_adapter_card_says_what_the_item_item_part_was_fitted_on():
+    pooled = adapter_card({"neighbours": 15, "item_item_weight": 178.4,
+                           "item_item_pool": {"weight": 0.5, "histories": 53924}}).text
+    assert "15 EASE neighbours an item, blend weight 178" in pooled
+    assert "53,924 histories of the backbone's other regions at weight 0.5" in pooled
+    own = adapter_card({"neighbours": 4, "item_item_weight": 2.0, "item_item_pool": {
+        "weight": 0.0, "unavailable": "gone"}}).text
+    assert "region's own histories" in own and "other regions" not in own
+    # no part (dropped on the hold-out: 0 neighbours): no row
+    assert "Item-item part" not in adapter_card({"neighbours": 0}).text

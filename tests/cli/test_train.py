@@ -87,3 +87,15 @@ def test_pretrain_fraction_trains_on_fewer_users(workdir, backbone):
         assert half["data"][region]["test"] == full["data"][region]["test"]  # evaluation: all
     fails(invoke("pretrain", "--out", workdir / "bb-zero", "--fraction", "0", *TINY),
           "--fraction")
+
+
+def test_adapt_neighbour_pool_option(workdir, backbone):
+    out = workdir / "island-own"
+    ok(invoke("adapt", "--backbone", backbone[0], "--region", "island", "--out", out,
+              "--epochs", "1", "--neighbour-pool", "0", "--set", "train.progress=false"))
+    meta = json.loads((out / "region.json").read_text())
+    assert meta["config"]["adapt"]["neighbour_pool"] == 0.0
+    fails(invoke("adapt", "--backbone", backbone[0], "--region", "island", "--out",
+                 workdir / "island-neg", "--epochs", "1", "--neighbour-pool", "-1"),
+          "neighbour_pool must be >= 0")
+    assert not (workdir / "island-neg").exists()

@@ -140,3 +140,25 @@ def test_fit_baseline_registry():
         assert ("lambda" in info) == (name == "ease")
     with pytest.raises(KeyError):
         fit_baseline("nope", region)
+
+
+def test_tune_ease_pool_adds_other_regions_co_occurrence_at_its_weight():
+    # the region never shows a with c; the pool (another region) does, and also holds an item
+    # the catalogue lacks, which is ignored
+    train = {"u1": ["a", "b"], "u2": ["b", "c"], "u3": ["a", "b"]}
+    catalogue = ["a", "b", "c"]
+    holdout = [EvalCase("u1", ["a"], "b")]
+    pool = [["a", "c", "zz"]] * 5
+    alone, _, _ = tune_ease(train, catalogue, holdout, lambdas=(1,))
+    pooled, _, _ = tune_ease(train, catalogue, holdout, lambdas=(1,), pool=pool, pool_weight=1)
+    assert alone.b[0, 2] <= 0 < pooled.b[0, 2]  # a -> c learnt from the pool alone
+    # at weight 0 the pool changes nothing
+    zero, _, _ = tune_ease(train, catalogue, holdout, lambdas=(1,), pool=pool, pool_weight=0)
+    assert np.allclose(zero.b, alone.b)
+    # weight 2 == the pool given twice at weight 1
+    twice, _, _ = tune_ease(train, catalogue, holdout, lambdas=(1,), pool=pool * 2,
+                            pool_weight=1)
+    double, _, _ = tune_ease(train, catalogue, holdout, lambdas=(1,), pool=pool, pool_weight=2)
+    assert np.allclose(twice.b, double.b, atol=1e-5)
+    with pytest.raises(ValueError, match="pool_weight must be >= 0"):
+        tune_ease(train, catalogue, holdout, lambdas=(1,), pool=pool, pool_weight=-1)
