@@ -286,12 +286,9 @@ def train_region(backbone: RecModel, vocab: ItemVocab, data: RegionData, adapt_c
     # with context, the part is fitted on all periods so far (training/context.py)
     part_data = (data if context is None else
                  replace(data, train=context_histories(data, context)))
-    pool_weight = adapt_cfg.neighbour_pool if pool else 0.0
     blended = fit_item_item(task, part_data, data.valid[:VALID_CASES], dtype,
-                            adapt_cfg.max_neighbour_catalogue, pool or (), pool_weight)
-    if blended:
-        blended["item_item_pool"] = {"weight": pool_weight,
-                                     "histories": len(pool) if pool_weight else 0}
+                            adapt_cfg.max_neighbour_catalogue, pool or (),
+                            adapt_cfg.neighbour_pool)
     # item text: the text-only never-trained items' lift, last: after all that scores
     lifted = lift_text_items(task, catalogue, known, data.valid[:VALID_CASES],
                              adapt_cfg.text_lift_budget, dtype)

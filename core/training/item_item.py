@@ -68,7 +68,8 @@ def fit_item_item(task: RegionTask, data: RegionData, holdout: list[EvalCase],
     module's docstring); returns what was chosen, for the adapter's metadata. A catalogue of
     more than ``max_catalogue`` items (EASE inverts an ``[n, n]`` matrix) gets no part.
     ``pool``: other regions' histories (the backbone's pretraining data,
-    ``training/pool.py``), whose co-occurrence joins the region's at ``pool_weight``."""
+    ``training/pool.py``), whose co-occurrence joins the region's at ``pool_weight``: EASE
+    is fitted with and without it, and the blend that ranks the hold-out better is kept."""
     part = task.item_item
     if part is None:
         return {}
@@ -84,21 +85,38 @@ def fit_item_item(task: RegionTask, data: RegionData, holdout: list[EvalCase],
         detach_item_item(task.item_side)
         logger.info("item-item part dropped: no hold-out case to choose its weight on")
         return {"neighbours": 0, "item_item": "no hold-out"}
-    b, lam, ease_ndcg = ease_weights(data.train, catalogue, cases, pool, pool_weight)
-    part.init_from(b)
-    del b
-    with torch.no_grad():  # stored as saved: chosen == served
-        part.strengths.copy_(part.strengths.to(dtype))
-        part.weight.zero_()
     histories = [c.history for c in cases]
     base = task_scores(task, histories, catalogue)  # the adapter alone (weight 0)
-    extra = part.rows([task.vocab.columns(h).tolist() for h in histories])
+    rows = [task.vocab.columns(h).tolist() for h in histories]
     allowed = allowed_mask(cases, task.vocab.index, exclude_seen=True)
     target = torch.tensor([task.vocab.index[c.target] for c in cases])
-    best, unit, found = blend_weight(base, extra, allowed, target)
+    # with a pool: EASE with it and without, the one whose blend ranks the hold-out better
+    # kept (ties: the region's own); each candidate's part is stored as saved
+    weights = [0.0, pool_weight] if pool and pool_weight > 0 else [0.0]
+    tried, kept = {}, None
+    for weight in weights:
+        b, lam, ease_ndcg = ease_weights(data.train, catalogue, cases,
+                                         pool if weight else (), weight)
+        part.init_from(b)
+        del b
+        with torch.no_grad():  # stored as saved: chosen == served
+            part.strengths.copy_(part.strengths.to(dtype))
+            part.weight.zero_()
+        best, unit, found = blend_weight(base, part.rows(rows), allowed, target)
+        tried[weight] = found[best]
+        if kept is None or found[best] > kept[0]:
+            kept = (found[best], weight, lam, ease_ndcg, best, unit, found,
+                    part.neighbours.clone(), part.strengths.clone())
+    _, weight, lam, ease_ndcg, best, unit, found, neighbours, strengths = kept
+    with torch.no_grad():
+        part.neighbours.copy_(neighbours)
+        part.strengths.copy_(strengths)
     stats = {"neighbours": part.k, "item_item_lambda": lam,
              "item_item_ease_holdout_ndcg@10": round(ease_ndcg, 4),
              "item_item_holdout_ndcg@10": {str(w): round(v, 4) for w, v in found.items()},
+             "item_item_pool": {"weight": weight, "histories": len(pool) if weight else 0,
+                                "holdout_ndcg@10": {str(w): round(v, 4)
+                                                    for w, v in tried.items()}},
              "item_item_seconds": round(time.perf_counter() - started, 2)}
     if best == 0.0:
         detach_item_item(task.item_side)

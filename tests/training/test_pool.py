@@ -3,11 +3,13 @@ backbone's other pretraining regions' histories, reloaded from what its metadata
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from dataclasses import replace
 
 import pytest
+import torch
 
 from regiontune.artifacts import ADAPTER_META, BACKBONE_META
 from regiontune.config import AdaptConfig, DataConfig
@@ -49,21 +51,27 @@ def test_no_pool_at_weight_zero_and_a_warning_when_the_data_is_gone(bmeta, caplo
         backbone_pool({"regions": ["north"]}, "island")
 
 
-def test_adapt_fits_the_part_with_the_pool_and_records_it(tiny_backbone_dir, tmp_path):
+def test_adapt_tries_the_part_with_and_without_the_pool_and_keeps_the_better(
+        tiny_backbone_dir, tmp_path):
     data = DataConfig(**{**TINY_DATA.__dict__})
-    pooled = adapt(tiny_backbone_dir, data, AdaptConfig(region="island", neighbours=4),
-                   ONE_EPOCH, tmp_path / "pooled")
+    adapt(tiny_backbone_dir, data, AdaptConfig(region="island", neighbours=4),
+          ONE_EPOCH, tmp_path / "pooled")
     alone = adapt(tiny_backbone_dir, data,
                   AdaptConfig(region="island", neighbours=4, neighbour_pool=0.0),
                   ONE_EPOCH, tmp_path / "alone")
     saved = json.loads((tmp_path / "pooled" / ADAPTER_META).read_text())
-    assert saved["item_item_pool"]["weight"] == 0.5 == AdaptConfig().neighbour_pool
-    assert saved["item_item_pool"]["histories"] == len(
-        backbone_pool(json.loads((tiny_backbone_dir / BACKBONE_META).read_text()), "island"))
-    assert alone["item_item_pool"] == {"weight": 0.0, "histories": 0}
-    # the pool changed EASE's fit: the hold-out saw different blends
-    assert (pooled["item_item_holdout_ndcg@10"] != alone["item_item_holdout_ndcg@10"]
-            or pooled["item_item_lambda"] != alone["item_item_lambda"])
+    record = saved["item_item_pool"]
+    tried = record["holdout_ndcg@10"]
+    assert set(tried) == {"0.0", "0.5"} and AdaptConfig().neighbour_pool == 0.5
+    # the kept one ranks the hold-out best (ties: the region's own), and is what is served
+    assert record["weight"] == (0.5 if tried["0.5"] > tried["0.0"] else 0.0)
+    assert tried[str(record["weight"])] == max(saved["item_item_holdout_ndcg@10"].values())
+    pool_size = len(backbone_pool(json.loads((tiny_backbone_dir / BACKBONE_META).read_text()),
+                                  "island"))
+    assert record["histories"] == (pool_size if record["weight"] else 0)
+    # without a pool only the region's own is fitted: the same as the pooled run's "0.0"
+    assert alone["item_item_pool"] == {"weight": 0.0, "histories": 0,
+                                       "holdout_ndcg@10": {"0.0": tried["0.0"]}}
 
 
 def test_a_negative_pool_weight_is_refused(tiny_backbone, tiny_regions):
@@ -71,3 +79,25 @@ def test_a_negative_pool_weight_is_refused(tiny_backbone, tiny_regions):
     with pytest.raises(ValueError, match="neighbour_pool must be >= 0"):
         train_region(backbone, vocab, tiny_regions["island"],
                      AdaptConfig(region="island", neighbour_pool=-1), ONE_EPOCH)
+
+
+def test_a_misleading_pool_loses_and_the_regions_own_part_is_served(tiny_backbone,
+                                                                     tiny_regions):
+    data = tiny_regions["island"]
+    items = sorted(data.catalogue)
+    # each item paired with a far-away one, many times over: co-occurrence island never shows
+    noise = [[a, items[(i * 7 + 3) % len(items)]] for i, a in enumerate(items)] * 200
+    cfg = AdaptConfig(region="island", neighbours=4)
+
+    def fitted(pool, weight):
+        backbone, vocab, _ = copy.deepcopy(tiny_backbone)
+        task, stats = train_region(backbone, vocab, data,
+                                   replace(cfg, neighbour_pool=weight), ONE_EPOCH, pool=pool)
+        return task.item_item.neighbours.clone(), stats
+
+    misled, stats = fitted(noise, 0.5)
+    own, own_stats = fitted(None, 0.0)
+    tried = stats["item_item_pool"]["holdout_ndcg@10"]
+    assert tried["0.5"] < tried["0.0"] == own_stats["item_item_pool"]["holdout_ndcg@10"]["0.0"]
+    assert stats["item_item_pool"]["weight"] == 0.0
+    assert torch.equal(misled, own)  # the pool's fit (the last one made) was not kept
