@@ -155,8 +155,8 @@ def next_period_ndcg(task, catalogue: list[str], histories: list[list[str]],
 def run_seed(periods: list[pd.DataFrame], method: str, seed: int, work: Path,
              refresh_epochs: int | None = None, methods: tuple[str, ...] = METHODS,
              replay: float = REPLAY, refresh_lr: float | None = None,
-             refresh_patience: int | None = None, refresh_context: bool | None = None
-             ) -> list[dict]:
+             refresh_patience: int | None = None, refresh_context: bool | None = None,
+             refresh_evals_per_pass: int | None = None) -> list[dict]:
     work = work / f"seed{seed}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -172,6 +172,8 @@ def run_seed(periods: list[pd.DataFrame], method: str, seed: int, work: Path,
         adapt_cfg = replace(adapt_cfg, refresh_patience=refresh_patience)
     if refresh_context is not None:  # else the library's (AdaptConfig.refresh_context)
         adapt_cfg = replace(adapt_cfg, refresh_context=refresh_context)
+    if refresh_evals_per_pass is not None:  # else AdaptConfig.refresh_evals_per_pass
+        adapt_cfg = replace(adapt_cfg, refresh_evals_per_pass=refresh_evals_per_pass)
     started = time.perf_counter()
     task, result = train_backbone({REGION: region_data(periods[0])}, MODEL, pretrain_cfg)
     bb_meta = save_backbone(task.model, task.vocab, {"benchmark": NAME, "seed": seed},
@@ -257,7 +259,10 @@ def run_seed(periods: list[pd.DataFrame], method: str, seed: int, work: Path,
                           "holdout_served_ndcg@10": stats.get("holdout_served"),
                           "refresh_patience": adapt_cfg.refresh_patience
                           or refresh_train.patience,
-                          "refresh_epochs": adapt_cfg.refresh_epochs or refresh_train.epochs}
+                          "refresh_epochs": adapt_cfg.refresh_epochs or refresh_train.epochs,
+                          "refresh_evals_per_pass": adapt_cfg.refresh_evals_per_pass
+                          or refresh_train.epoch_parts,
+                          "evaluations": stats.get("evaluations")}
                          if name.startswith("refreshed") else {}),
                       "catalogue": len(task.item_side.catalogue)}
             if stats.get("replay"):

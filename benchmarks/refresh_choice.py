@@ -6,6 +6,8 @@ on the refresh's own hold-out.
     OMP_NUM_THREADS=1 python -m benchmarks.refresh_choice --lrs 1 --patience 6 --epochs 5
     OMP_NUM_THREADS=1 python -m benchmarks.refresh_choice --lrs 1 --patience 6 --context on \
         --metric served --out benchmarks/results/refresh_context_choice.json
+    OMP_NUM_THREADS=1 python -m benchmarks.refresh_choice --lrs 2 --patience 6 --context on \
+        --evals-per-pass 2 --metric served --out benchmarks/results/refresh_evals_choice.json
 
 The refreshed chain of ``benchmarks/refresh.py`` (backbone and first adapter on period 0,
 then periods 1 .. P-2 each refreshed from the previous step) runs once per candidate
@@ -23,8 +25,16 @@ the earlier items, one without on histories of the new period alone, so their ow
 not comparable: ``--metric served`` ranks candidates by the final refreshed adapter's NDCG@10
 on the same hold-out targets with every history read after the user's earlier items, as
 serving reads it (``holdout_served_ndcg@10``; still the refresh's own data, never the next
-period). The next-period NDCG@10 the benchmark reports is recorded in the JSON but never read
-here:
+period). With context, the cap was studied again (``refresh_cap_choice.json``; candidates
+fixed before the run: multiple 2 uncapped -- the defaults -- and capped at 5 and 6 passes,
+multiple 3 at 5). The evaluations per pass (``AdaptConfig.refresh_evals_per_pass``: the
+hold-out checked that many times per pass over the new data, the patience counted in those
+checks) are a fifth dimension (``refresh_evals_choice.json``; candidates fixed before the
+run, context on, multiple 2, no cap: one evaluation a pass at patience 6 -- the defaults --,
+two a pass at patience 4, 6 and 8, i.e. 2, 3 and 4 passes of data). Within the tie, "the
+smaller patience" reads patience in passes (patience / evaluations per pass: the cheaper
+side), then more evaluations per pass win. The next-period NDCG@10 the benchmark reports is
+recorded in the JSON but never read here:
 choosing on it would tune on the test. The lr study ran first (patience 3, the adapters'),
 the patience study after it at the chosen multiple.
 
@@ -54,7 +64,7 @@ from benchmarks.refresh import ADAPT, load_periods, run_seed
 
 TIE = 0.001
 METRICS = {"own": "valid_ndcg@10", "served": "holdout_served_ndcg@10"}
-Candidate = tuple[float, int, int, bool]
+Candidate = tuple[float, int, int, bool, int]
 
 
 def choose(records: list[dict], metric: str = METRICS["own"]
@@ -70,16 +80,18 @@ def choose(records: list[dict], metric: str = METRICS["own"]
         return None, means
     top = max(means.values())
     return max((c for c, m in means.items() if m >= top - TIE),
-               key=lambda c: (c[0], -c[1], -c[2], -c[3])), means
+               key=lambda c: (c[0], -c[1] / c[4], -c[2], -c[3], c[4])), means
 
 
 def candidate(record: dict) -> Candidate:
-    """(refresh lr multiple, refresh patience, refresh epoch cap, context); records before the
-    patience, the cap or the context were recorded ran with the adapters' patience and
-    epochs, without context."""
+    """(refresh lr multiple, refresh patience, refresh epoch cap, context, evaluations per
+    pass); records before the patience, the cap, the context or the evaluations per pass were
+    recorded ran with the adapters' patience and epochs, without context, one evaluation a
+    pass."""
     return (record["refresh_lr"], record.get("refresh_patience") or ADAPT.patience,
             record.get("refresh_epochs") or ADAPT.epochs,
-            bool(record.get("refresh_context", False)))
+            bool(record.get("refresh_context", False)),
+            record.get("refresh_evals_per_pass") or 1)
 
 
 def to_markdown(results: dict) -> str:
@@ -91,9 +103,10 @@ def to_markdown(results: dict) -> str:
         cells[(candidate(r), r["period"])].append(r)
     periods = sorted({r["period"] for r in records})
     rows = []
-    for cand in sorted(means, key=lambda c: (-c[0], c[1], -c[2], c[3])):
-        lr, patience, epochs, context = cand
-        row = [f"{lr:g} (lr {lr * ADAPT.lr:.2g})", patience, epochs, "on" if context else "off"]
+    for cand in sorted(means, key=lambda c: (-c[0], c[1], -c[2], c[3], c[4])):
+        lr, patience, epochs, context, evals = cand
+        row = [f"{lr:g} (lr {lr * ADAPT.lr:.2g})", patience, epochs, "on" if context else "off",
+               evals]
         for p in periods:
             mine = [r for r in cells[(cand, p)] if r.get(metric) is not None]
             row.append(f"{statistics.fmean(r[metric] for r in mine):.4f} "
@@ -105,20 +118,23 @@ def to_markdown(results: dict) -> str:
         rows.append([*row, f"{means[cand]:.4f}", len(seeds),
                      "**chosen**" if cand == chosen else ""])
     return "\n".join([
-        "# Refresh learning rate, patience, epoch cap and context, chosen on the refresh's "
-        "hold-out", "",
+        "# Refresh learning rate, patience, epoch cap, context and evaluations per pass, "
+        "chosen on the refresh's hold-out", "",
         *[f"- command: `{c}`" for c in results.get("commands", [results.get("command", "")])],
         f"- commit: `{results.get('meta', {}).get('git_commit')}`", "",
         "Rule (fixed before the runs; `benchmarks/refresh_choice.py`): the (multiple of the "
-        f"adapters' learning rate {ADAPT.lr:g}, patience, epoch cap, context) with the highest "
+        f"adapters' learning rate {ADAPT.lr:g}, patience, epoch cap, context, evaluations per "
+        "pass) with the highest "
         f"mean hold-out NDCG@10 of the refreshes over periods and seeds (`{metric}`: "
         + ("each refresh's own early-stopping figure" if metric == METRICS["own"] else
            "the refreshed adapter on its own hold-out targets, every history read after the "
            "user's earlier items as serving reads it")
         + f"); within {TIE} of the best, the larger multiple, then the smaller patience, then "
-        "the smaller cap, then no context. The next-period NDCG@10 (the benchmark's reported "
-        "figure) is not read.", "",
-        *table(["refresh lr multiple", "patience", "epoch cap", "context",
+        "the smaller cap, then no context, then more evaluations per pass (the patience "
+        "compared in passes: patience / evaluations per pass). The next-period "
+        "NDCG@10 (the benchmark's reported figure) is not read. Patience counts hold-out "
+        "evaluations (epochs at one a pass), the cap passes over the data.", "",
+        *table(["refresh lr multiple", "patience", "epoch cap", "context", "evals / pass",
                 *[f"period {p}: hold-out NDCG@10" for p in periods],
                 "mean", "seeds", ""], rows), "",
         *(["## Notes", "", *results["notes"], ""] if results.get("notes") else [])])
@@ -136,6 +152,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="epoch cap of the refreshes")
     parser.add_argument("--context", choices=("on", "off"), default="off",
                         help="refreshes read each user's earlier items as context")
+    parser.add_argument("--evals-per-pass", type=int, default=1,
+                        help="hold-out evaluations per pass over the data of the refreshes")
     parser.add_argument("--metric", choices=tuple(METRICS), default=None,
                         help="own (the default of a new results file): each refresh's "
                         "early-stopping hold-out figure; served: the same targets, histories "
@@ -157,17 +175,18 @@ def main(argv: list[str] | None = None) -> None:
         context = args.context == "on"
         results["meta"] = run_meta({"lrs": args.lrs, "seeds": args.seeds,
                                     "patience": args.patience, "epochs": args.epochs,
-                                    "context": context})
+                                    "context": context, "evals_per_pass": args.evals_per_pass})
         for seed in args.seeds:
             for lr in args.lrs:
                 results["records"] = [r for r in results["records"] if (
                     *candidate(r), r["seed"]) != (lr, args.patience, args.epochs, context,
-                                                  seed)]
+                                                  args.evals_per_pass, seed)]
                 results["records"] += run_seed(periods, args.method, seed, args.work,
                                                refresh_epochs=args.epochs,
                                                methods=("refreshed",), refresh_lr=lr,
                                                refresh_patience=args.patience,
-                                               refresh_context=context)
+                                               refresh_context=context,
+                                               refresh_evals_per_pass=args.evals_per_pass)
                 write_results(results, args.out)
     md = args.out.with_suffix(".md")
     md.write_text(to_markdown(results) + "\n")

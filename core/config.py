@@ -98,6 +98,10 @@ class TrainConfig:
     # an epoch repeats the data until it holds this many optimizer steps (small regions)
     min_epoch_steps: int = 0
     eval_every: int = 1  # epochs
+    # one pass over the data is cut into this many epochs (each evaluated, patience counted in
+    # them, checkpointed; the schedule spans `epochs` of them): finer early stopping. Set for
+    # refreshes by AdaptConfig.refresh_evals_per_pass
+    epoch_parts: int = 1
     num_negatives: int = 0  # 0: full softmax; >0: sampled softmax with this many negatives
     mask_prob: float = 0.2  # bert family: Cloze masking probability
     seed: int = 0
@@ -179,7 +183,8 @@ class AdaptConfig:
     replay: float = 0.0
     # refresh only (--init-from): the refresh trains at this multiple of train.lr (its
     # optimizer and schedule restart from a trained adapter, not from the identity), and
-    # stops early after refresh_patience epochs without a hold-out gain (None: train.patience).
+    # stops early after refresh_patience epochs (hold-out evaluations: see
+    # refresh_evals_per_pass) without a hold-out gain (None: train.patience).
     # Chosen on the refreshes' hold-out (benchmarks/results/refresh_choice.md, ml-100k, 5
     # seeds): lr multiples 0.5-0.1 lost (0.061-0.053 against 0.063); patience 6 against the
     # adapters' 3 won (0.067): a restarted schedule first dips below the parent. With context
@@ -187,8 +192,10 @@ class AdaptConfig:
     # multiple 2 won over 1 and 4 (0.0760 against 0.0744 and 0.0643)
     refresh_lr: float = 2.0
     refresh_patience: int | None = 6
-    # refresh only: at most this many epochs (the cosine schedule spans them; None:
-    # train.epochs)
+    # refresh only: at most this many epochs (passes over the data; the cosine schedule spans
+    # them; None: train.epochs). With context at multiple 2 (refresh_cap_choice.md, 10 seeds,
+    # hold-out read as served) caps 6 and 5 lost (0.0669, 0.0654; 0.0631 at multiple 3)
+    # against none (0.0760)
     refresh_epochs: int | None = None
     # refresh only: each user's earlier items (the parent's and its ancestors' data, reloaded
     # from the configurations their region.json files record) are read ahead of the new ones,
@@ -198,6 +205,13 @@ class AdaptConfig:
     # (benchmarks/results/refresh_context_choice.md, ml-100k, 10 seeds, 30 refreshes):
     # 0.0744 against 0.0718 without; at patience 3 with context 0.0709
     refresh_context: bool = True
+    # refresh only: the hold-out is evaluated this many times per pass over the new data
+    # (train.epoch_parts; refresh_patience then counts these evaluations, refresh_epochs and
+    # the cosine schedule still span passes). None: train.epoch_parts (1). Studied on the
+    # refreshes' hold-out read as served (benchmarks/results/refresh_evals_choice.md, ml-100k,
+    # 10 seeds, context, multiple 2): two a pass at patience 8 / 6 / 4 (4 / 3 / 2 passes of
+    # data) 0.0749 / 0.0724 / 0.0665 against 0.0760 at one a pass, patience 6: kept at one
+    refresh_evals_per_pass: int | None = None
 
 
 def _coerce(value: str, target_type: Any) -> Any:

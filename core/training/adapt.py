@@ -227,7 +227,8 @@ def train_region(backbone: RecModel, vocab: ItemVocab, data: RegionData, adapt_c
     check_replay(adapt_cfg.replay, parent.path if parent is not None else None)
     if parent is not None:
         train_cfg = refresh_train_config(train_cfg, adapt_cfg.refresh_lr,
-                                         adapt_cfg.refresh_patience, adapt_cfg.refresh_epochs)
+                                         adapt_cfg.refresh_patience, adapt_cfg.refresh_epochs,
+                                         adapt_cfg.refresh_evals_per_pass)
     if parent is not None and adapt_cfg.method != parent.trained_method:
         raise ValueError(f"method {adapt_cfg.method!r} differs from the parent adapter's "
                          f"{parent.trained_method!r}: a refresh continues the parent's method")
@@ -294,8 +295,13 @@ def train_region(backbone: RecModel, vocab: ItemVocab, data: RegionData, adapt_c
                              adapt_cfg.text_lift_budget, dtype)
     stats = {**calibration, **distilled, **blended, **lifted,
              "train_seconds": round(time.perf_counter() - started, 2),
-             "trainable_params": count_trainable(task), "best_epoch": result.best_epoch,
-             "epochs_run": result.epochs_run, "stopped": result.stopped,
+             "trainable_params": count_trainable(task),
+             # in passes over the data (fractions of one with train.epoch_parts > 1)
+             "best_epoch": passes(result.best_epoch, train_cfg.epoch_parts),
+             "epochs_run": passes(result.epochs_run, train_cfg.epoch_parts),
+             "evaluations": (result.epochs_run // train_cfg.eval_every
+                             + int(adapt_cfg.start_as_candidate)),
+             "stopped": result.stopped,
              "best_valid_ndcg@10": result.best_metric, "train_users": len(data.train),
              # tokens one epoch reads (each sequence cut to the model's window): a cost
              # measure free of the machine's load
@@ -305,6 +311,11 @@ def train_region(backbone: RecModel, vocab: ItemVocab, data: RegionData, adapt_c
     if context is not None:
         stats["context"] = context_record(context, data.train)
     return task, stats
+
+
+def passes(epochs: int, parts: int) -> int | float:
+    """Epochs of ``parts`` to a pass, counted in passes (an int when whole)."""
+    return epochs // parts if epochs % parts == 0 else round(epochs / parts, 2)
 
 
 def adapt(backbone_dir: str | Path, data_cfg: DataConfig, adapt_cfg: AdaptConfig,

@@ -85,10 +85,20 @@ def epoch_passes(n_sequences: int, cfg: TrainConfig, world: int = 1) -> int:
     return max(1, math.ceil(cfg.min_epoch_steps / steps))
 
 
+def epoch_parts(cfg: TrainConfig) -> int:
+    """How many epochs one pass over the data is cut into (``cfg.epoch_parts``): each part is
+    an epoch of its own -- a hold-out evaluation, a patience count, a checkpoint."""
+    parts = cfg.epoch_parts
+    if isinstance(parts, bool) or not isinstance(parts, int) or parts < 1:
+        raise ValueError(f"epoch_parts must be a whole number >= 1, not {parts!r}")
+    return parts
+
+
 def epoch_steps(n_sequences: int, cfg: TrainConfig, world: int = 1) -> int:
-    """Optimizer steps in one epoch (every pass of it included)."""
+    """Optimizer steps in one epoch (every pass of it included; with ``cfg.epoch_parts``, the
+    most one part of a pass holds)."""
     steps = math.ceil(n_sequences // world / cfg.batch_size)
-    return steps * epoch_passes(n_sequences, cfg, world)
+    return math.ceil(steps * epoch_passes(n_sequences, cfg, world) / epoch_parts(cfg))
 
 
 def _epoch_loader(sequences: list[list[int]], cfg: TrainConfig, collator: TrainCollator,
@@ -97,9 +107,12 @@ def _epoch_loader(sequences: list[list[int]], cfg: TrainConfig, collator: TrainC
 
     Histories are bucketed by length (sorted inside windows of 50 batches, then the batches
     shuffled): most histories are short, and padding every batch to the longest one would
-    spend most of the compute on padding.
+    spend most of the compute on padding. With ``cfg.epoch_parts`` > 1 an epoch is one part
+    of a pass: the pass's batches (seeded by the pass) cut into that many consecutive runs,
+    so the parts of a pass read every history once between them.
     """
-    generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+    parts = epoch_parts(cfg)
+    generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch // parts)
     world, rank = accelerator.num_processes, accelerator.process_index
     window = cfg.batch_size * 50
     batches = []
@@ -112,6 +125,8 @@ def _epoch_loader(sequences: list[list[int]], cfg: TrainConfig, collator: TrainC
             batches += [chunk[i:i + cfg.batch_size]
                         for i in range(0, len(chunk), cfg.batch_size)]
     shuffled = torch.randperm(len(batches), generator=generator).tolist()
+    part = epoch % parts
+    shuffled = shuffled[part * len(shuffled) // parts:(part + 1) * len(shuffled) // parts]
     collator.rng.seed(cfg.seed * 1000 + epoch * 10 + rank)
     return DataLoader([[sequences[i] for i in batches[b]] for b in shuffled], batch_size=None,
                       shuffle=False, collate_fn=collator)

@@ -48,28 +48,37 @@ def check_replay(fraction: float, init_from: str | Path | None) -> None:
 
 def refresh_train_config(train_cfg: TrainConfig, refresh_lr: float,
                          refresh_patience: int | None = None,
-                         refresh_epochs: int | None = None) -> TrainConfig:
+                         refresh_epochs: int | None = None,
+                         refresh_evals_per_pass: int | None = None) -> TrainConfig:
     """The training settings of a refresh: the learning rate scaled by ``refresh_lr``, the
-    early-stopping patience ``refresh_patience`` and the epoch cap ``refresh_epochs`` (None:
-    ``train_cfg``'s) -- ``AdaptConfig.refresh_lr`` / ``refresh_patience`` /
-    ``refresh_epochs``. The refresh restarts its optimizer and schedule on an adapter that is
-    already trained, not on the identity."""
+    early-stopping patience ``refresh_patience`` (in hold-out evaluations), the epoch cap
+    ``refresh_epochs`` (in passes over the data) and ``refresh_evals_per_pass`` hold-out
+    evaluations per pass (``TrainConfig.epoch_parts``; the cap and the cosine schedule still
+    span the same passes) -- None: ``train_cfg``'s; ``AdaptConfig.refresh_lr`` /
+    ``refresh_patience`` / ``refresh_epochs`` / ``refresh_evals_per_pass``. The refresh
+    restarts its optimizer and schedule on an adapter that is already trained, not on the
+    identity."""
     if not (math.isfinite(refresh_lr) and refresh_lr > 0):
         raise ValueError(f"refresh_lr must be a positive number (a multiple of train.lr for "
                          f"refreshes), not {refresh_lr}")
-    if refresh_patience is not None and (isinstance(refresh_patience, bool)
-                                         or not isinstance(refresh_patience, int)
-                                         or refresh_patience < 1):
-        raise ValueError(f"refresh_patience must be a whole number of epochs >= 1 (or none: "
-                         f"the training patience), not {refresh_patience!r}")
-    if refresh_epochs is not None and (isinstance(refresh_epochs, bool)
-                                       or not isinstance(refresh_epochs, int)
-                                       or refresh_epochs < 1):
-        raise ValueError(f"refresh_epochs must be a whole number of epochs >= 1 (or none: "
-                         f"train.epochs), not {refresh_epochs!r}")
+    for name, value, none in (("refresh_patience", refresh_patience, "the training patience"),
+                              ("refresh_epochs", refresh_epochs, "train.epochs"),
+                              ("refresh_evals_per_pass", refresh_evals_per_pass,
+                               "train.epoch_parts")):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < 1):
+            unit = {"refresh_patience": "of evaluations", "refresh_epochs": "of epochs"}.get(
+                name, "")
+            raise ValueError(f"{name} must be a whole number {unit} >= 1 (or none: {none}), "
+                             f"not {value!r}".replace("  ", " "))
     patience = train_cfg.patience if refresh_patience is None else refresh_patience
-    epochs = train_cfg.epochs if refresh_epochs is None else refresh_epochs
-    return replace(train_cfg, lr=train_cfg.lr * refresh_lr, patience=patience, epochs=epochs)
+    parts = train_cfg.epoch_parts if refresh_evals_per_pass is None else refresh_evals_per_pass
+    passes = (math.ceil(train_cfg.epochs / train_cfg.epoch_parts) if refresh_epochs is None
+              else refresh_epochs)
+    epochs = (train_cfg.epochs if refresh_epochs is None and parts == train_cfg.epoch_parts
+              else passes * parts)
+    return replace(train_cfg, lr=train_cfg.lr * refresh_lr, patience=patience, epochs=epochs,
+                   epoch_parts=parts)
 
 
 def data_paths(cfg: DataConfig) -> list[Path]:

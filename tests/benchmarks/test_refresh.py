@@ -70,22 +70,23 @@ def test_refresh_lr_choice_reads_the_hold_out_only():
     chosen, means = refresh_choice.choose(records)
     # records without a patience or a cap ran with the adapters'
     patience, cap = refresh_choice.ADAPT.patience, refresh_choice.ADAPT.epochs
-    assert chosen == (0.5, patience, cap, False) and set(means) == {
-        (1.0, patience, cap, False), (0.5, patience, cap, False), (0.25, patience, cap, False)}
-    assert means[(1.0, patience, cap, False)] == pytest.approx(0.061)
+    assert chosen == (0.5, patience, cap, False, 1) and set(means) == {
+        (1.0, patience, cap, False, 1), (0.5, patience, cap, False, 1),
+        (0.25, patience, cap, False, 1)}
+    assert means[(1.0, patience, cap, False, 1)] == pytest.approx(0.061)
     # within the tie margin of the best, the larger multiple (the status quo side) wins
     records[0]["valid_ndcg@10"] = records[1]["valid_ndcg@10"] = 0.0645
-    assert refresh_choice.choose(records)[0] == (1.0, patience, cap, False)
+    assert refresh_choice.choose(records)[0] == (1.0, patience, cap, False, 1)
     # a longer patience must win by more than the tie; then it does win
     longer = [rec(1.0, 0, 0.0650, 0.0, patience + 3), rec(1.0, 1, 0.0652, 0.0, patience + 3)]
-    assert refresh_choice.choose(records + longer)[0] == (1.0, patience, cap, False)
+    assert refresh_choice.choose(records + longer)[0] == (1.0, patience, cap, False, 1)
     longer[0]["valid_ndcg@10"] = 0.070
-    assert refresh_choice.choose(records + longer)[0] == (1.0, patience + 3, cap, False)
+    assert refresh_choice.choose(records + longer)[0] == (1.0, patience + 3, cap, False, 1)
     # a smaller epoch cap wins a tie (the cheaper side), and loses when clearly worse
     capped = [rec(1.0, 0, 0.0695, 0.9, patience + 3, 5), rec(1.0, 1, 0.0652, 0.9, patience + 3, 5)]
-    assert refresh_choice.choose(records + longer + capped)[0] == (1.0, patience + 3, 5, False)
+    assert refresh_choice.choose(records + longer + capped)[0] == (1.0, patience + 3, 5, False, 1)
     capped[0]["valid_ndcg@10"] = 0.060
-    assert refresh_choice.choose(records + longer + capped)[0] == (1.0, patience + 3, cap, False)
+    assert refresh_choice.choose(records + longer + capped)[0] == (1.0, patience + 3, cap, False, 1)
     assert refresh_choice.choose([]) == (None, {})
 
     # context (a fourth dimension) wins a tie for no context (the status quo), and wins when
@@ -96,7 +97,22 @@ def test_refresh_lr_choice_reads_the_hold_out_only():
     metric = refresh_choice.METRICS["served"]
     both = [served(False, 0, 0.0700, 0.9), served(False, 1, 0.0700, 0.9),
             served(True, 0, 0.0705, 0.1), served(True, 1, 0.0705, 0.1)]
-    assert refresh_choice.choose(both, metric)[0] == (1.0, patience + 3, cap, False)
+    assert refresh_choice.choose(both, metric)[0] == (1.0, patience + 3, cap, False, 1)
     both[2]["holdout_served_ndcg@10"] = both[3]["holdout_served_ndcg@10"] = 0.0750
-    assert refresh_choice.choose(both, metric)[0] == (1.0, patience + 3, cap, True)
+    assert refresh_choice.choose(both, metric)[0] == (1.0, patience + 3, cap, True, 1)
     assert refresh_choice.candidate(records[0])[3] is False  # unrecorded: no context
+    assert refresh_choice.candidate(records[0])[4] == 1  # unrecorded: one evaluation a pass
+
+    # evaluations per pass (a fifth dimension): the patience compares in passes (patience /
+    # evaluations per pass); within the tie, the shorter patience in passes, then more
+    # evaluations per pass win; a clearly worse candidate loses
+    def evals(per_pass, patience_, seed, value):
+        return {**served(True, seed, value, 0.9), "refresh_patience": patience_,
+                "refresh_evals_per_pass": per_pass}
+    base = [evals(1, 6, 0, 0.0760), evals(1, 6, 1, 0.0760)]
+    finer = [evals(2, 8, 0, 0.0755), evals(2, 8, 1, 0.0755)]  # 4 passes of patience, not 6
+    assert refresh_choice.choose(base + finer, metric)[0] == (1.0, 8, cap, True, 2)
+    same = [evals(2, 12, 0, 0.0755), evals(2, 12, 1, 0.0755)]  # 6 passes too: more evals win
+    assert refresh_choice.choose(base + same, metric)[0] == (1.0, 12, cap, True, 2)
+    finer[0]["holdout_served_ndcg@10"] = finer[1]["holdout_served_ndcg@10"] = 0.0740
+    assert refresh_choice.choose(base + finer, metric)[0] == (1.0, 6, cap, True, 1)

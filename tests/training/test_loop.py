@@ -312,6 +312,44 @@ def test_small_data_epochs_repeat_the_data_up_to_min_epoch_steps(region):
     assert [h["step"] for h in same.history] == [3]
 
 
+def test_epoch_parts_cut_each_pass_into_evaluated_epochs(region):
+    """``epoch_parts``: a pass over the data is cut into that many epochs, each evaluated (so
+    the patience counts them); the parts of a pass read every history once between them, and
+    the batches are the one-part run's, in the same order."""
+    from regiontune.model.batching import TrainCollator
+    from regiontune.training.loop import _epoch_loader, make_accelerator
+
+    task = _task(region)
+    sequences = _sequences(task, region)[:40]  # 40 histories, batch 16: 3 steps a pass
+    calls = []
+    whole = fit(task, sequences, lambda: calls.append(1) or {"ndcg@10": 0.0},
+                replace(CFG, epochs=2, patience=10))
+    assert [h["step"] for h in whole.history] == [3, 6] and len(calls) == 2
+    task, calls = _task(region), []
+    cut = fit(task, sequences, lambda: calls.append(1) or {"ndcg@10": 0.0},
+              replace(CFG, epochs=4, patience=10, epoch_parts=2))
+    # two passes of 3 steps, evaluated twice each: after 1, 3, 4 and 6 steps
+    assert [h["step"] for h in cut.history] == [1, 3, 4, 6] and len(calls) == 4
+    # patience counts the parts: 2 evaluations without gain stop after one pass
+    task = _task(region)
+    values = iter([0.5, 0.4, 0.3, 0.9])
+    stopped = fit(task, sequences, lambda: {"ndcg@10": next(values)},
+                  replace(CFG, epochs=4, patience=2, epoch_parts=2))
+    assert stopped.epochs_run == 3 and stopped.best_epoch == 1
+    # the parts of a pass: the whole pass's batches, in order, every history once
+    accelerator = make_accelerator(CFG)
+
+    def batches(cfg, epoch):
+        collator = TrainCollator(task.max_len, task.causal, task.ordered, 0.0, cfg.seed)
+        return [b.tokens.tolist() for b in _epoch_loader(sequences, cfg, collator, epoch,
+                                                          accelerator)]
+    one = batches(CFG, 1)
+    two = replace(CFG, epoch_parts=2)
+    assert batches(two, 2) + batches(two, 3) == one
+    with pytest.raises(ValueError, match="epoch_parts must be a whole number"):
+        fit(_task(region), sequences, lambda: {}, replace(CFG, epoch_parts=0))
+
+
 def test_eval_at_start_keeps_the_starting_weights_when_training_only_hurts(region):
     task = _task(region)
     start = _weights(task)

@@ -163,6 +163,26 @@ def test_a_refresh_trains_at_its_own_learning_rate(tiny_backbone_dir, parent_dir
     assert len(seen) == 3  # refused before training
 
 
+def test_a_refresh_evaluates_its_hold_out_several_times_a_pass(tiny_backbone_dir, parent_dir,
+                                                               new_data):
+    """``refresh_evals_per_pass``: the refresh checks its hold-out that many times per pass
+    over the new data (the cap still counts passes); its stats count passes, not parts."""
+    backbone, vocab, bmeta = load_backbone(tiny_backbone_dir)
+    folder = AdapterFolder.read(parent_dir, bmeta["fingerprint"])
+    _, stats = train_region(backbone, vocab, new_data,
+                            AdaptConfig(region=REGION, refresh_evals_per_pass=2,
+                                        refresh_epochs=1, refresh_patience=10),
+                            TINY_TRAIN, parent=folder)
+    # one pass in two parts: the start, then two evaluations
+    assert stats["epochs_run"] == 1 and stats["evaluations"] == 3
+    assert stats["best_epoch"] in (0, 0.5, 1)
+    backbone, vocab, bmeta = load_backbone(tiny_backbone_dir)
+    _, plain = train_region(backbone, vocab, new_data,
+                            AdaptConfig(region=REGION, refresh_epochs=1, refresh_patience=10),
+                            TINY_TRAIN, parent=folder)
+    assert plain["epochs_run"] == 1 and plain["evaluations"] == 2
+
+
 # ---------------------------------------------------------------- adapt(init_from=...)
 
 def _data_cfg():

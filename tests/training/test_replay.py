@@ -142,3 +142,13 @@ def test_refresh_train_config_sets_the_learning_rate_and_patience_alone():
     for bad in (0, -1, 2.5, True):
         with pytest.raises(ValueError, match="refresh_epochs must be a whole number"):
             refresh_train_config(cfg, 1.0, None, bad)
+    # evaluations per pass: epochs become parts of a pass, the cap and schedule still span
+    # the same passes, the patience counts evaluations
+    finer = refresh_train_config(cfg, 1.0, 6, None, 2)
+    assert (finer.epoch_parts, finer.epochs, finer.patience) == (2, 2 * cfg.epochs, 6)
+    assert replace(finer, epoch_parts=1, epochs=cfg.epochs, patience=3) == cfg
+    assert refresh_train_config(cfg, 1.0, None, 5, 3).epochs == 15
+    assert refresh_train_config(cfg, 1.0, None, None, 1) == cfg
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="refresh_evals_per_pass must be a whole number"):
+            refresh_train_config(cfg, 1.0, None, None, bad)
