@@ -4,8 +4,10 @@ Once the adapter is trained (and its unseen items calibrated), EASE is fitted on
 training histories over the adapter's catalogue (lambda tuned on the early-stopping
 hold-out), each item keeps its ``k`` largest weights, and the blend weight ``w`` is the one of
 ``WEIGHT_GRID`` (in units of the two parts' score spread on the hold-out) that gives the best
-hold-out NDCG@10; on a tie the smaller weight wins, and 0 removes the part. The reported
-evaluation lists are never read.
+hold-out NDCG@10; on a tie the smaller weight wins, and 0 removes the part. Given a pool of
+other regions' histories (``training/pool.py``), EASE is fitted a second time with them and
+the part whose blend ranks the hold-out better is kept. The reported evaluation lists are
+never read.
 """
 
 from __future__ import annotations
