@@ -65,8 +65,9 @@ def _load_pool(data_json: str, regions: tuple[str, ...]) -> tuple[list[str], ...
     try:
         loaded = load_regions(cfg)
     except (DataError, OSError, ValueError) as err:
-        raise PoolUnavailable(f"the backbone's pretraining data cannot be reloaded: {err}"
-                              ) from err
+        logger.info("the backbone's pretraining data: %s", err)  # may name host paths
+        raise PoolUnavailable("the backbone's pretraining data cannot be reloaded "
+                              f"({type(err).__name__}; the log says why)") from err
     return tuple(list(h) for name in regions if name in loaded
                  for h in loaded[name].train.values())
 
