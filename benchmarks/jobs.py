@@ -228,10 +228,8 @@ def adapter_job(backbone_dir: Path, data: RegionData, adapt_cfg: AdaptConfig,
     """Train an adapter (or a full fine-tuned copy) on a fresh copy of the backbone."""
     backbone, vocab, meta = load_backbone(backbone_dir)
     # the item-item part reads the backbone's other regions, as `regiontune adapt` does
-    pool, pool_record = region_pool(meta, adapt_cfg.region, adapt_cfg.neighbour_pool)
-    task, stats = train_region(backbone, vocab, data, adapt_cfg, train_cfg, pool=pool)
-    if "unavailable" in pool_record and "item_item_pool" in stats:
-        stats["item_item_pool"]["unavailable"] = pool_record["unavailable"]
+    task, stats = train_region(backbone, vocab, data, adapt_cfg, train_cfg,
+                               pool=region_pool(meta, adapt_cfg.region, adapt_cfg.neighbour_pool))
     metrics = evaluate_task_record(task, data)
     with tempfile.TemporaryDirectory() as tmp:
         saved = save_adapter(task, adapt_cfg.method, adapt_cfg.region,

@@ -204,7 +204,7 @@ def train_region(backbone: RecModel, vocab: ItemVocab, data: RegionData, adapt_c
                  accelerator=None, parent: AdapterFolder | None = None,
                  replay: dict[str, list[str]] | None = None, text: TextVectors | None = None,
                  context: dict[str, list[str]] | None = None,
-                 pool: list[list[str]] | None = None
+                 pool: tuple[list[list[str]], dict[str, Any]] | None = None
                  ) -> tuple[RegionTask, dict[str, Any]]:
     """Train one region's adapter (on ``adapt_cfg.fraction`` of its users); returns task, stats.
 
@@ -217,9 +217,10 @@ def train_region(backbone: RecModel, vocab: ItemVocab, data: RegionData, adapt_c
     ``text``: the region's own item text vectors (training/region_text.py). ``context``
     (user -> earlier items, what ``adapt`` loads when ``adapt_cfg.refresh_context``): each
     training history is read after the user's earlier items, the loss on the history's own
-    items alone; the hold-out cases read them too (training/context.py). ``pool``: other
-    regions' histories (the backbone's pretraining data, training/pool.py) read by the
-    item-item part's EASE at ``adapt_cfg.neighbour_pool``.
+    items alone; the hold-out cases read them too (training/context.py). ``pool``: what
+    ``training/pool.py: region_pool`` returns -- other regions' histories (the backbone's
+    pretraining data) read by the item-item part's EASE at ``adapt_cfg.neighbour_pool``, and
+    its record (why there are none, when the data was not there).
     """
     if adapt_cfg.neighbour_pool < 0:
         raise ValueError(f"adapt.neighbour_pool must be >= 0 (0: the region's own histories "
@@ -287,9 +288,12 @@ def train_region(backbone: RecModel, vocab: ItemVocab, data: RegionData, adapt_c
     # with context, the part is fitted on all periods so far (training/context.py)
     part_data = (data if context is None else
                  replace(data, train=context_histories(data, context)))
+    pool_histories, pool_record = pool or ([], {})
     blended = fit_item_item(task, part_data, data.valid[:VALID_CASES], dtype,
-                            adapt_cfg.max_neighbour_catalogue, pool or (),
+                            adapt_cfg.max_neighbour_catalogue, pool_histories,
                             adapt_cfg.neighbour_pool)
+    if "unavailable" in pool_record and "item_item_pool" in blended:
+        blended["item_item_pool"]["unavailable"] = pool_record["unavailable"]
     # item text: the text-only never-trained items' lift, last: after all that scores
     lifted = lift_text_items(task, catalogue, known, data.valid[:VALID_CASES],
                              adapt_cfg.text_lift_budget, dtype)
@@ -368,13 +372,11 @@ def adapt(backbone_dir: str | Path, data_cfg: DataConfig, adapt_cfg: AdaptConfig
         del parent_task
     text = region_text_vectors(backbone, vocab, bmeta, data_cfg, data.catalogue, init_from,
                                text_encoder, train_cfg.progress)
-    pool, pool_record = region_pool(bmeta, adapt_cfg.region, adapt_cfg.neighbour_pool)
+    pool = region_pool(bmeta, adapt_cfg.region, adapt_cfg.neighbour_pool)
     accelerator = make_accelerator(train_cfg)
     task, stats = train_region(backbone, vocab, data, adapt_cfg, train_cfg,
                                out.parent / f"{out.name}.work", resume, accelerator, parent,
                                replay, text, context, pool)
-    if "unavailable" in pool_record and "item_item_pool" in stats:
-        stats["item_item_pool"]["unavailable"] = pool_record["unavailable"]
     meta = {"region": adapt_cfg.region, "protocol": data.protocol,
             "backbone_fingerprint": bmeta["fingerprint"],
             "backbone_path": str(Path(backbone_dir).resolve()),

@@ -20,16 +20,14 @@ pretraining.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 from functools import lru_cache
 from typing import Any
 
-from regiontune.config import DataConfig, from_dict
 from regiontune.data.loading import DataError
 from regiontune.data.recipes import load_regions
-from regiontune.training.replay import data_paths
+from regiontune.training.replay import data_paths, histories_config
 
 logger = logging.getLogger(__name__)
 
@@ -53,11 +51,7 @@ def backbone_pool(bmeta: dict[str, Any], region: str) -> list[list[str]]:
 
 @lru_cache(maxsize=2)  # a benchmark adapts many times over one backbone: reload once
 def _load_pool(data_json: str, regions: tuple[str, ...]) -> tuple[list[str], ...]:
-    cfg = from_dict(DataConfig, copy.deepcopy(json.loads(data_json)))
-    cfg.regions = list(regions)
-    cfg.candidates, cfg.item_text = None, None  # training histories only
-    if cfg.protocol == "candidates":
-        cfg.protocol = "full-ranking"
+    cfg = histories_config(json.loads(data_json), list(regions))
     for path in data_paths(cfg):
         if not path.exists():
             raise PoolUnavailable(f"the backbone's pretraining data is not at {path.name} "

@@ -87,6 +87,18 @@ def data_paths(cfg: DataConfig) -> list[Path]:
                                                            else [])]]
 
 
+def histories_config(data: dict[str, Any], regions: list[str]) -> DataConfig:
+    """A recorded data configuration (``config.data`` of a region.json or a backbone's
+    regiontune.json) set to reload ``regions``' training histories only: evaluation-side files
+    (candidate lists, item text) are not needed."""
+    cfg = from_dict(DataConfig, copy.deepcopy(data))
+    cfg.regions = list(regions)
+    cfg.candidates, cfg.item_text = None, None
+    if cfg.protocol == "candidates":
+        cfg.protocol = "full-ranking"
+    return cfg
+
+
 def reload_parent_data(parent: AdapterFolder, hint: str = GONE_HINT) -> RegionData:
     """The parent adapter's region data (every user, before its ``--fraction``), reloaded from
     the data configuration its metadata records; a clear error (ending with ``hint``) when
@@ -95,13 +107,8 @@ def reload_parent_data(parent: AdapterFolder, hint: str = GONE_HINT) -> RegionDa
     if not config.get("data"):
         raise DataError(f"the parent adapter at {parent.path} records no data configuration "
                         f"(config.data in its region.json) to reload: {hint}")
-    cfg = from_dict(DataConfig, copy.deepcopy(config["data"]))
     region = (config.get("adapt") or {}).get("region") or parent.region
-    cfg.regions = [region]
-    # training histories only: evaluation-side files are not needed
-    cfg.candidates, cfg.item_text = None, None
-    if cfg.protocol == "candidates":
-        cfg.protocol = "full-ranking"
+    cfg = histories_config(config["data"], [region])
     for path in data_paths(cfg):
         if not path.exists():
             raise DataError(f"the parent's training data at {path} is gone: {hint}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import shutil
 from dataclasses import replace
 
 import pytest
@@ -92,7 +93,8 @@ def test_a_misleading_pool_loses_and_the_regions_own_part_is_served(tiny_backbon
     def fitted(pool, weight):
         backbone, vocab, _ = copy.deepcopy(tiny_backbone)
         task, stats = train_region(backbone, vocab, data,
-                                   replace(cfg, neighbour_pool=weight), ONE_EPOCH, pool=pool)
+                                   replace(cfg, neighbour_pool=weight), ONE_EPOCH,
+                                   pool=(pool, {}) if pool else None)
         return task.item_item.neighbours.clone(), stats
 
     misled, stats = fitted(noise, 0.5)
@@ -101,3 +103,17 @@ def test_a_misleading_pool_loses_and_the_regions_own_part_is_served(tiny_backbon
     assert tried["0.5"] < tried["0.0"] == own_stats["item_item_pool"]["holdout_ndcg@10"]["0.0"]
     assert stats["item_item_pool"]["weight"] == 0.0
     assert torch.equal(misled, own)  # the pool's fit (the last one made) was not kept
+
+
+def test_adapt_records_why_the_pool_was_not_there(tiny_backbone_dir, tmp_path):
+    moved = tmp_path / "bb"
+    shutil.copytree(tiny_backbone_dir, moved)
+    meta = json.loads((moved / BACKBONE_META).read_text())
+    meta["config"]["data"] = {**meta["config"]["data"], "recipe": "files",
+                              "files": ["/nowhere/regions.csv"]}
+    (moved / BACKBONE_META).write_text(json.dumps(meta))
+    saved = adapt(moved, DataConfig(**{**TINY_DATA.__dict__}),
+                  AdaptConfig(region="island", neighbours=4), ONE_EPOCH, tmp_path / "a")
+    record = saved["item_item_pool"]
+    assert record["weight"] == 0.0 and record["histories"] == 0
+    assert "regions.csv" in record["unavailable"] and "/nowhere" not in record["unavailable"]
