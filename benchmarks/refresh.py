@@ -1,10 +1,19 @@
 """Refresh vs stale vs retrained adapters over time (issue 17): MovieLens-100K by period.
 
     OMP_NUM_THREADS=1 python -m benchmarks.refresh [--periods 5] [--seeds 0] [--method lora]
+    OMP_NUM_THREADS=1 python -m benchmarks.refresh --first-share 0.6 \
+        --out benchmarks/results/refresh_increments.json
+    python -m benchmarks.refresh --file my.csv --columns user=uid,item=sku,timestamp=ts ...
 
 Data: ``ml-100k.inter`` (the ``ml-100k`` recipe's file), all 943 users as one region (the
-recipe's zip regions hold 18-150 users each: a fifth of that per period is too few), sorted
-by timestamp and cut into ``--periods`` consecutive periods of equal interaction counts.
+recipe's zip regions hold 18-150 users each: a fifth of that per period is too few), or
+``--file`` (any interaction file with a timestamp column, read as ``regiontune adapt --file``
+reads it, every row one region), sorted by timestamp and cut into ``--periods`` consecutive
+periods of equal interaction counts. With ``--first-share F`` period 0 holds the share F of
+the interactions and the rest is cut into ``--periods - 1`` equal periods: each new period is
+then a small share of the data so far (at 0.6 and 5 periods: 10,000 new interactions against
+60,000-80,000 before them on ml-100k), the situation a routine weekly refresh is for; with
+equal periods, period 1 doubles the data.
 
 * a small backbone is pretrained on period 0 alone, and a first adapter trained on period 0;
 * at each later period p (1 .. P-2), three adapters of ``--method``:
@@ -102,13 +111,40 @@ BAR_QUALITY, BAR_SECONDS = 0.97, 0.5
 
 # ---------------------------------------------------------------- data
 
-def load_periods(data_dir: Path, periods: int) -> list[pd.DataFrame]:
-    """The interactions (one region) cut by time into ``periods`` equal-count slices."""
-    frame = load_file(data_dir / "ml-100k.inter", {"user": "user_id", "item": "item_id"},
-                      region=REGION)
+def load_interactions(data_dir: Path, file: Path | None = None,
+                      columns: dict[str, str] | None = None,
+                      sep: str | None = None) -> pd.DataFrame:
+    """One region's interactions: ml-100k's ``ml-100k.inter`` in ``data_dir``, or ``file`` (a
+    user's own, read as ``regiontune adapt --file`` reads it: ``columns`` maps ``user`` /
+    ``item`` / ``timestamp`` to its headers). Every row is one region (the file's region
+    column, if any, is ignored); a file without timestamps cannot be cut by time."""
+    if file is None:
+        file, columns = data_dir / "ml-100k.inter", {"user": "user_id", "item": "item_id"}
+    frame = load_file(file, columns or {}, region=REGION, sep=sep).assign(region=REGION)
+    if "timestamp" not in frame.columns:
+        raise SystemExit(f"{file.name} has no timestamp column (map yours with --columns "
+                         f"timestamp=NAME): the refresh study cuts the data by time")
+    return frame
+
+
+def load_periods(data_dir: Path, periods: int, first_share: float | None = None,
+                 frame: pd.DataFrame | None = None) -> list[pd.DataFrame]:
+    """The interactions (one region) sorted by time and cut into ``periods`` consecutive
+    slices: of equal counts, or, with ``first_share``, period 0 holding that share of all
+    interactions and the rest cut into ``periods - 1`` equal slices (each new period a small
+    share of the data so far: what a weekly refresh sees)."""
+    if frame is None:
+        frame = load_interactions(data_dir)
+    if first_share is not None and not 0 < first_share < 1:
+        raise SystemExit(f"--first-share must be in (0, 1), not {first_share}")
     frame = frame.sort_values(["timestamp", "user", "item"], kind="stable")
     frame = frame.reset_index(drop=True)
-    cut = [len(frame) * i // periods for i in range(periods + 1)]
+    n = len(frame)
+    if first_share is None:
+        cut = [n * i // periods for i in range(periods + 1)]
+    else:
+        head = round(n * first_share)
+        cut = [0, *(head + (n - head) * i // (periods - 1) for i in range(periods))]
     return [frame.iloc[cut[i]:cut[i + 1]].reset_index(drop=True) for i in range(periods)]
 
 
@@ -156,12 +192,14 @@ def run_seed(periods: list[pd.DataFrame], method: str, seed: int, work: Path,
              refresh_epochs: int | None = None, methods: tuple[str, ...] = METHODS,
              replay: float = REPLAY, refresh_lr: float | None = None,
              refresh_patience: int | None = None, refresh_context: bool | None = None,
-             refresh_evals_per_pass: int | None = None) -> list[dict]:
+             refresh_evals_per_pass: int | None = None,
+             dataset: str = "ml-100k", adapter_patience: int | None = None) -> list[dict]:
     work = work / f"seed{seed}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     pretrain_cfg = TrainConfig(**{**PRETRAIN.__dict__, "seed": seed})
-    adapt_train = TrainConfig(**{**ADAPT.__dict__, "seed": seed})
+    adapt_train = TrainConfig(**{**ADAPT.__dict__, "seed": seed,
+                                 "patience": adapter_patience or ADAPT.patience})
     refresh_train = adapt_train  # the refresh_* settings of adapt_cfg apply to refreshes
     adapt_cfg = AdaptConfig(method=method, region=REGION)
     if refresh_epochs is not None:  # else the library's (AdaptConfig.refresh_epochs)
@@ -199,7 +237,7 @@ def run_seed(periods: list[pd.DataFrame], method: str, seed: int, work: Path,
     for p in range(1, len(periods) - 1):
         past = pd.concat(periods[:p + 1], ignore_index=True)
         catalogue, histories, relevant = next_period_cases(past, periods[p + 1])
-        base = {"dataset": "ml-100k", "period": p, "seed": seed, "adapter_method": method,
+        base = {"dataset": dataset, "period": p, "seed": seed, "adapter_method": method,
                 "eval_period": p + 1, "eval_users": len(histories),
                 "period_range": time_range(periods[p]),
                 "eval_range": time_range(periods[p + 1])}
@@ -253,6 +291,7 @@ def run_seed(periods: list[pd.DataFrame], method: str, seed: int, work: Path,
                       "best_epoch": stats.get("best_epoch", 0),
                       "epoch_tokens": stats.get("epoch_tokens", 0),
                       "valid_ndcg@10": stats.get("best_valid_ndcg@10"),
+                      **({"patience": adapt_train.patience} if name == "retrained" else {}),
                       **({"refresh_lr": adapt_cfg.refresh_lr,
                           "refresh_context": (adapt_cfg.refresh_context
                                               and name != "refreshed-alone"),
@@ -348,8 +387,9 @@ def write_report(results: dict, path: Path) -> list[Path]:
              f"{sorted({r['adapter_method'] for r in records})}; epochs (cap): adapters "
              f"{results.get('config', {}).get('adapt', {}).get('epochs')}, refreshes "
              f"{results.get('config', {}).get('refresh_epochs')}",
-             "", "Protocol: see the docstring of `benchmarks/refresh.py` (periods of equal "
-             "interaction counts, backbone pretrained on period 0; at period p the stale "
+             "", "Protocol: see the docstring of `benchmarks/refresh.py` ("
+             + periods_text(results.get("config", {}))
+             + ", backbone pretrained on period 0; at period p the stale "
              "adapter is the one in service at p-1, the refreshed one is it refreshed on "
              "period p alone, the retrained one is new on periods 0..p; next-period "
              "NDCG@10 on period p+1 for users seen before, over the catalogue known by the "
@@ -464,7 +504,16 @@ def plot(rows: list[dict], path: Path) -> Path:
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = study_parser(__doc__)
     parser.add_argument("--data-dir", type=Path, default=Path("../shared/data/ml-100k"))
+    parser.add_argument("--file", type=Path, default=None,
+                        help="your own interaction file with a timestamp column, instead of "
+                        "ml-100k (every row one region)")
+    parser.add_argument("--columns", type=column_map, default=None,
+                        help="--file's headers: user=NAME,item=NAME,timestamp=NAME")
+    parser.add_argument("--sep", default=None, help="--file's separator (default: guessed)")
     parser.add_argument("--periods", type=int, default=5)
+    parser.add_argument("--first-share", type=float, default=None,
+                        help="period 0 holds this share of the interactions, the rest is cut "
+                        "into --periods - 1 equal periods (default: all periods equal)")
     parser.add_argument("--seeds", type=integers, default="0")
     parser.add_argument("--method", default="lora", help="adapter method (registry name)")
     parser.add_argument("--methods", type=lambda t: tuple(t.split(",")), default=METHODS,
@@ -475,6 +524,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--refresh-epochs", type=int, default=None,
                         help="epoch cap of the refreshes (default: AdaptConfig.refresh_epochs, "
                         "none: the adapters' 20)")
+    parser.add_argument("--adapter-patience", type=int, default=None,
+                        help="early-stopping patience of the adapters trained from nothing "
+                        f"(the first one and the retrained ones; default {ADAPT.patience})")
     parser.add_argument("--context", choices=("on", "off"), default=None,
                         help="refreshes read each user's earlier items as context (default: "
                         "AdaptConfig.refresh_context)")
@@ -482,6 +534,27 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=RESULTS / f"{NAME}.json")
     parser.add_argument("--report-only", action="store_true")
     return parser.parse_args(argv)
+
+
+def column_map(text: str) -> dict[str, str]:
+    """``user=U,item=I,timestamp=T`` -> {"user": "U", ...} (regiontune's names as keys)."""
+    out = {}
+    for part in filter(None, text.split(",")):
+        key, equals, value = part.partition("=")
+        if not equals or key not in ("user", "item", "timestamp", "rating"):
+            raise argparse.ArgumentTypeError(f"--columns: {part!r} is not NAME=HEADER with NAME "
+                                             f"one of user, item, timestamp, rating")
+        out[key] = value
+    return out
+
+
+def periods_text(config: dict) -> str:
+    """How the report's periods were cut."""
+    share = config.get("first_share")
+    if share is None:
+        return "periods of equal interaction counts"
+    return (f"period 0 holds {share:.0%} of the interactions, the rest cut into "
+            f"{config.get('periods', 5) - 1} periods of equal counts")
 
 
 def context_flag(value: str | None) -> bool:
@@ -494,15 +567,18 @@ def main(argv: list[str] | None = None) -> None:
     if unknown := sorted(set(args.methods) - set(METHODS)):
         raise SystemExit(f"--methods: unknown {unknown}; choose from {METHODS}")
     configure_logging()
-    results = load_results(args.out, dataset="ml-100k")
+    dataset = args.file.name if args.file else "ml-100k"
+    results = load_results(args.out, dataset=dataset)
     if not args.report_only:
-        periods = load_periods(args.data_dir, args.periods)
         if args.periods < 3:
             raise SystemExit("--periods must be at least 3 (pretrain, refresh, evaluate)")
+        frame = load_interactions(args.data_dir, args.file, args.columns, args.sep)
+        periods = load_periods(args.data_dir, args.periods, args.first_share, frame)
         # a rerun replaces the records of the seeds it runs
         results["records"] = [r for r in results["records"] if r["seed"] not in args.seeds]
         results["command"] = study_command("benchmarks.refresh", argv)
-        results["config"] = {"periods": args.periods, "method": args.method,
+        results["config"] = {"periods": args.periods, "first_share": args.first_share,
+                             "method": args.method,
                              "refresh_epochs": (args.refresh_epochs
                                                 or AdaptConfig().refresh_epochs
                                                 or ADAPT.epochs),
@@ -510,13 +586,16 @@ def main(argv: list[str] | None = None) -> None:
                              "refresh_context": context_flag(args.context),
                              "model": to_dict(MODEL)["model"],
                              "pretrain": to_dict(PRETRAIN)["train"],
-                             "adapt": to_dict(ADAPT)["train"],
+                             "adapt": {**to_dict(ADAPT)["train"], "patience":
+                                       args.adapter_patience or ADAPT.patience},
                              "period_ranges": [time_range(f) for f in periods]}
         results["meta"] = run_meta(results["config"])
         for seed in args.seeds:
             results["records"] += run_seed(periods, args.method, seed, args.work,
                                            args.refresh_epochs, args.methods, args.replay,
-                                           refresh_context=context_flag(args.context))
+                                           refresh_context=context_flag(args.context),
+                                           dataset=dataset,
+                                           adapter_patience=args.adapter_patience)
             write_results(results, args.out)
     for path in write_report(results, args.out):
         log.info("wrote %s", path)

@@ -116,3 +116,68 @@ def test_refresh_lr_choice_reads_the_hold_out_only():
     assert refresh_choice.choose(base + same, metric)[0] == (1.0, 12, cap, True, 2)
     finer[0]["holdout_served_ndcg@10"] = finer[1]["holdout_served_ndcg@10"] = 0.0740
     assert refresh_choice.choose(base + finer, metric)[0] == (1.0, 6, cap, True, 1)
+
+
+def _write(tmp_path, rows, header="uid,sku,ts"):
+    path = tmp_path / "events.csv"
+    path.write_text(header + "\n" + "\n".join(",".join(map(str, r)) for r in rows) + "\n")
+    return path
+
+
+def test_a_user_file_is_cut_by_time_into_equal_periods(tmp_path):
+    # written out of time order: the periods follow the timestamps, not the rows
+    rows = [(f"u{i % 3}", f"i{i}", 100 - i) for i in range(12)]
+    frame = refresh.load_interactions(tmp_path, _write(tmp_path, rows),
+                                      {"user": "uid", "item": "sku", "timestamp": "ts"})
+    periods = refresh.load_periods(tmp_path, 3, frame=frame)
+    assert [len(p) for p in periods] == [4, 4, 4]
+    assert list(periods[0]["item"]) == ["i11", "i10", "i9", "i8"]  # the earliest four
+    assert set(frame["region"]) == {refresh.REGION}
+
+
+def test_first_share_puts_that_share_in_period_zero_and_cuts_the_rest_equally(tmp_path):
+    rows = [(f"u{i % 4}", f"i{i}", i) for i in range(100)]
+    frame = refresh.load_interactions(tmp_path, _write(tmp_path, rows),
+                                      {"user": "uid", "item": "sku", "timestamp": "ts"})
+    periods = refresh.load_periods(tmp_path, 5, 0.6, frame)
+    assert [len(p) for p in periods] == [60, 10, 10, 10, 10]
+    assert periods[1]["timestamp"].min() == 60 and periods[4]["timestamp"].max() == 99
+    with pytest.raises(SystemExit, match="first-share"):
+        refresh.load_periods(tmp_path, 5, 1.0, frame)
+
+
+def test_a_file_without_timestamps_is_refused_with_the_fix(tmp_path):
+    path = _write(tmp_path, [("u1", "a"), ("u1", "b")], header="uid,sku")
+    with pytest.raises(SystemExit, match="no timestamp column.*--columns timestamp=NAME"):
+        refresh.load_interactions(tmp_path, path, {"user": "uid", "item": "sku"})
+
+
+def test_column_map_names_the_bad_part():
+    assert refresh.column_map("user=uid,item=sku,timestamp=ts") == {
+        "user": "uid", "item": "sku", "timestamp": "ts"}
+    with pytest.raises(Exception, match="'when=ts' is not NAME=HEADER"):
+        refresh.column_map("user=uid,when=ts")
+
+
+def test_baseline_patience_choice_reads_the_retrained_hold_out_only():
+    from benchmarks import refresh_baseline_choice as choice
+
+    def rec(method, period, seed, valid, test=0.5, patience=None):
+        return {"method": method, "period": period, "seed": seed, "valid_ndcg@10": valid,
+                "ndcg@10": test, "train_seconds": 1.0, "epochs_run": 4,
+                **({"patience": patience} if patience else {})}
+    # records without a patience ran with their file's configured one (3 here)
+    three = choice.retrained_runs({"config": {"adapt": {"patience": 3}}, "records": [
+        rec("retrained", 1, 0, 0.080, test=0.9), rec("retrained", 1, 1, 0.082, test=0.9),
+        rec("refreshed", 1, 0, 0.5)]})
+    six = choice.retrained_runs({"records": [
+        rec("retrained", 1, 0, 0.084, test=0.1, patience=6),
+        rec("retrained", 1, 1, 0.085, test=0.1, patience=6),
+        rec("retrained", 2, 0, 0.200, patience=6)]})  # a run 3 lacks: not compared
+    chosen, means = choice.choose(three + six)
+    assert chosen == 6 and means[3] == pytest.approx(0.081) and means[6] == pytest.approx(0.0845)
+    # within the tie, the smaller patience, whatever the next period says
+    six[0]["valid_ndcg@10"], six[1]["valid_ndcg@10"] = 0.0805, 0.0825
+    assert choice.choose(three + six)[0] == 3
+    with pytest.raises(ValueError, match="share no"):
+        choice.choose(three + six[2:])
