@@ -7,13 +7,18 @@ fractions and the seeds. The runner pretrains each backbone once (cached), then 
 ``benchmarks/results/SUITE.json`` as soon as it finishes. Records already in the file are
 skipped, so a long suite can be completed over several runs. Methods that never read the
 backbone (scratch, the classic baselines) run once and are recorded under every setting.
+
+``python -m benchmarks.run refresh ...`` and ``... merge ...`` run the region life-cycle
+studies (``benchmarks/refresh.py``, ``benchmarks/merge.py``) with their own options.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -163,10 +168,20 @@ def merge_results(name: str, others: list[Path], out: Path | None = None,
     return out
 
 
+# studies with options of their own: `python -m benchmarks.run refresh --seeds 0,1` runs
+# `python -m benchmarks.refresh --seeds 0,1`
+STUDIES = {"refresh": "benchmarks.refresh", "merge": "benchmarks.merge"}
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in STUDIES:
+        importlib.import_module(STUDIES[argv[0]]).main(argv[1:])
+        return
     parser = study_parser(__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("suite", help="wsdm, ml100k, cost (serving: python -m "
-                        "benchmarks.serving), or a path to a suite YAML")
+                        "benchmarks.serving), refresh or merge (their own options: "
+                        "python -m benchmarks.refresh --help), or a path to a suite YAML")
     parser.add_argument("--quick", action="store_true", help="small smoke version")
     parser.add_argument("--out", type=Path, help="results JSON (default benchmarks/results/)")
     parser.add_argument("--methods", type=names,

@@ -111,3 +111,12 @@ def test_merge_adds_other_runs_records_once(tmp_path):
     records = json.loads(mine.read_text())["records"]
     assert [(r["method"], r["ndcg@10"]) for r in records] == [("ease", 0.5), ("lora", 0.6)]
     assert (tmp_path / "mine.md").is_file()
+
+
+def test_life_cycle_studies_run_through_the_runner_with_their_own_options(monkeypatch):
+    from benchmarks import refresh, run
+
+    seen = []
+    monkeypatch.setattr(refresh, "main", lambda argv: seen.append(argv))
+    run.main(["refresh", "--seeds", "0,1", "--first-share", "0.6"])
+    assert seen == [["--seeds", "0,1", "--first-share", "0.6"]]
