@@ -104,7 +104,8 @@ REPLAY = 0.5  # share of the parent's training users replayed (a priori, not tun
 MODEL = ModelConfig(arch="llama", hidden_size=64, num_layers=2, num_heads=2,
                     intermediate_size=128, max_len=50, dropout=0.2)
 PRETRAIN = TrainConfig(epochs=20, lr=2e-3, patience=3, batch_size=64, progress=False)
-ADAPT = TrainConfig(epochs=20, lr=5e-3, patience=3, batch_size=32, progress=False)
+# patience chosen on the retrained adapters' hold-out (refresh_baseline_choice.md: 6 over 3)
+ADAPT = TrainConfig(epochs=20, lr=5e-3, patience=6, batch_size=32, progress=False)
 K = 10
 BAR_QUALITY, BAR_SECONDS = 0.97, 0.5
 
@@ -193,7 +194,8 @@ def run_seed(periods: list[pd.DataFrame], method: str, seed: int, work: Path,
              replay: float = REPLAY, refresh_lr: float | None = None,
              refresh_patience: int | None = None, refresh_context: bool | None = None,
              refresh_evals_per_pass: int | None = None,
-             dataset: str = "ml-100k", adapter_patience: int | None = None) -> list[dict]:
+             dataset: str = "ml-100k", adapter_patience: int | None = None,
+             refresh_shrink: float | None = None) -> list[dict]:
     work = work / f"seed{seed}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -212,6 +214,8 @@ def run_seed(periods: list[pd.DataFrame], method: str, seed: int, work: Path,
         adapt_cfg = replace(adapt_cfg, refresh_context=refresh_context)
     if refresh_evals_per_pass is not None:  # else AdaptConfig.refresh_evals_per_pass
         adapt_cfg = replace(adapt_cfg, refresh_evals_per_pass=refresh_evals_per_pass)
+    if refresh_shrink is not None:  # else AdaptConfig.refresh_shrink
+        adapt_cfg = replace(adapt_cfg, refresh_shrink=refresh_shrink)
     started = time.perf_counter()
     task, result = train_backbone({REGION: region_data(periods[0])}, MODEL, pretrain_cfg)
     bb_meta = save_backbone(task.model, task.vocab, {"benchmark": NAME, "seed": seed},
@@ -301,6 +305,7 @@ def run_seed(periods: list[pd.DataFrame], method: str, seed: int, work: Path,
                           "refresh_epochs": adapt_cfg.refresh_epochs or refresh_train.epochs,
                           "refresh_evals_per_pass": adapt_cfg.refresh_evals_per_pass
                           or refresh_train.epoch_parts,
+                          "refresh_shrink": adapt_cfg.refresh_shrink,
                           "evaluations": stats.get("evaluations")}
                          if name.startswith("refreshed") else {}),
                       "catalogue": len(task.item_side.catalogue)}

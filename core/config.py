@@ -212,6 +212,13 @@ class AdaptConfig:
     # 10 seeds, context, multiple 2): two a pass at patience 8 / 6 / 4 (4 / 3 / 2 passes of
     # data) 0.0749 / 0.0724 / 0.0665 against 0.0760 at one a pass, patience 6: kept at one
     refresh_evals_per_pass: int | None = None
+    # refresh only: after the parent is scored on the hold-out as the first candidate, the
+    # refresh trains from its trainable weights shrunk toward a fresh adapter's, w = s * parent
+    # + (1 - s) * fresh, and the item side's per-item deltas and biases scaled by s ("shrink
+    # and perturb", Ash & Adams 2020: a warm-started network generalises worse than a fresh
+    # one). 1: the parent's weights exactly. Never worse than the parent on the hold-out: the
+    # parent stays the candidate to beat
+    refresh_shrink: float = 1.0
 
 
 def _coerce(value: str, target_type: Any) -> Any:

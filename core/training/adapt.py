@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
+import math
 import os
 import time
 from dataclasses import replace
@@ -166,10 +167,12 @@ def copy_trainable(source: torch.nn.Module, target: torch.nn.Module, method: str
 
 def continue_region_task(backbone: RecModel, vocab: ItemVocab, parent: AdapterFolder,
                          catalogue: list[str], adapt_cfg: AdaptConfig, total_steps: int = 1000,
-                         num_negatives: int = 0) -> RegionTask:
+                         num_negatives: int = 0,
+                         fresh_out: dict[str, torch.Tensor] | None = None) -> RegionTask:
     """The parent adapter (read with its weights), trainable again, over its catalogue plus the
     items of ``catalogue`` it lacks (appended). Before training it scores the parent's items
-    exactly as the parent does."""
+    exactly as the parent does. ``fresh_out`` receives the trainable tensors a fresh adapter
+    of the method starts from (what :func:`shrink_toward` shrinks toward)."""
     method = get_method(parent.trained_method)
     for p in backbone.parameters():
         p.requires_grad_(False)
@@ -179,6 +182,9 @@ def continue_region_task(backbone: RecModel, vocab: ItemVocab, parent: AdapterFo
     # adapter attached to the backbone itself, then given the parent's values
     donor = method.load(copy.deepcopy(backbone), parent.config, parent.tensors, name)
     body = method.attach(backbone, options, name, total_steps)
+    if fresh_out is not None:
+        fresh_out.update({n: p.detach().clone() for n, p in body.named_parameters()
+                          if p.requires_grad})
     copy_trainable(donor, body, method.name)
     del donor
     hidden = backbone.config.hidden_size
@@ -194,6 +200,27 @@ def continue_region_task(backbone: RecModel, vocab: ItemVocab, parent: AdapterFo
             backbone, None if method.copies_backbone else body, len(item_side.catalogue),
             adapt_cfg))
     return RegionTask(body, method.base_of(body), item_side, num_negatives)
+
+
+def shrink_toward(task: RegionTask, fresh: dict[str, torch.Tensor], keep: float) -> None:
+    """A refresh's start, shrunk toward a fresh adapter (``AdaptConfig.refresh_shrink``): each
+    trainable tensor of the body becomes ``keep * itself + (1 - keep) * fresh``, the item
+    side's per-item low-rank rows and biases ``keep * themselves`` (a fresh item side starts
+    them at zero; its shared low-rank basis is kept)."""
+    with torch.no_grad():
+        for name, param in task.body.named_parameters():
+            if param.requires_grad and name in fresh:
+                param.mul_(keep).add_(fresh[name].to(param.device, param.dtype), alpha=1 - keep)
+        side = task.item_side
+        for tensor in (side.lowrank_a, side.bias):
+            if tensor is not None:
+                tensor.mul_(keep)
+
+
+def check_shrink(keep: float) -> None:
+    if not (math.isfinite(keep) and 0 < keep <= 1):
+        raise ValueError(f"refresh_shrink must be in (0, 1] (the parent's share of a "
+                         f"refresh's starting weights; 1: the parent's exactly), not {keep}")
 
 
 PARENT_ITEMS = "\0parent-catalogue"  # a pseudo-history: the items the parent already knows
@@ -226,6 +253,7 @@ def train_region(backbone: RecModel, vocab: ItemVocab, data: RegionData, adapt_c
         raise ValueError(f"adapt.neighbour_pool must be >= 0 (0: the region's own histories "
                          f"alone), got {adapt_cfg.neighbour_pool}")
     check_replay(adapt_cfg.replay, parent.path if parent is not None else None)
+    check_shrink(adapt_cfg.refresh_shrink)
     if parent is not None:
         train_cfg = refresh_train_config(train_cfg, adapt_cfg.refresh_lr,
                                          adapt_cfg.refresh_patience, adapt_cfg.refresh_epochs,
@@ -257,8 +285,10 @@ def train_region(backbone: RecModel, vocab: ItemVocab, data: RegionData, adapt_c
         task = build_region_task(backbone, vocab, data.catalogue, adapt_cfg, total_steps,
                                  train_cfg.num_negatives)
     else:
+        fresh: dict[str, torch.Tensor] = {}  # filled only for a shrink (full: a whole copy)
         task = continue_region_task(backbone, vocab, parent, data.catalogue, adapt_cfg,
-                                    total_steps, train_cfg.num_negatives)
+                                    total_steps, train_cfg.num_negatives,
+                                    fresh if adapt_cfg.refresh_shrink < 1 else None)
     if text is not None:
         task.set_region_text(text)
     if parent is not None:  # the parent's lift off the items it lifted: unseen, lifted anew
@@ -280,7 +310,9 @@ def train_region(backbone: RecModel, vocab: ItemVocab, data: RegionData, adapt_c
                  lambda: evaluate_task(task, catalogue, data.valid[:VALID_CASES]),
                  train_cfg, work, resume, step_hooks=method.step_hooks(task.body),
                  accelerator=accelerator, desc=f"adapt {data.region} ({adapt_cfg.method})",
-                 eval_at_start=adapt_cfg.start_as_candidate)
+                 eval_at_start=adapt_cfg.start_as_candidate,
+                 on_start=(lambda: shrink_toward(task, fresh, adapt_cfg.refresh_shrink))
+                 if parent is not None and adapt_cfg.refresh_shrink < 1 else None)
     task.teacher = None  # training only
     calibration = (calibrate_unseen(task, catalogue, known, data.valid[:VALID_CASES])
                    if adapt_cfg.calibrate_unseen else {})

@@ -165,12 +165,15 @@ class _Log:
 def fit(task: torch.nn.Module, sequences: list[list[int]], evaluate: Callable[[], dict],
         cfg: TrainConfig, out_dir: str | Path | None = None, resume: bool = False,
         step_hooks: tuple[StepHook, ...] = (), accelerator: Accelerator | None = None,
-        desc: str = "train", eval_at_start: bool = False) -> FitResult:
+        desc: str = "train", eval_at_start: bool = False,
+        on_start: Callable[[], None] | None = None) -> FitResult:
     """Train ``task`` on token ``sequences``; ``evaluate()`` returns validation metrics.
 
     At the end the task holds the weights of the best validation epoch. ``eval_at_start``:
     the starting weights are a candidate too (epoch 0) -- an adapter starts as the backbone,
-    so training can never end below the un-adapted backbone on the hold-out.
+    so training can never end below the un-adapted backbone on the hold-out. ``on_start``
+    runs once before the first epoch of a fresh run (after that evaluation: the weights it
+    scored stay the first candidate), never on a resumed one.
     """
     accelerator = accelerator or make_accelerator(cfg)
     out = Path(out_dir) if out_dir else None
@@ -200,6 +203,8 @@ def fit(task: torch.nn.Module, sequences: list[list[int]], evaluate: Callable[[]
     if eval_at_start and not resuming:
         state["best"] = evaluate().get("ndcg@10", 0.0)
         logger.info("%s epoch 0 (start): valid ndcg@10 %.4f", desc, state["best"])
+    if on_start is not None and not resuming:
+        on_start()
     collator = TrainCollator(task.max_len, task.causal, task.ordered, cfg.mask_prob, cfg.seed)
     history: list[dict] = []
     stopped = "epochs"

@@ -360,3 +360,33 @@ def test_eval_at_start_keeps_the_starting_weights_when_training_only_hurts(regio
     assert result.best_epoch == 0 and result.best_metric == pytest.approx(0.50)
     assert result.epochs_run == 3
     assert all(torch.equal(v, start[k]) for k, v in _weights(task).items())
+
+
+def test_on_start_moves_the_weights_after_the_start_is_scored(region, tmp_path):
+    """``on_start`` runs after the start's evaluation: the scored weights stay the candidate
+    (restored when no epoch beats them), and training starts from the moved ones."""
+    task = _task(region)
+    start = _weights(task)
+    seen = []
+
+    def zero_out():
+        seen.append(1)
+        with torch.no_grad():
+            for p in task.parameters():
+                if p.requires_grad:
+                    p.zero_()
+
+    def evaluate():
+        # the start is scored before on_start moved it; later epochs see moved weights
+        weights = _weights(task)
+        moved = not all(torch.equal(v, start[k]) for k, v in weights.items())
+        return {"ndcg@10": 0.3 if moved else 0.5}
+
+    result = fit(task, _sequences(task, region), evaluate, replace(CFG, epochs=2, patience=5),
+                 out_dir=tmp_path, eval_at_start=True, on_start=zero_out)
+    assert seen == [1] and result.best_epoch == 0 and result.best_metric == 0.5
+    assert all(torch.equal(v, start[k]) for k, v in _weights(task).items())
+    # a resumed run continues from its checkpoint: on_start is not run again
+    fit(task, _sequences(task, region), evaluate, replace(CFG, epochs=3, patience=5),
+        out_dir=tmp_path, resume=True, eval_at_start=True, on_start=zero_out)
+    assert seen == [1]

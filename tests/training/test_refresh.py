@@ -183,6 +183,64 @@ def test_a_refresh_evaluates_its_hold_out_several_times_a_pass(tiny_backbone_dir
     assert plain["epochs_run"] == 1 and plain["evaluations"] == 2
 
 
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_shrink_moves_the_start_between_the_parent_and_a_fresh_adapter(
+        tiny_backbone_dir, tiny_regions, new_data, tmp_path, method):
+    """``refresh_shrink``: each trainable tensor goes to keep * parent + (1 - keep) * fresh;
+    the item side's per-item rows and biases are scaled, its shared basis kept."""
+    from regiontune.training.adapt import shrink_toward
+
+    parent_dir = make_parent(tiny_backbone_dir, tiny_regions[REGION], method, tmp_path / "p")
+    backbone, vocab, bmeta = load_backbone(tiny_backbone_dir)
+    folder = AdapterFolder.read(parent_dir, bmeta["fingerprint"], weights=True)
+    fresh = {}
+    task = continue_region_task(backbone, vocab, folder, new_data.catalogue,
+                                AdaptConfig(method=method, region=REGION), fresh_out=fresh)
+    body = {n: p.detach().clone() for n, p in task.body.named_parameters() if p.requires_grad}
+    assert fresh.keys() == body.keys() and fresh  # every trainable tensor has a fresh value
+    assert any(not torch.equal(fresh[n], body[n]) for n in body)  # the parent is not fresh
+    side = task.item_side
+    a, b, bias = (t.detach().clone() for t in (side.lowrank_a, side.lowrank_b, side.bias))
+    shrink_toward(task, fresh, 0.25)
+    for name, param in task.body.named_parameters():
+        if name in body:
+            torch.testing.assert_close(param.detach(), 0.25 * body[name] + 0.75 * fresh[name])
+    torch.testing.assert_close(side.lowrank_a.detach(), 0.25 * a)
+    torch.testing.assert_close(side.bias.detach(), 0.25 * bias)
+    assert torch.equal(side.lowrank_b.detach(), b)
+
+
+def test_a_shrunk_refresh_scores_the_parent_first_and_refuses_a_bad_share(
+        tiny_backbone_dir, parent_dir, new_data, monkeypatch):
+    """The refresh passes fit a shrink to run after the parent's start is scored (the
+    parent stays the candidate to beat: ``fit``'s ``on_start``, tests/training/test_loop.py);
+    unshrunk refreshes and new adapters pass none; a share outside (0, 1] is refused."""
+    import regiontune.training.adapt as adapt_module
+
+    seen = []
+
+    def fake_fit(task, sequences, evaluate, cfg, *args, **kwargs):
+        seen.append(kwargs.get("on_start"))
+        raise _Stop
+
+    monkeypatch.setattr(adapt_module, "fit", fake_fit)
+    for parent, shrink in ((parent_dir, 0.5), (parent_dir, 1.0), (None, 0.5)):
+        backbone, vocab, bmeta = load_backbone(tiny_backbone_dir)
+        folder = AdapterFolder.read(parent, bmeta["fingerprint"]) if parent else None
+        with pytest.raises(_Stop):
+            train_region(backbone, vocab, new_data,
+                         AdaptConfig(region=REGION, refresh_shrink=shrink), TINY_TRAIN,
+                         parent=folder)
+    assert callable(seen[0]) and seen[1:] == [None, None]
+    for bad in (0.0, 1.5, float("nan")):
+        backbone, vocab, bmeta = load_backbone(tiny_backbone_dir)
+        with pytest.raises(ValueError, match=r"refresh_shrink must be in \(0, 1\]"):
+            train_region(backbone, vocab, new_data,
+                         AdaptConfig(region=REGION, refresh_shrink=bad), TINY_TRAIN,
+                         parent=AdapterFolder.read(parent_dir, bmeta["fingerprint"]))
+    assert len(seen) == 3  # refused before training
+
+
 # ---------------------------------------------------------------- adapt(init_from=...)
 
 def _data_cfg():
