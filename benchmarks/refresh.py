@@ -37,7 +37,11 @@ equal periods, period 1 doubles the data.
     (``benchmarks/refresh_choice.py --metric served``, ``refresh_context_choice.md``);
   - **retrained**: a new adapter trained on every interaction of periods 0..p.
   Each training run splits its own data leave-last-out (the last two items of each user held
-  out for early stopping), as ``regiontune adapt`` does.
+  out for early stopping), as ``regiontune adapt`` does. The adapters trained from nothing
+  (the first one and the retrained ones) stop early with patience ``ADAPT.patience`` (6,
+  ``--adapter-patience``), chosen on the retrained adapters' own hold-out by the rule the
+  refresh's patience was chosen by (``refresh_baseline_choice.py``: both sides of the
+  seconds comparison stop by a patience chosen the same way; 3 before that choice).
 * evaluation, next-period NDCG@10: every user with interactions both up to the end of p and
   in p+1; the model reads the user's whole history up to the end of p (time order) and ranks
   the catalogue known by the end of p (every item some interaction of periods 0..p holds),
