@@ -158,7 +158,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--evals-per-pass", type=int, default=1,
                         help="hold-out evaluations per pass over the data of the refreshes")
     parser.add_argument("--shrink", type=float, default=1.0,
-                        help="refresh_shrink of the refreshes (1: the parent's weights)")
+                        help="refresh_shrink of the refreshes (default 1: the parent's "
+                        "weights, as every study before the shrink ran; the library's default "
+                        "is AdaptConfig.refresh_shrink)")
     parser.add_argument("--metric", choices=tuple(METRICS), default=None,
                         help="own (the default of a new results file): each refresh's "
                         "early-stopping hold-out figure; served: the same targets, histories "

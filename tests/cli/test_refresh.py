@@ -100,3 +100,15 @@ def test_init_from_with_context_records_it(workdir, backbone, adapter):
     fails(invoke("adapt", "--backbone", backbone[0], "--region", "island", "--out", never,
                  "--refresh-context", *QUICK), "--refresh-context", "needs --init-from")
     assert not never.exists()
+
+
+def test_refresh_shrink_is_recorded_and_a_bad_share_refused(workdir, backbone, adapter):
+    out = workdir / "island-unshrunk"
+    ok(invoke("adapt", "--backbone", backbone[0], "--region", "island", "--out", out,
+              "--init-from", adapter[0], "--set", "adapt.refresh_shrink=1", *QUICK))
+    assert json.loads((out / ADAPTER_META).read_text())["config"]["adapt"]["refresh_shrink"] == 1
+    never = workdir / "never"
+    fails(invoke("adapt", "--backbone", backbone[0], "--region", "island", "--out", never,
+                 "--init-from", adapter[0], "--set", "adapt.refresh_shrink=0", *QUICK),
+          "refresh_shrink must be in (0, 1]")
+    assert not never.exists() and not (workdir / "never.work").exists()
