@@ -276,6 +276,9 @@ def _provenance(meta: dict[str, Any]) -> str:
         if isinstance(context, dict):
             rows.append(("Context", f"{context.get('items', '?')} earlier items of "
                          f"{context.get('users', '?')} users read ahead of the new data"))
+        share = lineage.get("new_share")
+        if isinstance(share, (int, float)) and not isinstance(share, bool):
+            rows.append(("New data's share", f"{share:.0%} of all data so far"))
         out += "## Lineage\n\n" + _table(rows) + "\n"
     grown = meta.get("grown")
     if isinstance(grown, list) and grown:

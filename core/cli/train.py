@@ -164,8 +164,8 @@ def adapt(backbone: Path = typer.Option(..., "--backbone", help="Backbone direct
                                             "(--item-text, a text column) is encoded with it."),
           config: Path = ConfigOpt, set_: list[str] = SetOpt, verbose: bool = VerboseOpt) -> None:
     """Train a region's adapter on the frozen backbone and save it (PEFT layout)."""
+    from regiontune.training.adapt import RETRAIN_HINT_SHARE, parent_method
     from regiontune.training.adapt import adapt as run
-    from regiontune.training.adapt import parent_method
 
     data_options = {"sep": sep, "time_format": time_format, "protocol": protocol,
                     "negatives": negatives, "negatives_from": negatives_from,
@@ -232,6 +232,11 @@ def adapt(backbone: Path = typer.Option(..., "--backbone", help="Backbone direct
         if lineage.get("context"):
             typer.echo(f"read {lineage['context']['items']:,} earlier items of "
                        f"{lineage['context']['users']:,} users as context")
+        if lineage.get("new_share") is not None:
+            typer.echo(f"the new data is {lineage['new_share']:.0%} of all data so far"
+                       + (" -- about as large as the old: a new adapter trained on all of it "
+                          "may do better (README, Region life-cycle)"
+                          if lineage["new_share"] >= RETRAIN_HINT_SHARE else ""))
         if lineage.get("replay"):
             typer.echo(f"replayed {lineage['replay']['users']:,} of the parent's training "
                        f"users (--replay {lineage['replay']['fraction']})")

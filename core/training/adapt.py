@@ -76,6 +76,11 @@ from regiontune.training.unseen import (
 
 logger = logging.getLogger(__name__)
 VALID_CASES = 1000
+# a refresh whose new data is at least this share of all data so far gets a warning: on the
+# ml-100k refresh study the refresh reached 93.5% of a retrained adapter where the new data
+# was 50% of all (benchmarks/results/refresh.md, period 1) and >= 97% at every share from 11%
+# to 33% (refresh.md periods 2-3, refresh_increments.md)
+RETRAIN_HINT_SHARE = 0.4
 
 
 def build_region_task(backbone: RecModel, vocab: ItemVocab, catalogue: list[str],
@@ -393,6 +398,14 @@ def adapt(backbone_dir: str | Path, data_cfg: DataConfig, adapt_cfg: AdaptConfig
     data_cfg.regions = [adapt_cfg.region]
     regions, summary = load_data(data_cfg)
     data = regions[adapt_cfg.region]
+    share = new_share(summary.rows, context)
+    if share is not None and share >= RETRAIN_HINT_SHARE:
+        logger.warning("the new data is %.0f%% of all data so far (%s new interactions, %s "
+                       "earlier): with new data about as large as the old, a refresh fell "
+                       "short of a new adapter trained on everything (README, Region "
+                       "life-cycle); consider adapt without --init-from on all the data",
+                       100 * share, f"{summary.rows:,}",
+                       f"{sum(map(len, context.values())):,}")
     if context is not None:  # test cases read each user's earlier items, as serving does
         data = replace(data, test=context_cases(data.test, context))
     before = None
@@ -430,10 +443,21 @@ def adapt(backbone_dir: str | Path, data_cfg: DataConfig, adapt_cfg: AdaptConfig
                                       before, meta["metrics"])
             meta["lineage"]["replay"] = stats.get("replay")
             meta["lineage"]["context"] = stats.get("context")
+            meta["lineage"]["new_share"] = None if share is None else round(share, 4)
         meta = save_adapter(task, adapt_cfg.method, adapt_cfg.region or "default", meta, out,
                             adapt_cfg.weights_dtype)
     accelerator.wait_for_everyone()
     return meta
+
+
+def new_share(rows: int, context: dict[str, list[str]] | None) -> float | None:
+    """The new data's share of all data so far: its interactions against the earlier items
+    context reloaded (the parent's and its ancestors' data); None without context (the earlier
+    data is not read then)."""
+    if context is None:
+        return None
+    total = rows + sum(map(len, context.values()))
+    return rows / total if total else None
 
 
 def lineage(parent: AdapterFolder, out: Path, time_range: tuple[str, str] | None, rows: int,

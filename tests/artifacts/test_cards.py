@@ -103,10 +103,11 @@ def test_adapter_card_shows_lineage_and_merge_provenance():
             "generation": 2, "data_period": {"start": "2026-11-01", "end": "2026-11-30"},
             "interactions": 1234, "kept_items": 50, "new_items": 7,
             "metrics_before": {"ndcg@10": 0.21}, "metrics_after": {"ndcg@10": 0.25},
-            "context": {"users": 40, "items": 900}}})
+            "context": {"users": 40, "items": 900}, "new_share": 0.125}})
     for text in ("## Lineage", "`de-v1`", "| Generation | 2 |", "1234 interactions, 2026-11-01",
                  "50 kept, 7 new", "0.2100 before, 0.2500 after",
-                 "| Context | 900 earlier items of 40 users read ahead of the new data |"):
+                 "| Context | 900 earlier items of 40 users read ahead of the new data |",
+                 "| New data's share | 12% of all data so far |"):
         assert text in refreshed.text, text
     merged = adapter_card({"region": "fr", "method": "lora", "merged_from": [
         {"region": "de", "weight": 0.75, "path": "de", "method": "lora"},

@@ -353,3 +353,11 @@ def test_a_refresh_takes_the_parents_lift_off_and_lifts_once(text_island, lifted
     text = source_text(refreshed, backbone, vocab.columns(catalogue) >= 0)
     lifted, _ = lifted_text_rows(refreshed.meta, refreshed.tensors, *text)
     assert lifted[[catalogue.index(i) for i in cold]].all()
+
+
+def test_new_share_counts_the_new_interactions_against_all_so_far():
+    from regiontune.training.adapt import new_share
+
+    assert new_share(30, {"u1": ["a", "b"] * 5, "u2": ["c"] * 60}) == pytest.approx(0.3)
+    assert new_share(30, None) is None  # without context the earlier data is not read
+    assert new_share(0, {}) is None
