@@ -203,6 +203,8 @@ def fit(task: torch.nn.Module, sequences: list[list[int]], evaluate: Callable[[]
     if eval_at_start and not resuming:
         state["best"] = evaluate().get("ndcg@10", 0.0)
         logger.info("%s epoch 0 (start): valid ndcg@10 %.4f", desc, state["best"])
+        # on disk too: a run resumed before any epoch beats the start must still end with it
+        _save_best(out, best, accelerator)
     if on_start is not None and not resuming:
         on_start()
     collator = TrainCollator(task.max_len, task.causal, task.ordered, cfg.mask_prob, cfg.seed)
@@ -279,14 +281,19 @@ def _early_stop(metrics, state, cfg, task, best, out, accelerator) -> str:
     if value > state["best"]:
         state.update(best=value, best_epoch=state["epoch"], bad_epochs=0)
         best.update(_trainable_state(task))
-        if out is not None and accelerator.is_main_process:
-            from safetensors.torch import save_file
-
-            save_file({k: v.contiguous() for k, v in best.items()}, str(out / "best.tmp"))
-            os.replace(out / "best.tmp", out / "best.safetensors")
+        _save_best(out, best, accelerator)
         return "continue"
     state["bad_epochs"] += 1
     return "early stopping" if state["bad_epochs"] >= cfg.patience else "continue"
+
+
+def _save_best(out: Path | None, best: dict[str, torch.Tensor], accelerator) -> None:
+    """The best weights so far to ``out/best.safetensors`` (atomically), for a resumed run."""
+    if out is not None and accelerator.is_main_process:
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in best.items()}, str(out / "best.tmp"))
+        os.replace(out / "best.tmp", out / "best.safetensors")
 
 
 def _clear_run(out: Path) -> None:

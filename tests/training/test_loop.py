@@ -386,7 +386,9 @@ def test_on_start_moves_the_weights_after_the_start_is_scored(region, tmp_path):
                  out_dir=tmp_path, eval_at_start=True, on_start=zero_out)
     assert seen == [1] and result.best_epoch == 0 and result.best_metric == 0.5
     assert all(torch.equal(v, start[k]) for k, v in _weights(task).items())
-    # a resumed run continues from its checkpoint: on_start is not run again
-    fit(task, _sequences(task, region), evaluate, replace(CFG, epochs=3, patience=5),
-        out_dir=tmp_path, resume=True, eval_at_start=True, on_start=zero_out)
-    assert seen == [1]
+    # a resumed run continues from its checkpoint: on_start is not run again, and with no
+    # epoch better than the start it still ends with the start's weights (kept on disk)
+    again = fit(task, _sequences(task, region), evaluate, replace(CFG, epochs=3, patience=5),
+                out_dir=tmp_path, resume=True, eval_at_start=True, on_start=zero_out)
+    assert seen == [1] and again.epochs_run == 3 and again.best_epoch == 0
+    assert all(torch.equal(v, start[k]) for k, v in _weights(task).items())
