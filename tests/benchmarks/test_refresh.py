@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -193,3 +195,23 @@ def test_baseline_patience_choice_reads_the_retrained_hold_out_only():
     assert choice.choose(three + six)[0] == 3
     with pytest.raises(ValueError, match="share no"):
         choice.choose(three + six[2:])
+
+
+def test_the_study_runs_end_to_end_on_a_users_own_file(tmp_path, monkeypatch):
+    """``--file`` with ISO timestamps and other headers: every method trains, the report
+    and records name the file by its name and say how the periods were cut."""
+    monkeypatch.setattr(refresh, "PRETRAIN", replace(refresh.PRETRAIN, epochs=2))
+    monkeypatch.setattr(refresh, "ADAPT", replace(refresh.ADAPT, epochs=2))
+    rows = [(f"u{u}", f"i{(u * 7 + k) % 40}", f"2026-01-{1 + (k * 30 + u) // 60:02d}T00:00:00")
+            for u in range(30) for k in range(16)]
+    path = _write(tmp_path, rows, header="uid,sku,when")
+    out = tmp_path / "study.json"
+    refresh.main(["--file", str(path), "--columns", "user=uid,item=sku,timestamp=when",
+                  "--periods", "3", "--seeds", "0", "--methods", "stale,refreshed,retrained",
+                  "--work", str(tmp_path / "work"), "--out", str(out)])
+    results = json.loads(out.read_text())
+    assert {r["method"] for r in results["records"]} == {"stale", "refreshed", "retrained"}
+    assert {r["dataset"] for r in results["records"]} == {"events.csv"}
+    assert all(r["period"] == 1 for r in results["records"])
+    report = out.with_suffix(".md").read_text()
+    assert "(events.csv)" in report and "periods of equal interaction counts" in report
