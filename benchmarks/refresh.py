@@ -199,7 +199,8 @@ def run_seed(periods: list[pd.DataFrame], method: str, seed: int, work: Path,
              refresh_patience: int | None = None, refresh_context: bool | None = None,
              refresh_evals_per_pass: int | None = None,
              dataset: str = "ml-100k", adapter_patience: int | None = None,
-             refresh_shrink: float | None = None) -> list[dict]:
+             refresh_shrink: float | None = None,
+             refresh_context_loss: bool | None = None) -> list[dict]:
     work = work / f"seed{seed}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -220,6 +221,8 @@ def run_seed(periods: list[pd.DataFrame], method: str, seed: int, work: Path,
         adapt_cfg = replace(adapt_cfg, refresh_evals_per_pass=refresh_evals_per_pass)
     if refresh_shrink is not None:  # else AdaptConfig.refresh_shrink
         adapt_cfg = replace(adapt_cfg, refresh_shrink=refresh_shrink)
+    if refresh_context_loss is not None:  # else AdaptConfig.refresh_context_loss
+        adapt_cfg = replace(adapt_cfg, refresh_context_loss=refresh_context_loss)
     started = time.perf_counter()
     task, result = train_backbone({REGION: region_data(periods[0])}, MODEL, pretrain_cfg)
     bb_meta = save_backbone(task.model, task.vocab, {"benchmark": NAME, "seed": seed},
@@ -310,6 +313,7 @@ def run_seed(periods: list[pd.DataFrame], method: str, seed: int, work: Path,
                           "refresh_evals_per_pass": adapt_cfg.refresh_evals_per_pass
                           or refresh_train.epoch_parts,
                           "refresh_shrink": adapt_cfg.refresh_shrink,
+                          "refresh_context_loss": adapt_cfg.refresh_context_loss,
                           "evaluations": stats.get("evaluations")}
                          if name.startswith("refreshed") else {}),
                       "catalogue": len(task.item_side.catalogue)}

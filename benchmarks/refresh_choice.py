@@ -64,7 +64,7 @@ from benchmarks.refresh import ADAPT, load_periods, run_seed
 
 TIE = 0.001
 METRICS = {"own": "valid_ndcg@10", "served": "holdout_served_ndcg@10"}
-Candidate = tuple[float, int, int, bool, int, float]
+Candidate = tuple[float, int, int, bool, int, float, bool]
 
 
 def choose(records: list[dict], metric: str = METRICS["own"]
@@ -80,19 +80,21 @@ def choose(records: list[dict], metric: str = METRICS["own"]
         return None, means
     top = max(means.values())
     return max((c for c, m in means.items() if m >= top - TIE),
-               key=lambda c: (c[0], -c[1] / c[4], -c[2], -c[3], c[4], c[5])), means
+               key=lambda c: (c[0], -c[1] / c[4], -c[2], -c[3], c[4], c[5], -c[6])), means
 
 
 def candidate(record: dict) -> Candidate:
     """(refresh lr multiple, refresh patience, refresh epoch cap, context, evaluations per
-    pass, shrink); records before the patience, the cap, the context, the evaluations per pass
-    or the shrink were recorded ran with the adapters' patience and epochs, without context,
-    one evaluation a pass, unshrunk (1)."""
+    pass, shrink, loss on the context); records before the patience, the cap, the context,
+    the evaluations per pass, the shrink or the context loss were recorded ran with the
+    adapters' patience and epochs, without context, one evaluation a pass, unshrunk (1),
+    without a loss on the context."""
     return (record["refresh_lr"], record.get("refresh_patience") or ADAPT.patience,
             record.get("refresh_epochs") or ADAPT.epochs,
             bool(record.get("refresh_context", False)),
             record.get("refresh_evals_per_pass") or 1,
-            float(record.get("refresh_shrink") or 1.0))
+            float(record.get("refresh_shrink") or 1.0),
+            bool(record.get("refresh_context_loss", False)))
 
 
 def to_markdown(results: dict) -> str:
@@ -104,10 +106,10 @@ def to_markdown(results: dict) -> str:
         cells[(candidate(r), r["period"])].append(r)
     periods = sorted({r["period"] for r in records})
     rows = []
-    for cand in sorted(means, key=lambda c: (-c[0], c[1], -c[2], c[3], c[4], -c[5])):
-        lr, patience, epochs, context, evals, shrink = cand
+    for cand in sorted(means, key=lambda c: (-c[0], c[1], -c[2], c[3], c[4], -c[5], c[6])):
+        lr, patience, epochs, context, evals, shrink, context_loss = cand
         row = [f"{lr:g} (lr {lr * ADAPT.lr:.2g})", patience, epochs, "on" if context else "off",
-               evals, f"{shrink:g}"]
+               evals, f"{shrink:g}", "on" if context_loss else "off"]
         for p in periods:
             mine = [r for r in cells[(cand, p)] if r.get(metric) is not None]
             row.append(f"{statistics.fmean(r[metric] for r in mine):.4f} "
@@ -133,11 +135,11 @@ def to_markdown(results: dict) -> str:
         + f"); within {TIE} of the best, the larger multiple, then the smaller patience, then "
         "the smaller cap, then no context, then more evaluations per pass (the patience "
         "compared in passes: patience / evaluations per pass), then the larger shrink "
-        "(1: the parent's weights unshrunk). The next-period "
+        "(1: the parent's weights unshrunk), then no loss on the context. The next-period "
         "NDCG@10 (the benchmark's reported figure) is not read. Patience counts hold-out "
         "evaluations (epochs at one a pass), the cap passes over the data.", "",
         *table(["refresh lr multiple", "patience", "epoch cap", "context", "evals / pass",
-                "shrink",
+                "shrink", "context loss",
                 *[f"period {p}: hold-out NDCG@10" for p in periods],
                 "mean", "seeds", ""], rows), "",
         *(["## Notes", "", *results["notes"], ""] if results.get("notes") else [])])
@@ -161,6 +163,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="refresh_shrink of the refreshes (default 1: the parent's "
                         "weights, as every study before the shrink ran; the library's default "
                         "is AdaptConfig.refresh_shrink)")
+    parser.add_argument("--context-loss", choices=("on", "off"), default="off",
+                        help="refresh_context_loss of the refreshes (the earlier items are "
+                        "targets too)")
     parser.add_argument("--metric", choices=tuple(METRICS), default=None,
                         help="own (the default of a new results file): each refresh's "
                         "early-stopping hold-out figure; served: the same targets, histories "
@@ -183,19 +188,22 @@ def main(argv: list[str] | None = None) -> None:
         results["meta"] = run_meta({"lrs": args.lrs, "seeds": args.seeds,
                                     "patience": args.patience, "epochs": args.epochs,
                                     "context": context, "evals_per_pass": args.evals_per_pass,
-                                    "shrink": args.shrink})
+                                    "shrink": args.shrink,
+                                    "context_loss": args.context_loss == "on"})
         for seed in args.seeds:
             for lr in args.lrs:
                 results["records"] = [r for r in results["records"] if (
                     *candidate(r), r["seed"]) != (lr, args.patience, args.epochs, context,
-                                                  args.evals_per_pass, args.shrink, seed)]
+                                                  args.evals_per_pass, args.shrink,
+                                                  args.context_loss == "on", seed)]
                 results["records"] += run_seed(periods, args.method, seed, args.work,
                                                refresh_epochs=args.epochs,
                                                methods=("refreshed",), refresh_lr=lr,
                                                refresh_patience=args.patience,
                                                refresh_context=context,
                                                refresh_evals_per_pass=args.evals_per_pass,
-                                               refresh_shrink=args.shrink)
+                                               refresh_shrink=args.shrink,
+                                               refresh_context_loss=args.context_loss == "on")
                 write_results(results, args.out)
     md = args.out.with_suffix(".md")
     md.write_text(to_markdown(results) + "\n")

@@ -205,6 +205,9 @@ class AdaptConfig:
     # (benchmarks/results/refresh_context_choice.md, ml-100k, 10 seeds, 30 refreshes):
     # 0.0744 against 0.0718 without; at patience 3 with context 0.0709
     refresh_context: bool = True
+    # refresh only, with context: the earlier items are training targets too (the loss on the
+    # whole window the model reads, not on the new items alone); the tokens read are the same
+    refresh_context_loss: bool = False
     # refresh only: the hold-out is evaluated this many times per pass over the new data
     # (train.epoch_parts; refresh_patience then counts these evaluations, refresh_epochs and
     # the cosine schedule still span passes). None: train.epoch_parts (1). Studied on the

@@ -309,7 +309,8 @@ def train_region(backbone: RecModel, vocab: ItemVocab, data: RegionData, adapt_c
                                               data.valid[:VALID_CASES], adapt_cfg.distill)
         distilled = {**distilled, **more}
     sequences = (region_sequences(task, data) if context is None else
-                 context_sequences(task.vocab, data.train, context, task.max_len, task.ordered))
+                 context_sequences(task.vocab, data.train, context, task.max_len, task.ordered,
+                                   adapt_cfg.refresh_context_loss))
     method = get_method(adapt_cfg.method)
     result = fit(task, sequences,
                  lambda: evaluate_task(task, catalogue, data.valid[:VALID_CASES]),

@@ -122,11 +122,13 @@ def context_histories(data: RegionData, context: dict[str, list[str]]
 
 
 def context_sequences(vocab: ItemVocab, train: dict[str, list[str]],
-                      context: dict[str, list[str]], max_len: int, ordered: bool
-                      ) -> list[list[int]]:
+                      context: dict[str, list[str]], max_len: int, ordered: bool,
+                      targets: bool = False) -> list[list[int]]:
     """Training sequences: each user's context tokens then the new ones
     (:class:`ContextSequence`); only sequences with a target (a new item that has an input
-    before it). Ordered data keep only the context a ``max_len`` window can reach."""
+    before it). Ordered data keep only the context a ``max_len`` window can reach.
+    ``targets`` (``AdaptConfig.refresh_context_loss``): the context items are targets too
+    (plain sequences): the same tokens read, more of them trained on."""
     out: list[list[int]] = []
     for user, items in train.items():
         tokens = vocab.encode(items)
@@ -136,7 +138,8 @@ def context_sequences(vocab: ItemVocab, train: dict[str, list[str]],
             before = before[len(before) - room:] if room else []
         if not tokens or len(before) + len(tokens) < 2:
             continue
-        out.append(ContextSequence(before + tokens, len(before)) if before else tokens)
+        out.append(ContextSequence(before + tokens, len(before))
+                   if before and not targets else before + tokens)
     return out
 
 

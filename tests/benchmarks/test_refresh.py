@@ -72,25 +72,26 @@ def test_refresh_lr_choice_reads_the_hold_out_only():
     chosen, means = refresh_choice.choose(records)
     # records without a patience or a cap ran with the adapters'
     patience, cap = refresh_choice.ADAPT.patience, refresh_choice.ADAPT.epochs
-    assert chosen == (0.5, patience, cap, False, 1, 1.0) and set(means) == {
-        (1.0, patience, cap, False, 1, 1.0), (0.5, patience, cap, False, 1, 1.0),
-        (0.25, patience, cap, False, 1, 1.0)}
-    assert means[(1.0, patience, cap, False, 1, 1.0)] == pytest.approx(0.061)
+    assert chosen == (0.5, patience, cap, False, 1, 1.0, False) and set(means) == {
+        (1.0, patience, cap, False, 1, 1.0, False), (0.5, patience, cap, False, 1, 1.0, False),
+        (0.25, patience, cap, False, 1, 1.0, False)}
+    assert means[(1.0, patience, cap, False, 1, 1.0, False)] == pytest.approx(0.061)
     # within the tie margin of the best, the larger multiple (the status quo side) wins
     records[0]["valid_ndcg@10"] = records[1]["valid_ndcg@10"] = 0.0645
-    assert refresh_choice.choose(records)[0] == (1.0, patience, cap, False, 1, 1.0)
+    assert refresh_choice.choose(records)[0] == (1.0, patience, cap, False, 1, 1.0, False)
     # a longer patience must win by more than the tie; then it does win
     longer = [rec(1.0, 0, 0.0650, 0.0, patience + 3), rec(1.0, 1, 0.0652, 0.0, patience + 3)]
-    assert refresh_choice.choose(records + longer)[0] == (1.0, patience, cap, False, 1, 1.0)
+    assert refresh_choice.choose(records + longer)[0] == (1.0, patience, cap, False, 1, 1.0, False)
     longer[0]["valid_ndcg@10"] = 0.070
-    assert refresh_choice.choose(records + longer)[0] == (1.0, patience + 3, cap, False, 1, 1.0)
+    assert refresh_choice.choose(records + longer)[0] == (
+        1.0, patience + 3, cap, False, 1, 1.0, False)
     # a smaller epoch cap wins a tie (the cheaper side), and loses when clearly worse
     capped = [rec(1.0, 0, 0.0695, 0.9, patience + 3, 5), rec(1.0, 1, 0.0652, 0.9, patience + 3, 5)]
     assert refresh_choice.choose(records + longer + capped)[0] == (
-        1.0, patience + 3, 5, False, 1, 1.0)
+        1.0, patience + 3, 5, False, 1, 1.0, False)
     capped[0]["valid_ndcg@10"] = 0.060
     assert refresh_choice.choose(records + longer + capped)[0] == (
-        1.0, patience + 3, cap, False, 1, 1.0)
+        1.0, patience + 3, cap, False, 1, 1.0, False)
     assert refresh_choice.choose([]) == (None, {})
 
     # context (a fourth dimension) wins a tie for no context (the status quo), and wins when
@@ -101,9 +102,9 @@ def test_refresh_lr_choice_reads_the_hold_out_only():
     metric = refresh_choice.METRICS["served"]
     both = [served(False, 0, 0.0700, 0.9), served(False, 1, 0.0700, 0.9),
             served(True, 0, 0.0705, 0.1), served(True, 1, 0.0705, 0.1)]
-    assert refresh_choice.choose(both, metric)[0] == (1.0, patience + 3, cap, False, 1, 1.0)
+    assert refresh_choice.choose(both, metric)[0] == (1.0, patience + 3, cap, False, 1, 1.0, False)
     both[2]["holdout_served_ndcg@10"] = both[3]["holdout_served_ndcg@10"] = 0.0750
-    assert refresh_choice.choose(both, metric)[0] == (1.0, patience + 3, cap, True, 1, 1.0)
+    assert refresh_choice.choose(both, metric)[0] == (1.0, patience + 3, cap, True, 1, 1.0, False)
     assert refresh_choice.candidate(records[0])[3] is False  # unrecorded: no context
     assert refresh_choice.candidate(records[0])[4] == 1  # unrecorded: one evaluation a pass
 
@@ -115,21 +116,33 @@ def test_refresh_lr_choice_reads_the_hold_out_only():
                 "refresh_evals_per_pass": per_pass}
     base = [evals(1, 6, 0, 0.0760), evals(1, 6, 1, 0.0760)]
     finer = [evals(2, 8, 0, 0.0755), evals(2, 8, 1, 0.0755)]  # 4 passes of patience, not 6
-    assert refresh_choice.choose(base + finer, metric)[0] == (1.0, 8, cap, True, 2, 1.0)
+    assert refresh_choice.choose(base + finer, metric)[0] == (1.0, 8, cap, True, 2, 1.0, False)
     same = [evals(2, 12, 0, 0.0755), evals(2, 12, 1, 0.0755)]  # 6 passes too: more evals win
-    assert refresh_choice.choose(base + same, metric)[0] == (1.0, 12, cap, True, 2, 1.0)
+    assert refresh_choice.choose(base + same, metric)[0] == (1.0, 12, cap, True, 2, 1.0, False)
     finer[0]["holdout_served_ndcg@10"] = finer[1]["holdout_served_ndcg@10"] = 0.0740
-    assert refresh_choice.choose(base + finer, metric)[0] == (1.0, 6, cap, True, 1, 1.0)
+    assert refresh_choice.choose(base + finer, metric)[0] == (1.0, 6, cap, True, 1, 1.0, False)
 
     # the shrink (a sixth dimension): within the tie the unshrunk refresh (1) is kept, a
     # clearly better shrink wins; unrecorded: 1
     def shrunk(value, seed, share):
         return {**evals(1, 6, seed, value), "refresh_shrink": share}
     half = [shrunk(0.0765, 0, 0.5), shrunk(0.0765, 1, 0.5)]
-    assert refresh_choice.choose(base + half, metric)[0] == (1.0, 6, cap, True, 1, 1.0)
+    assert refresh_choice.choose(base + half, metric)[0] == (1.0, 6, cap, True, 1, 1.0, False)
     half[0]["holdout_served_ndcg@10"] = half[1]["holdout_served_ndcg@10"] = 0.0790
-    assert refresh_choice.choose(base + half, metric)[0] == (1.0, 6, cap, True, 1, 0.5)
+    assert refresh_choice.choose(base + half, metric)[0] == (1.0, 6, cap, True, 1, 0.5, False)
     assert refresh_choice.candidate(base[0])[5] == 1.0
+
+    # the loss on the context (a seventh dimension): within the tie it stays off, a clearly
+    # better candidate with it wins; unrecorded: off
+    def loss(value, seed):
+        return {**evals(1, 6, seed, value), "refresh_context_loss": True}
+    with_loss = [loss(0.0765, 0), loss(0.0765, 1)]
+    assert refresh_choice.choose(base + with_loss, metric)[0] == (1.0, 6, cap, True, 1, 1.0,
+                                                                  False)
+    with_loss[0]["holdout_served_ndcg@10"] = with_loss[1]["holdout_served_ndcg@10"] = 0.0790
+    assert refresh_choice.choose(base + with_loss, metric)[0] == (1.0, 6, cap, True, 1, 1.0,
+                                                                  True)
+    assert refresh_choice.candidate(base[0])[6] is False
 
 
 def _write(tmp_path, rows, header="uid,sku,ts"):

@@ -79,6 +79,10 @@ def test_context_sequences_mark_and_cut_the_context():
     # order-free data keep the whole context (the collator draws from it)
     assert context_sequences(vocab, {"a": ["i1", "i2", "i3"]}, context, 3,
                              ordered=False)[0].context == 3
+    # refresh_context_loss: the same tokens, the context items targets too (plain lists)
+    plain = context_sequences(vocab, train, context, max_len=4, ordered=True, targets=True)
+    assert plain == list(seqs.values())
+    assert not any(isinstance(q, ContextSequence) for q in plain)
 
 
 def test_context_cases_read_the_earlier_items_first():
