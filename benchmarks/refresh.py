@@ -21,10 +21,10 @@ equal periods, period 1 doubles the data.
   - **refreshed**: that adapter refreshed on period p's interactions
     (``train_region(parent=...)``, what ``regiontune adapt --init-from`` runs); with
     ``AdaptConfig.refresh_context`` (``--context on|off``; default the library's), each user's
-    items of periods 0..p-1 are read ahead of period p's as context only (no loss on them;
-    the refresh's hold-out reads them too), what ``adapt --init-from`` reloads from the
-    lineage's recorded data; the refreshed adapter is the one in service at p (so refreshes
-    chain: p0 -> p1 -> p2 ...);
+    items of periods 0..p-1 are read ahead of period p's (targets too with
+    ``AdaptConfig.refresh_context_loss``; the refresh's hold-out reads them too), what
+    ``adapt --init-from`` reloads from the lineage's recorded data; the refreshed adapter
+    is the one in service at p (so refreshes chain: p0 -> p1 -> p2 ...);
   - **refreshed-replay**: as refreshed, with ``--replay`` (default 0.5, fixed a priori, not
     tuned) of the parent's training users trained again with period p
     (``train_region(parent=..., replay=...)``, what ``adapt --init-from --replay`` runs); it
