@@ -149,6 +149,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = study_parser(__doc__)
     parser.add_argument("--data-dir", type=Path, default=Path("../shared/data/ml-100k"))
     parser.add_argument("--periods", type=int, default=5)
+    parser.add_argument("--first-share", type=float, default=None,
+                        help="the chain of benchmarks/refresh.py --first-share (period 0 "
+                        "holds this share, the rest cut equally); default: equal periods")
     parser.add_argument("--seeds", type=integers, default="0,1,2")
     parser.add_argument("--lrs", type=floats, default="1,0.5,0.25")
     parser.add_argument("--patience", type=int, default=ADAPT.patience,
@@ -181,14 +184,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.metric is not None:
         results["metric"] = METRICS[args.metric]
     if not args.report_only:
-        periods = load_periods(args.data_dir, args.periods)
+        periods = load_periods(args.data_dir, args.periods, args.first_share)
         command = study_command("benchmarks.refresh_choice", argv)
         results["commands"] = [*results.get("commands", []), command]
         context = args.context == "on"
         results["meta"] = run_meta({"lrs": args.lrs, "seeds": args.seeds,
                                     "patience": args.patience, "epochs": args.epochs,
                                     "context": context, "evals_per_pass": args.evals_per_pass,
-                                    "shrink": args.shrink,
+                                    "shrink": args.shrink, "first_share": args.first_share,
                                     "context_loss": args.context_loss == "on"})
         for seed in args.seeds:
             for lr in args.lrs:

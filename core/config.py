@@ -199,7 +199,7 @@ class AdaptConfig:
     refresh_epochs: int | None = None
     # refresh only: each user's earlier items (the parent's and its ancestors' data, reloaded
     # from the configurations their region.json files record) are read ahead of the new ones,
-    # the loss taken on the new items alone unless refresh_context_loss (below; on by
+    # the loss taken on the new items alone unless refresh_context_loss (below; off by
     # default) makes them targets too (training/context.py); the hold-out
     # and test cases read them too. An error when that data is gone (false: the new data
     # alone). Chosen on the refreshes' hold-out, every history read as served
@@ -208,10 +208,11 @@ class AdaptConfig:
     refresh_context: bool = True
     # refresh only, with context: the earlier items are training targets too (the loss on the
     # whole window the model reads, not on the new items alone); the tokens read are the same.
-    # Chosen on the refreshes' hold-out read as served (benchmarks/results/
-    # refresh_shrink_choice.md, ml-100k, 10 seeds, at shrink 0.5): 0.0783 against 0.0769
-    # (paired +0.0014 +- 0.0011; period 1 0.0780 against 0.0747)
-    refresh_context_loss: bool = True
+    # On the refreshes' hold-out read as served (benchmarks/results/refresh_shrink_choice.md,
+    # ml-100k, 10 seeds, shrink 0.5) it won with equal periods (0.0783 against 0.0769) and
+    # lost with small increments (0.0886 against 0.0894): over both chains' 60 refreshes a
+    # tie (0.0834 against 0.0832), so off
+    refresh_context_loss: bool = False
     # refresh only: the hold-out is evaluated this many times per pass over the new data
     # (train.epoch_parts; refresh_patience then counts these evaluations, refresh_epochs and
     # the cosine schedule still span passes). None: train.epoch_parts (1). Studied on the

@@ -1,7 +1,7 @@
 """Refresh with context (``AdaptConfig.refresh_context``, ``adapt --init-from ...
 --refresh-context``): a refresh trains on the new data's interactions, each user's earlier
-items read ahead of them (and, with ``AdaptConfig.refresh_context_loss``, the default, trained
-on too).
+items read ahead of them as context (with ``AdaptConfig.refresh_context_loss``, off by
+default, trained on too).
 
 At serving (and in ``benchmarks/refresh.py``'s next-period evaluation) the model reads a
 user's whole history; a refresh trained on the new period alone never sees a history that
@@ -11,9 +11,9 @@ by the new ones, and the loss is taken only where the target is a new item
 without, so the cost per epoch grows only with the longer inputs (capped at the model's
 ``max_len``). The refresh's early-stopping hold-out (and the test cases ``adapt`` reports)
 read the same context ahead of their histories, as serving does. With
-``refresh_context_loss`` (on by default) the earlier items in the window are targets too:
-plain sequences, the same tokens read (chosen on the refreshes' hold-out:
-``benchmarks/results/refresh_shrink_choice.md``).
+``refresh_context_loss`` (off by default) the earlier items in the window are targets too:
+plain sequences, the same tokens read (a tie on the refreshes' hold-out over both refresh
+protocols: ``benchmarks/results/refresh_shrink_choice.md``).
 
 * Source: the histories of the data the parent adapter was trained on and, through its
   lineage, those of every ancestor (oldest first), each reloaded from the data configuration
