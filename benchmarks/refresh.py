@@ -89,7 +89,7 @@ from benchmarks.meta import run_meta  # noqa: E402
 from benchmarks.report import save_figure  # noqa: E402
 from regiontune.adapters import AdapterFolder, load_adapter, save_adapter  # noqa: E402
 from regiontune.config import AdaptConfig, ModelConfig, TrainConfig, to_dict  # noqa: E402
-from regiontune.data.loading import load_file  # noqa: E402
+from regiontune.data.loading import column_mapping, load_file  # noqa: E402
 from regiontune.data.splits import histories as user_histories  # noqa: E402
 from regiontune.data.splits import split_region  # noqa: E402
 from regiontune.evaluation.evaluate import evaluate_task, task_scores  # noqa: E402
@@ -209,20 +209,12 @@ def run_seed(periods: list[pd.DataFrame], method: str, seed: int, work: Path,
                                  "patience": adapter_patience or ADAPT.patience})
     refresh_train = adapt_train  # the refresh_* settings of adapt_cfg apply to refreshes
     adapt_cfg = AdaptConfig(method=method, region=REGION)
-    if refresh_epochs is not None:  # else the library's (AdaptConfig.refresh_epochs)
-        adapt_cfg = replace(adapt_cfg, refresh_epochs=refresh_epochs)
-    if refresh_lr is not None:  # else the library's default (AdaptConfig.refresh_lr)
-        adapt_cfg = replace(adapt_cfg, refresh_lr=refresh_lr)
-    if refresh_patience is not None:  # else the library's (AdaptConfig.refresh_patience)
-        adapt_cfg = replace(adapt_cfg, refresh_patience=refresh_patience)
-    if refresh_context is not None:  # else the library's (AdaptConfig.refresh_context)
-        adapt_cfg = replace(adapt_cfg, refresh_context=refresh_context)
-    if refresh_evals_per_pass is not None:  # else AdaptConfig.refresh_evals_per_pass
-        adapt_cfg = replace(adapt_cfg, refresh_evals_per_pass=refresh_evals_per_pass)
-    if refresh_shrink is not None:  # else AdaptConfig.refresh_shrink
-        adapt_cfg = replace(adapt_cfg, refresh_shrink=refresh_shrink)
-    if refresh_context_loss is not None:  # else AdaptConfig.refresh_context_loss
-        adapt_cfg = replace(adapt_cfg, refresh_context_loss=refresh_context_loss)
+    # the refresh_* settings given; the others stay the library's (AdaptConfig's defaults)
+    given = {"refresh_epochs": refresh_epochs, "refresh_lr": refresh_lr,
+             "refresh_patience": refresh_patience, "refresh_context": refresh_context,
+             "refresh_evals_per_pass": refresh_evals_per_pass, "refresh_shrink": refresh_shrink,
+             "refresh_context_loss": refresh_context_loss}
+    adapt_cfg = replace(adapt_cfg, **{k: v for k, v in given.items() if v is not None})
     started = time.perf_counter()
     task, result = train_backbone({REGION: region_data(periods[0])}, MODEL, pretrain_cfg)
     bb_meta = save_backbone(task.model, task.vocab, {"benchmark": NAME, "seed": seed},
@@ -551,14 +543,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def column_map(text: str) -> dict[str, str]:
     """``user=U,item=I,timestamp=T`` -> {"user": "U", ...} (regiontune's names as keys)."""
-    out = {}
-    for part in filter(None, text.split(",")):
-        key, equals, value = part.partition("=")
+    pairs = [part for part in text.split(",") if part]
+    for part in pairs:
+        key, equals, _ = part.partition("=")
         if not equals or key not in ("user", "item", "timestamp", "rating"):
             raise argparse.ArgumentTypeError(f"--columns: {part!r} is not NAME=HEADER with NAME "
                                              f"one of user, item, timestamp, rating")
-        out[key] = value
-    return out
+    return column_mapping(pairs)
 
 
 def periods_text(config: dict) -> str:

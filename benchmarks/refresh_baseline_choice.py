@@ -25,13 +25,12 @@ per-run hold-out figures and the choice) and its Markdown report.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from benchmarks.common import RESULTS, study_command, write_results
+from benchmarks.common import RESULTS, study_command, study_parser, write_results
 from benchmarks.markdown import table
 from benchmarks.meta import run_meta
 
@@ -87,8 +86,7 @@ def to_markdown(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = study_parser(__doc__)
     parser.add_argument("inputs", nargs="+", type=Path,
                         help="result files of benchmarks/refresh.py")
     parser.add_argument("--out", type=Path, default=RESULTS / "refresh_baseline_choice.json")

@@ -67,7 +67,7 @@ def data_config(cfg: DataConfig, data: str | None, data_dir: Path | None, files:
                 negatives: int | None = None, negatives_from: str | None = None,
                 candidates: str | Path | None = None) -> DataConfig:
     """The data options of a command applied to ``cfg`` (those left unset keep its values)."""
-    from regiontune.data.loading import normalize_sep
+    from regiontune.data.loading import column_mapping, normalize_sep
 
     if sep is not None:
         cfg.sep = normalize_sep(sep)
@@ -94,9 +94,7 @@ def data_config(cfg: DataConfig, data: str | None, data_dir: Path | None, files:
         cfg.data_dir = str(data_dir)
     if files:
         cfg.files, cfg.recipe = list(files), "files"
-    for item in columns:
-        ours, _, theirs = item.partition("=")
-        cfg.columns[ours] = theirs
+    cfg.columns.update(column_mapping(columns))
     if regions:
         cfg.regions = [r.strip() for r in regions.split(",") if r.strip()]
     return cfg

@@ -13,13 +13,9 @@ def read_interactions(path: Path, region: str | None, columns: list[str],
                       sep: str | None) -> dict[str, list[str]]:
     """user -> items of an interaction file (any format ``--file`` reads; a region column,
     when there is one, keeps the adapter's region's rows)."""
-    from regiontune.data.loading import load_file
+    from regiontune.data.loading import column_mapping, load_file
 
-    mapping = {}
-    for item in columns:
-        ours, _, theirs = item.partition("=")
-        mapping[ours] = theirs
-    frame = load_file(path, mapping, region=region, sep=sep)
+    frame = load_file(path, column_mapping(columns), region=region, sep=sep)
     if region is not None and len(frame):
         mine = frame[frame["region"] == region]
         if mine.empty:

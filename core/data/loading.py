@@ -138,6 +138,11 @@ def read_table(path: str | Path, sep: str | None = None) -> pd.DataFrame:
     return frame
 
 
+def column_mapping(items: list[str]) -> dict[str, str]:
+    """``--columns`` pairs ``OURS=YOURS`` as the ``{ours: yours}`` mapping the loaders take."""
+    return {ours: theirs for ours, _, theirs in (item.partition("=") for item in items)}
+
+
 def _rename(frame: pd.DataFrame, path: Path, columns: dict[str, str]) -> pd.DataFrame:
     mapping = {src: ours for ours, src in columns.items()}
     frame = frame.rename(columns=mapping)

@@ -286,14 +286,14 @@ def train_region(backbone: RecModel, vocab: ItemVocab, data: RegionData, adapt_c
                 if len(h) >= 2 or (h and context and context.get(u)))
     total_steps = train_cfg.epochs * max(1, epoch_steps(n_seq, train_cfg))
     known = dict(data.train)  # what counts as trained: the data's items (and the parent's)
+    # a shrunk refresh keeps the fresh adapter's values to shrink toward (full: a whole copy)
+    fresh = {} if parent is not None and adapt_cfg.refresh_shrink < 1 else None
     if parent is None:
         task = build_region_task(backbone, vocab, data.catalogue, adapt_cfg, total_steps,
                                  train_cfg.num_negatives)
     else:
-        fresh: dict[str, torch.Tensor] = {}  # filled only for a shrink (full: a whole copy)
         task = continue_region_task(backbone, vocab, parent, data.catalogue, adapt_cfg,
-                                    total_steps, train_cfg.num_negatives,
-                                    fresh if adapt_cfg.refresh_shrink < 1 else None)
+                                    total_steps, train_cfg.num_negatives, fresh)
     if text is not None:
         task.set_region_text(text)
     if parent is not None:  # the parent's lift off the items it lifted: unseen, lifted anew
@@ -318,7 +318,7 @@ def train_region(backbone: RecModel, vocab: ItemVocab, data: RegionData, adapt_c
                  accelerator=accelerator, desc=f"adapt {data.region} ({adapt_cfg.method})",
                  eval_at_start=adapt_cfg.start_as_candidate,
                  on_start=(lambda: shrink_toward(task, fresh, adapt_cfg.refresh_shrink))
-                 if parent is not None and adapt_cfg.refresh_shrink < 1 else None)
+                 if fresh is not None else None)
     task.teacher = None  # training only
     calibration = (calibrate_unseen(task, catalogue, known, data.valid[:VALID_CASES])
                    if adapt_cfg.calibrate_unseen else {})
