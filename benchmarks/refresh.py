@@ -72,6 +72,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
@@ -112,6 +113,7 @@ PRETRAIN = TrainConfig(epochs=20, lr=2e-3, patience=3, batch_size=64, progress=F
 ADAPT = TrainConfig(epochs=20, lr=5e-3, patience=6, batch_size=32, progress=False)
 K = 10
 BAR_QUALITY, BAR_SECONDS = 0.97, 0.5
+BOOTSTRAP_DRAWS = 2000  # resamples of the evaluated users (the report's intervals)
 
 
 # ---------------------------------------------------------------- data
@@ -175,11 +177,12 @@ def next_period_cases(past: pd.DataFrame, upcoming: pd.DataFrame
     return catalogue, [history[u] for u in users], [nxt[u] for u in users]
 
 
-def next_period_ndcg(task, catalogue: list[str], histories: list[list[str]],
-                     relevant: list[set[str]], k: int = K) -> float:
+def next_period_user_ndcg(task, catalogue: list[str], histories: list[list[str]],
+                          relevant: list[set[str]], k: int = K) -> list[float]:
+    """Each user's next-period NDCG@k (the protocol of the module docstring), in order."""
     index = {item: i for i, item in enumerate(catalogue)}
     scores = task_scores(task, histories, catalogue)
-    total = 0.0
+    out = []
     for row, (history, rel) in enumerate(zip(histories, relevant, strict=True)):
         s = scores[row].clone()
         s[[index[i] for i in history if i in index]] = float("-inf")
@@ -187,8 +190,15 @@ def next_period_ndcg(task, catalogue: list[str], histories: list[list[str]],
         dcg = sum(1 / math.log2(rank + 2) for rank, col in enumerate(top)
                   if catalogue[col] in rel)
         ideal = sum(1 / math.log2(rank + 2) for rank in range(min(len(rel), k)))
-        total += dcg / ideal
-    return total / max(len(histories), 1)
+        out.append(dcg / ideal)
+    return out
+
+
+def next_period_ndcg(task, catalogue: list[str], histories: list[list[str]],
+                     relevant: list[set[str]], k: int = K) -> float:
+    """The next-period NDCG@k averaged over users."""
+    per_user = next_period_user_ndcg(task, catalogue, histories, relevant, k)
+    return sum(per_user) / max(len(per_user), 1)
 
 
 # ---------------------------------------------------------------- the study
@@ -286,9 +296,12 @@ def run_seed(periods: list[pd.DataFrame], method: str, seed: int, work: Path,
                                             adapt_train)
             runs["retrained"] = (retrained, stats, len(past))
         for name, (task, stats, rows) in runs.items():
+            per_user = next_period_user_ndcg(task, catalogue, histories, relevant)
             record = {**base, "method": name,
-                      "ndcg@10": round(next_period_ndcg(task, catalogue, histories, relevant),
-                                       5),
+                      "ndcg@10": round(sum(per_user) / max(len(per_user), 1), 5),
+                      # in the order of next_period_cases' users (sorted ids): the report's
+                      # bootstrap over users pairs them across methods and seeds
+                      "user_ndcg@10": [round(x, 4) for x in per_user],
                       "train_seconds": stats["train_seconds"], "train_interactions": rows,
                       "epochs_run": stats.get("epochs_run", 0),
                       "best_epoch": stats.get("best_epoch", 0),
@@ -381,6 +394,42 @@ def verdicts(records: list[dict]) -> list[dict]:
     return out
 
 
+def user_intervals(records: list[dict], draws: int = BOOTSTRAP_DRAWS, seed: int = 0
+                   ) -> list[dict]:
+    """Per period, how much the bar's two quality figures move with the evaluated users: a
+    bootstrap over users (``draws`` resamples, fixed ``seed``) of refreshed / retrained and
+    refreshed - stale, each user's NDCG@10 first averaged over the seeds that hold all three
+    methods (the seeds' spread is training noise; the users' is which users the period
+    happened to bring). Percentile intervals (2.5%, 97.5%) and the share of resamples on the
+    bar's side. Periods whose records carry no per-user figures are left out."""
+    by = defaultdict(lambda: defaultdict(dict))
+    for r in records:
+        if r.get("user_ndcg@10") is not None:
+            by[r["period"]][r["seed"]][r["method"]] = r["user_ndcg@10"]
+    rng = np.random.default_rng(seed)
+    out = []
+    for period in sorted(by):
+        seeds = [s for s, m in sorted(by[period].items()) if all(x in m for x in BASE)]
+        if not seeds:
+            continue
+        mean = {m: np.mean([by[period][s][m] for s in seeds], axis=0) for m in BASE}
+        users = len(mean["refreshed"])
+        pick = rng.integers(0, users, size=(draws, users))
+        ref, ret, stale = (mean[m][pick].mean(axis=1)
+                           for m in ("refreshed", "retrained", "stale"))
+        ratio, gain = ref / ret, ref - stale
+        out.append({"period": period, "seeds": len(seeds), "users": users, "draws": draws,
+                    "quality_ratio": float(mean["refreshed"].mean() / mean["retrained"].mean()),
+                    "quality_ratio_interval": [float(x) for x in np.percentile(ratio,
+                                                                               [2.5, 97.5])],
+                    "quality_ratio_share_at_bar": float(np.mean(ratio >= BAR_QUALITY)),
+                    "gain_over_stale": float(mean["refreshed"].mean() - mean["stale"].mean()),
+                    "gain_over_stale_interval": [float(x) for x in np.percentile(gain,
+                                                                                 [2.5, 97.5])],
+                    "gain_over_stale_share_above": float(np.mean(gain > 0))})
+    return out
+
+
 def write_report(results: dict, path: Path) -> list[Path]:
     records = results["records"]
     rows = verdicts(records)
@@ -438,6 +487,23 @@ def write_report(results: dict, path: Path) -> list[Path]:
                          f"{v['work_ratio']:.1%}" if v["work_ratio"] else "–",
                          f"{v['token_ratio']:.1%}" if v.get("token_ratio") else "–"]
                         for v in rows if v["seconds_ratio_per_seed"]])
+    spread = user_intervals(records)
+    if spread:
+        lines += ["", "## How much the verdict moves with the evaluated users", "",
+                  "A bootstrap over each period's evaluated users (each user's NDCG@10 first "
+                  f"averaged over the seeds; {spread[0]['draws']} resamples, seed 0): the seeds "
+                  "only vary training, so the seed spread above says nothing about which users "
+                  "a period brought. 95% percentile intervals, and the share of resamples on the "
+                  "bar's side.", ""]
+        lines += table(["period", "users", "seeds", "refreshed / retrained", "95% interval",
+                        f"resamples >= {BAR_QUALITY:.0%}", "refreshed - stale", "95% interval",
+                        "resamples > 0"],
+                       [[u["period"], u["users"], u["seeds"], f"{u['quality_ratio']:.1%}",
+                         "{:.1%} .. {:.1%}".format(*u["quality_ratio_interval"]),
+                         f"{u['quality_ratio_share_at_bar']:.0%}",
+                         f"{u['gain_over_stale']:+.4f}",
+                         "{:+.4f} .. {:+.4f}".format(*u["gain_over_stale_interval"]),
+                         f"{u['gain_over_stale_share_above']:.0%}"] for u in spread])
     replay_rows = [v for v in rows if "replay_quality_ratio" in v]
     if replay_rows:
         fractions = sorted({r["replay"]["fraction"] for r in records if r.get("replay")})

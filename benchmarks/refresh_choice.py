@@ -47,6 +47,7 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 from pathlib import Path
+from typing import NamedTuple
 
 from benchmarks.common import (
     RESULTS,
@@ -64,13 +65,39 @@ from benchmarks.refresh import ADAPT, load_periods, run_seed
 
 TIE = 0.001
 METRICS = {"own": "valid_ndcg@10", "served": "holdout_served_ndcg@10"}
-Candidate = tuple[float, int, int, bool, int, float, bool]
+
+
+class Candidate(NamedTuple):
+    """One refresh setting the study compares. Records before a dimension was recorded ran
+    with the adapters' patience and epochs, without context, one evaluation a pass, unshrunk
+    (1), without a loss on the context (``candidate``)."""
+
+    lr: float  # multiple of the adapters' learning rate
+    patience: int  # hold-out evaluations without a better one before stopping
+    epochs: int  # epoch cap (passes over the new data)
+    context: bool  # each user's earlier items read ahead of the new ones
+    evals: int  # hold-out evaluations per pass
+    shrink: float  # share of the parent's weights kept (1: unshrunk)
+    context_loss: bool  # the earlier items are targets too
+
+    def preference(self) -> tuple:
+        """Within the tie, the larger is preferred: the larger multiple, the smaller patience
+        in passes, the smaller cap, no context, more evaluations per pass, the larger shrink,
+        no context loss (the status quo and the cheaper side)."""
+        return (self.lr, -self.patience / self.evals, -self.epochs, -self.context, self.evals,
+                self.shrink, -self.context_loss)
+
+    def label(self) -> list:
+        """The report's cells."""
+        return [f"{self.lr:g} (lr {self.lr * ADAPT.lr:.2g})", self.patience, self.epochs,
+                "on" if self.context else "off", self.evals, f"{self.shrink:g}",
+                "on" if self.context_loss else "off"]
 
 
 def choose(records: list[dict], metric: str = METRICS["own"]
            ) -> tuple[Candidate | None, dict[Candidate, float]]:
     """(the chosen candidate, mean hold-out NDCG@10 (``metric``) per candidate) by the
-    module's rule (ties: the larger multiple, the smaller patience and cap, no context)."""
+    module's rule (ties: ``Candidate.preference``)."""
     by = defaultdict(list)
     for r in records:
         if r["method"] == "refreshed" and r.get(metric) is not None:
@@ -80,21 +107,18 @@ def choose(records: list[dict], metric: str = METRICS["own"]
         return None, means
     top = max(means.values())
     return max((c for c, m in means.items() if m >= top - TIE),
-               key=lambda c: (c[0], -c[1] / c[4], -c[2], -c[3], c[4], c[5], -c[6])), means
+               key=Candidate.preference), means
 
 
 def candidate(record: dict) -> Candidate:
-    """(refresh lr multiple, refresh patience, refresh epoch cap, context, evaluations per
-    pass, shrink, loss on the context); records before the patience, the cap, the context,
-    the evaluations per pass, the shrink or the context loss were recorded ran with the
-    adapters' patience and epochs, without context, one evaluation a pass, unshrunk (1),
-    without a loss on the context."""
-    return (record["refresh_lr"], record.get("refresh_patience") or ADAPT.patience,
-            record.get("refresh_epochs") or ADAPT.epochs,
-            bool(record.get("refresh_context", False)),
-            record.get("refresh_evals_per_pass") or 1,
-            float(record.get("refresh_shrink") or 1.0),
-            bool(record.get("refresh_context_loss", False)))
+    """The record's refresh setting (unrecorded dimensions: see ``Candidate``)."""
+    return Candidate(lr=record["refresh_lr"],
+                     patience=record.get("refresh_patience") or ADAPT.patience,
+                     epochs=record.get("refresh_epochs") or ADAPT.epochs,
+                     context=bool(record.get("refresh_context", False)),
+                     evals=record.get("refresh_evals_per_pass") or 1,
+                     shrink=float(record.get("refresh_shrink") or 1.0),
+                     context_loss=bool(record.get("refresh_context_loss", False)))
 
 
 def to_markdown(results: dict) -> str:
@@ -106,10 +130,9 @@ def to_markdown(results: dict) -> str:
         cells[(candidate(r), r["period"])].append(r)
     periods = sorted({r["period"] for r in records})
     rows = []
-    for cand in sorted(means, key=lambda c: (-c[0], c[1], -c[2], c[3], c[4], -c[5], c[6])):
-        lr, patience, epochs, context, evals, shrink, context_loss = cand
-        row = [f"{lr:g} (lr {lr * ADAPT.lr:.2g})", patience, epochs, "on" if context else "off",
-               evals, f"{shrink:g}", "on" if context_loss else "off"]
+    for cand in sorted(means, key=lambda c: (-c.lr, c.patience, -c.epochs, c.context, c.evals,
+                                             -c.shrink, c.context_loss)):
+        row = cand.label()
         for p in periods:
             mine = [r for r in cells[(cand, p)] if r.get(metric) is not None]
             row.append(f"{statistics.fmean(r[metric] for r in mine):.4f} "
@@ -121,13 +144,13 @@ def to_markdown(results: dict) -> str:
         rows.append([*row, f"{means[cand]:.4f}", len(seeds),
                      "**chosen**" if cand == chosen else ""])
     return "\n".join([
-        "# Refresh learning rate, patience, epoch cap, context and evaluations per pass, "
-        "chosen on the refresh's hold-out", "",
+        "# Refresh settings (learning rate, patience, epoch cap, context, evaluations per "
+        "pass, shrink, context loss) chosen on the refresh's hold-out", "",
         *[f"- command: `{c}`" for c in results.get("commands", [results.get("command", "")])],
         f"- commit: `{results.get('meta', {}).get('git_commit')}`", "",
         "Rule (fixed before the runs; `benchmarks/refresh_choice.py`): the (multiple of the "
         f"adapters' learning rate {ADAPT.lr:g}, patience, epoch cap, context, evaluations per "
-        "pass) with the highest "
+        "pass, shrink, context loss) with the highest "
         f"mean hold-out NDCG@10 of the refreshes over periods and seeds (`{metric}`: "
         + ("each refresh's own early-stopping figure" if metric == METRICS["own"] else
            "the refreshed adapter on its own hold-out targets, every history read after the "
@@ -195,10 +218,10 @@ def main(argv: list[str] | None = None) -> None:
                                     "context_loss": args.context_loss == "on"})
         for seed in args.seeds:
             for lr in args.lrs:
-                results["records"] = [r for r in results["records"] if (
-                    *candidate(r), r["seed"]) != (lr, args.patience, args.epochs, context,
-                                                  args.evals_per_pass, args.shrink,
-                                                  args.context_loss == "on", seed)]
+                this = Candidate(lr, args.patience, args.epochs, context, args.evals_per_pass,
+                                 args.shrink, args.context_loss == "on")
+                results["records"] = [r for r in results["records"]
+                                      if (candidate(r), r["seed"]) != (this, seed)]
                 results["records"] += run_seed(periods, args.method, seed, args.work,
                                                refresh_epochs=args.epochs,
                                                methods=("refreshed",), refresh_lr=lr,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from dataclasses import replace
 
 import pandas as pd
@@ -105,8 +106,8 @@ def test_refresh_lr_choice_reads_the_hold_out_only():
     assert refresh_choice.choose(both, metric)[0] == (1.0, patience + 3, cap, False, 1, 1.0, False)
     both[2]["holdout_served_ndcg@10"] = both[3]["holdout_served_ndcg@10"] = 0.0750
     assert refresh_choice.choose(both, metric)[0] == (1.0, patience + 3, cap, True, 1, 1.0, False)
-    assert refresh_choice.candidate(records[0])[3] is False  # unrecorded: no context
-    assert refresh_choice.candidate(records[0])[4] == 1  # unrecorded: one evaluation a pass
+    assert refresh_choice.candidate(records[0]).context is False  # unrecorded: no context
+    assert refresh_choice.candidate(records[0]).evals == 1  # unrecorded: one evaluation a pass
 
     # evaluations per pass (a fifth dimension): the patience compares in passes (patience /
     # evaluations per pass); within the tie, the shorter patience in passes, then more
@@ -130,7 +131,7 @@ def test_refresh_lr_choice_reads_the_hold_out_only():
     assert refresh_choice.choose(base + half, metric)[0] == (1.0, 6, cap, True, 1, 1.0, False)
     half[0]["holdout_served_ndcg@10"] = half[1]["holdout_served_ndcg@10"] = 0.0790
     assert refresh_choice.choose(base + half, metric)[0] == (1.0, 6, cap, True, 1, 0.5, False)
-    assert refresh_choice.candidate(base[0])[5] == 1.0
+    assert refresh_choice.candidate(base[0]).shrink == 1.0
 
     # the loss on the context (a seventh dimension): within the tie it stays off, a clearly
     # better candidate with it wins; unrecorded: off
@@ -142,7 +143,7 @@ def test_refresh_lr_choice_reads_the_hold_out_only():
     with_loss[0]["holdout_served_ndcg@10"] = with_loss[1]["holdout_served_ndcg@10"] = 0.0790
     assert refresh_choice.choose(base + with_loss, metric)[0] == (1.0, 6, cap, True, 1, 1.0,
                                                                   True)
-    assert refresh_choice.candidate(base[0])[6] is False
+    assert refresh_choice.candidate(base[0]).context_loss is False
 
 
 def _write(tmp_path, rows, header="uid,sku,ts"):
@@ -226,5 +227,39 @@ def test_the_study_runs_end_to_end_on_a_users_own_file(tmp_path, monkeypatch):
     assert {r["method"] for r in results["records"]} == {"stale", "refreshed", "retrained"}
     assert {r["dataset"] for r in results["records"]} == {"events.csv"}
     assert all(r["period"] == 1 for r in results["records"])
+    for r in results["records"]:  # the per-user figures the report's bootstrap reads
+        assert len(r["user_ndcg@10"]) == r["eval_users"] > 0
+        assert statistics.fmean(r["user_ndcg@10"]) == pytest.approx(r["ndcg@10"], abs=1e-4)
     report = out.with_suffix(".md").read_text()
     assert "(events.csv)" in report and "periods of equal interaction counts" in report
+    assert "How much the verdict moves with the evaluated users" in report
+
+
+def test_user_intervals_pair_users_across_methods_and_average_the_seeds():
+    def rec(method, seed, users, period=1):
+        return {"period": period, "method": method, "seed": seed, "user_ndcg@10": users}
+    # refreshed is exactly 90% of retrained for every user: no resample can move the ratio
+    flat = [rec("stale", s, [0.1, 0.2, 0.3, 0.4]) for s in (0, 1)] + [
+        rec("refreshed", s, [0.18, 0.36, 0.54, 0.72]) for s in (0, 1)] + [
+        rec("retrained", s, [0.2, 0.4, 0.6, 0.8]) for s in (0, 1)]
+    (row,) = refresh.user_intervals(flat, draws=200)
+    assert row["quality_ratio"] == pytest.approx(0.9)
+    assert row["quality_ratio_interval"] == [pytest.approx(0.9), pytest.approx(0.9)]
+    assert row["quality_ratio_share_at_bar"] == 0.0
+    assert row["gain_over_stale_share_above"] == 1.0 and row["users"] == 4
+    # the seeds are averaged per user before resampling: two seeds that disagree per user
+    # give the same figures as their mean
+    split = [rec("stale", 0, [0.0, 0.0, 0.0, 0.0]), rec("stale", 1, [0.2, 0.4, 0.6, 0.8]),
+             *flat[2:]]
+    (mixed,) = refresh.user_intervals(split, draws=200)
+    assert mixed["gain_over_stale"] == pytest.approx(statistics.fmean([0.08, 0.16, 0.24, 0.32]))
+    # one user decides the sign: the interval straddles zero and the share is not 0 or 1
+    one = [rec("stale", 0, [0.5, 0.5, 0.5, 0.5, 0.5]),
+           rec("refreshed", 0, [0.4, 0.4, 0.4, 0.4, 1.0]),
+           rec("retrained", 0, [0.5, 0.5, 0.5, 0.5, 0.5])]
+    (noisy,) = refresh.user_intervals(one, draws=500)
+    low, high = noisy["gain_over_stale_interval"]
+    assert low < 0 < high and 0 < noisy["gain_over_stale_share_above"] < 1
+    # a seed without all three methods, or records without per-user figures, are left out
+    assert refresh.user_intervals([rec("stale", 0, [0.1]), rec("refreshed", 0, [0.2])]) == []
+    assert refresh.user_intervals([{"period": 1, "method": "stale", "seed": 0}]) == []
