@@ -327,7 +327,7 @@ def run_seed(periods: list[pd.DataFrame], method: str, seed: int, work: Path,
             if stats.get("context"):
                 record["context"] = stats["context"]
             records.append(record)
-            log.info("%s", record)
+            log.info("%s", {k: v for k, v in record.items() if k != "user_ndcg@10"})
         in_service = save(refreshed, f"p{p}")
         if "refreshed-replay" in methods:
             in_service_replay = save(replayed, f"p{p}-replay")
