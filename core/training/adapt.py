@@ -399,14 +399,14 @@ def adapt(backbone_dir: str | Path, data_cfg: DataConfig, adapt_cfg: AdaptConfig
     data_cfg.regions = [adapt_cfg.region]
     regions, summary = load_data(data_cfg)
     data = regions[adapt_cfg.region]
-    share = new_share(summary.rows, context)
+    earlier = None if context is None else sum(map(len, context.values()))
+    share = new_share(summary.rows, earlier)
     if share is not None and share >= RETRAIN_HINT_SHARE:
         logger.warning("the new data is %.0f%% of all data so far (%s new interactions, %s "
                        "earlier): with new data about as large as the old, a refresh fell "
                        "short of a new adapter trained on everything (README, Region "
                        "life-cycle); consider adapt without --init-from on all the data",
-                       100 * share, f"{summary.rows:,}",
-                       f"{sum(map(len, context.values())):,}")
+                       100 * share, f"{summary.rows:,}", f"{earlier:,}")
     if context is not None:  # test cases read each user's earlier items, as serving does
         data = replace(data, test=context_cases(data.test, context))
     before = None
@@ -451,13 +451,13 @@ def adapt(backbone_dir: str | Path, data_cfg: DataConfig, adapt_cfg: AdaptConfig
     return meta
 
 
-def new_share(rows: int, context: dict[str, list[str]] | None) -> float | None:
-    """The new data's share of all data so far: its interactions against the earlier items
-    context reloaded (the parent's and its ancestors' data); None without context (the earlier
-    data is not read then)."""
-    if context is None:
+def new_share(rows: int, earlier: int | None) -> float | None:
+    """The new data's share of all data so far: its ``rows`` interactions against the
+    ``earlier`` items context reloaded (the parent's and its ancestors' data); None without
+    context (``earlier`` None: the earlier data is not read then)."""
+    if earlier is None:
         return None
-    total = rows + sum(map(len, context.values()))
+    total = rows + earlier
     return rows / total if total else None
 
 

@@ -90,11 +90,15 @@ def test_init_from_with_context_records_it(workdir, backbone, adapter):
     context = meta["lineage"]["context"]
     assert context["users"] > 0 and meta["config"]["adapt"]["refresh_context"] is True
     assert f"read {context['items']:,} earlier items of {context['users']:,} users" in text
+    # the share counts every earlier item reloaded, at least those of the users read here
+    rows, share = meta["lineage"]["interactions"], meta["lineage"]["new_share"]
+    assert 0 < share <= rows / (rows + context["items"]) + 1e-4
+    assert f"the new data is {share:.0%} of all data so far" in text
     plain = workdir / "island-no-context"
     ok(invoke("adapt", "--backbone", backbone[0], "--region", "island", "--out", plain,
               "--init-from", adapter[0], "--no-refresh-context", *QUICK))
     meta = json.loads((plain / ADAPTER_META).read_text())
-    assert meta["lineage"]["context"] is None
+    assert meta["lineage"]["context"] is None and meta["lineage"]["new_share"] is None
     assert meta["config"]["adapt"]["refresh_context"] is False
     never = workdir / "never"
     fails(invoke("adapt", "--backbone", backbone[0], "--region", "island", "--out", never,

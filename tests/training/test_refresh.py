@@ -358,6 +358,6 @@ def test_a_refresh_takes_the_parents_lift_off_and_lifts_once(text_island, lifted
 def test_new_share_counts_the_new_interactions_against_all_so_far():
     from regiontune.training.adapt import new_share
 
-    assert new_share(30, {"u1": ["a", "b"] * 5, "u2": ["c"] * 60}) == pytest.approx(0.3)
+    assert new_share(30, 70) == pytest.approx(0.3)
     assert new_share(30, None) is None  # without context the earlier data is not read
-    assert new_share(0, {}) is None
+    assert new_share(0, 0) is None
